@@ -1,0 +1,1 @@
+"""zoomshot.evaluate: zero-shot metrics from cached features, reports (JSON, CSV, Markdown, PNG)."""

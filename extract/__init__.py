@@ -1,0 +1,1 @@
+"""zoomshot.extract: images -> embeddings in a zs-cache (batching, one decode for several encoders, sharding, resume)."""

@@ -1,0 +1,8 @@
+"""zoomshot: CLIP's zero-shot ability for any vision encoder through a linear map (Zoom-shot).
+
+Stages: `zoomshot.extract` (images -> cache), `zoomshot.fit` (cache -> mapping),
+`zoomshot.evaluate` (mappings x caches -> reports). They meet only in this package's core
+modules: the cache format (`zoomshot.cache`), the mapping format (`zoomshot.mapping`),
+encoder specs (`zoomshot.encoders`) and vocabularies (`zoomshot.vocab`).
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,146 @@
+"""The mapping format: what `zs fit` writes and `zs evaluate` / `zs predict` / `zoomshot.load` read.
+
+A mapping folder holds
+  mapping.safetensors  W (d, dv), b (d,), mean (dv,), std (dv,) and, for methods with an
+                       inverse map, U (dv, d), e (dv,)  — all float32
+  run.json             everything needed to rebuild the run: format, method, hyper-parameters,
+                       source/target encoder (key, spec, dim, weights), cache fingerprint,
+                       loss history, wall time.
+The forward map is h(v) = W ((v - mean) / std) + b, into CLIP's image-embedding space.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zoomshot.errors import ZsError
+
+MAPPING_FORMAT = "zs-mapping"
+MAPPING_VERSION = 1
+TENSORS_FILE = "mapping.safetensors"
+RUN_FILE = "run.json"
+
+
+class MappingError(ZsError):
+    """A mapping folder that is missing, malformed, or does not fit a cache."""
+
+
+@dataclass
+class Mapping:
+    W: np.ndarray
+    b: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    run: dict = field(default_factory=dict)
+    U: np.ndarray | None = None
+    e: np.ndarray | None = None
+    path: Path | None = None
+
+    @property
+    def source(self) -> dict:
+        return self.run["source"]
+
+    @property
+    def target(self) -> dict:
+        return self.run["target"]
+
+    @property
+    def method(self) -> str:
+        return self.run.get("method", "?")
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else self.method
+
+    def forward(self, v: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Map vision features (N, dv) into CLIP space (N, d), L2-normalised unless told not to."""
+        v = np.asarray(v, np.float32)
+        if v.ndim != 2 or v.shape[1] != self.W.shape[1]:
+            raise MappingError(f"mapping {self.name} takes features of dim {self.W.shape[1]}, got {v.shape}")
+        z = ((v - self.mean) / self.std) @ self.W.T + self.b
+        if normalize:
+            z /= np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
+        return z
+
+    def mismatch(self, encoders: dict) -> str | None:
+        """Why this mapping cannot be used with a cache's encoders (a dict key -> EncoderEntry), or None.
+
+        The source encoder must be in the cache with the same spec, dim and weights. The target
+        is checked the same way when the cache holds it."""
+        for role in ("source", "target"):
+            want = self.run[role]
+            match = [e for e in encoders.values() if e.spec == want["spec"]]
+            if not match:
+                if role == "target":
+                    continue
+                return f"cache has no encoder with spec {want['spec']!r} (the mapping's {role})"
+            e = match[0]
+            if e.dim != want["dim"]:
+                return f"{role} {want['spec']!r} has dim {e.dim} in the cache, {want['dim']} in the mapping"
+            if e.weights != want.get("weights", e.weights):
+                return (f"{role} {want['spec']!r} has weights {e.weights!r} in the cache, "
+                        f"{want['weights']!r} in the mapping")
+        return None
+
+    def source_key(self, encoders: dict) -> str:
+        """The cache key of this mapping's source encoder (after `mismatch` said None)."""
+        return next(k for k, e in encoders.items() if e.spec == self.source["spec"])
+
+
+def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
+    """Write a mapping folder atomically: it appears complete or not at all."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    tensors = {"W": mapping.W, "b": mapping.b, "mean": mapping.mean, "std": mapping.std}
+    if mapping.U is not None:
+        tensors.update(U=mapping.U, e=mapping.e)
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
+    run = {"format": MAPPING_FORMAT, "format_version": MAPPING_VERSION, **mapping.run}
+    (tmp / RUN_FILE).write_text(json.dumps(run, indent=2, default=_json_default))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    mapping.path = out
+    return out
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def load_mapping(path: str | os.PathLike) -> Mapping:
+    from safetensors.numpy import load_file
+
+    p = Path(path)
+    if not (p / RUN_FILE).is_file() or not (p / TENSORS_FILE).is_file():
+        raise MappingError(f"{p} is not a mapping folder (it needs {RUN_FILE} and {TENSORS_FILE}; "
+                           f"`zs fit --out DIR` writes one)")
+    try:
+        run = json.loads((p / RUN_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise MappingError(f"{p / RUN_FILE} is not valid JSON: {err}") from None
+    if run.get("format") != MAPPING_FORMAT or run.get("format_version") != MAPPING_VERSION:
+        raise MappingError(f"{p} has format {run.get('format')!r} v{run.get('format_version')}; "
+                           f"this zoomshot reads {MAPPING_FORMAT} v{MAPPING_VERSION}")
+    t = load_file(str(p / TENSORS_FILE))
+    missing = {"W", "b", "mean", "std"} - set(t)
+    if missing:
+        raise MappingError(f"{p / TENSORS_FILE} lacks tensors {sorted(missing)}")
+    return Mapping(W=t["W"], b=t["b"], mean=t["mean"], std=t["std"], run=run,
+                   U=t.get("U"), e=t.get("e"), path=p)

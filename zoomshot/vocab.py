@@ -1,0 +1,72 @@
+"""Vocabularies: class names plus prompt templates, built in as data files or given as JSON.
+
+A vocabulary file is JSON: {"classnames": [...], "templates": ["a photo of a {c}.", ...]}.
+Templates use `{c}` (or `{}`) for the class name, as in clip_benchmark.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from zoomshot.errors import ZsError, did_you_mean
+
+_DATA = "vocabularies"
+
+
+@dataclass
+class Vocabulary:
+    name: str
+    classnames: list[str]
+    templates: list[str]
+
+    def prompts(self, classname: str) -> list[str]:
+        return [t.replace("{c}", classname).replace("{}", classname) for t in self.templates]
+
+
+def builtin_vocabularies() -> list[str]:
+    root = resources.files("zoomshot").joinpath(_DATA)
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json") and p.name != "templates.json")
+
+
+def default_templates() -> list[str]:
+    """The 80 OpenAI ImageNet templates: the default for a source's own class names."""
+    return _read_builtin("imagenet1k")["templates"]
+
+
+def _read_builtin(name: str) -> dict:
+    return json.loads(resources.files("zoomshot").joinpath(_DATA, f"{name}.json").read_text())
+
+
+def _validate(d: dict, where: str) -> None:
+    names, temps = d.get("classnames"), d.get("templates")
+    if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
+        raise ZsError(f"{where}: 'classnames' must be a non-empty list of strings")
+    if not isinstance(temps, list) or not temps or not all(isinstance(x, str) for x in temps):
+        raise ZsError(f"{where}: 'templates' must be a non-empty list of strings")
+    if len(set(names)) != len(names):
+        raise ZsError(f"{where}: class names are not unique")
+
+
+def load_vocabulary(name_or_file: str) -> Vocabulary:
+    """A built-in vocabulary by name, or a JSON file (see module docstring)."""
+    p = Path(name_or_file)
+    if name_or_file.endswith(".json") or p.is_file():
+        if not p.is_file():
+            raise ZsError(f"vocabulary file {p} does not exist")
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ZsError(f"vocabulary file {p} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ZsError(f"vocabulary file {p} must hold an object with classnames and templates")
+        d.setdefault("templates", default_templates())
+        _validate(d, str(p))
+        return Vocabulary(p.stem, list(d["classnames"]), list(d["templates"]))
+    have = builtin_vocabularies()
+    if name_or_file not in have:
+        raise ZsError(f"unknown vocabulary {name_or_file!r}{did_you_mean(name_or_file, have)}; "
+                      f"built in: {', '.join(have)}; or pass a .json file")
+    d = _read_builtin(name_or_file)
+    return Vocabulary(name_or_file, list(d["classnames"]), list(d["templates"]))
