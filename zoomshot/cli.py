@@ -53,6 +53,18 @@ def cache_info(path: Path = typer.Argument(..., help="A zs-cache .h5 file.")):
 
 
 # ---------------------------------------------------------------- encoders / extract ---------
+@command(name="encoders")
+def encoders_cmd():
+    """List the encoder aliases, their specs and families (any timm:/open_clip:/py: spec works too)."""
+    from zoomshot.encoders import SPEC_HELP, list_encoders
+
+    rows = list_encoders()
+    w = max(len(r["alias"]) for r in rows)
+    ws = max(len(r["spec"]) for r in rows)
+    for r in rows:
+        typer.echo(f"{r['alias']:<{w}}  {r['family']:<6}  {r['spec']:<{ws}}  {r['description']}")
+    typer.echo(f"\nA spec is {SPEC_HELP}.")
+
 # (section owned by the extract stage)
 
 

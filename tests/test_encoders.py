@@ -1,0 +1,136 @@
+"""The encoder registry: spec parsing, every alias resolvable, tiny models built, local weights, plug-ins."""
+import textwrap
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zoomshot.cli import app
+from zoomshot.encoders import ALIASES, build_encoder, parse_spec, register_open_clip_config
+from zoomshot.errors import ZsError
+
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    register_open_clip_config("zs-test-tiny-clip", TINY_CLIP)
+    return "open_clip:zs-test-tiny-clip"
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_every_alias_names_a_real_model_with_pretrained_weights(alias):
+    import open_clip
+    import timm
+
+    spec, family, _ = ALIASES[alias]
+    p = parse_spec(alias)
+    assert (p.spec, p.key, p.weights) == (spec, alias, "default")
+    if family == "clip":
+        arch, tag = spec[len("open_clip:"):].split(":")
+        assert (arch, tag) in open_clip.list_pretrained()
+    else:
+        name = spec[len("timm:"):]
+        assert timm.is_model(name.split(".")[0])
+        assert name in timm.list_pretrained(name)
+
+
+def test_parse_weights_suffix(tmp_path):
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"x")
+    assert parse_spec("resnet50@random").weights == "random"
+    assert parse_spec(f"timm:resnet18@{w}").weights == str(w.resolve())
+    assert parse_spec("timm:resnet18.a1_in1k").key == "timm_resnet18.a1_in1k"
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ("vit_b61", "did you mean: vit_b16"),
+    ("resnet50@/no/such/file.pth", "does not exist"),
+    ("timm:resnet5O@random", "did you mean: resnet50"),
+    ("open_clip:ViT-B-61@random", "did you mean"),
+    ("py:nofile.py:make", "does not exist"),
+])
+def test_bad_specs_are_one_line_errors(bad, needle):
+    with pytest.raises(ZsError) as e:
+        build_encoder(bad)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_timm_random_and_local_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    a = build_encoder("timm:test_vit@random")
+    assert (a.family, a.weights, a.normalized) == ("vision", "random", False)
+    x = torch.randn(2, *a.preprocess_config["input_size"])
+    with torch.inference_mode():
+        fa = a.encode_image(x)
+    assert fa.shape == (2, a.dim)
+    path = tmp_path / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(path))
+    b = build_encoder(f"timm:test_vit@{path}")
+    assert b.weights == str(path.resolve())
+    with torch.inference_mode():
+        torch.testing.assert_close(b.encode_image(x), fa)
+    c = build_encoder("timm:test_vit@random")  # another random draw differs: the file really loaded
+    with torch.inference_mode():
+        assert not torch.allclose(c.encode_image(x), fa)
+
+
+def test_open_clip_random_and_local_weights_file(tmp_path, tiny_clip):
+    a = build_encoder(f"{tiny_clip}@random")
+    assert (a.family, a.dim, a.normalized) == ("clip", 16, True)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        fi, ft = a.encode_image(x), a.encode_text(["a photo of a cat", "a dog"])
+    assert ft.shape == (2, 16)
+    torch.testing.assert_close(fi.norm(dim=1), torch.ones(3))
+    path = tmp_path / "tiny.pt"
+    torch.save(a.model.state_dict(), path)
+    b = build_encoder(f"{tiny_clip}@{path}")
+    with torch.inference_mode():
+        torch.testing.assert_close(b.encode_image(x), fi)
+        torch.testing.assert_close(b.encode_text(["a photo of a cat", "a dog"]), ft)
+
+
+def test_default_weights_offline_error_says_what_to_do(tiny_clip):
+    with pytest.raises(ZsError) as e:
+        build_encoder(tiny_clip + ":nosuchtag")
+    assert "@random" in str(e.value) and "@/path/to/weights" in str(e.value)
+
+
+def test_plugin_from_file(tmp_path):
+    f = tmp_path / "my_encoder.py"
+    f.write_text(textwrap.dedent('''
+        import torch
+        class Mine:
+            name, family, dim = "mine", "vision", 5
+            def __init__(self, weights="default"):
+                self.weights = weights
+                self.proj = torch.nn.Linear(3, 5)
+            def preprocess(self, img):
+                return torch.zeros(3, 4, 4)
+            def encode_image(self, batch):
+                return self.proj(batch.mean(dim=(2, 3)))
+        def make(weights="default"):
+            return Mine(weights)
+        def broken():
+            return object()
+    '''))
+    e = build_encoder(f"py:{f}:make")
+    assert (e.family, e.dim, e.key) == ("vision", 5, e.key)
+    assert e.encode_image(torch.zeros(2, 3, 4, 4)).shape == (2, 5)
+    with pytest.raises(ZsError, match="without name"):
+        build_encoder(f"py:{f}:broken")
+    with pytest.raises(ZsError, match="did you mean: make"):
+        build_encoder(f"py:{f}:mak")
+    with pytest.raises(ZsError, match="family 'vision' and has no text tower"):
+        e.encode_text(["x"])
+
+
+def test_cli_encoders_lists_every_alias():
+    r = CliRunner().invoke(app, ["encoders"])
+    assert r.exit_code == 0
+    for alias in ALIASES:
+        assert alias in r.output

@@ -1,0 +1,293 @@
+"""The encoder registry: spec strings -> encoders with one interface.
+
+Spec grammar (see ../shared/DESIGN.md):
+  ALIAS                         a short name from ALIASES (`zs encoders` lists them)
+  timm:NAME[.TAG]               any timm model, pooled features (num_classes=0)
+  open_clip:ARCH[:PRETRAINED]   any open_clip model (image and text towers)
+  py:MODULE_OR_FILE.py:FACTORY  a user plug-in; FACTORY() returns an object with name, family,
+                                dim, preprocess, encode_image and (family "clip") encode_text
+each optionally followed by weights:
+  SPEC@random                   random initialisation (written into the cache as weights="random")
+  SPEC@/path/to/weights         a local weights file (safetensors, .pth, .bin)
+Without a suffix the library's default pretrained weights load, from the local hub cache when
+offline; if that fails the error says which suffix to use.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from zoomshot.cache import EncoderEntry, safe_key
+from zoomshot.errors import ZsError, did_you_mean
+
+# Registries as data: alias -> (spec, family, what it is).
+ALIASES: dict[str, tuple[str, str, str]] = {
+    "vit_b16": ("timm:vit_base_patch16_224.augreg2_in21k_ft_in1k", "vision", "supervised ViT-B/16 (IN-21k → IN-1k)"),
+    "vit_s16": ("timm:vit_small_patch16_224.augreg_in21k_ft_in1k", "vision", "supervised ViT-S/16"),
+    "resnet50": ("timm:resnet50.a1_in1k", "vision", "ResNet-50 (timm A1 recipe, IN-1k)"),
+    "resnet18": ("timm:resnet18.a1_in1k", "vision", "ResNet-18 (timm A1 recipe, IN-1k)"),
+    "deit_s16": ("timm:deit_small_patch16_224.fb_in1k", "vision", "DeiT-S/16 (IN-1k)"),
+    "mobilenetv3_l": ("timm:mobilenetv3_large_100.ra_in1k", "vision", "MobileNetV3-Large 1.0 (IN-1k)"),
+    "dinov2_b14": ("timm:vit_base_patch14_dinov2.lvd142m", "vision", "DINOv2 ViT-B/14 (self-supervised, LVD-142M)"),
+    "dinov2_s14": ("timm:vit_small_patch14_dinov2.lvd142m", "vision", "DINOv2 ViT-S/14 (self-supervised, LVD-142M)"),
+    "convnext_b": ("timm:convnext_base.fb_in22k_ft_in1k", "vision", "ConvNeXt-B (IN-22k → IN-1k)"),
+    "clip_vit_b16": ("open_clip:ViT-B-16:openai", "clip", "OpenAI CLIP ViT-B/16"),
+    "clip_vit_b32": ("open_clip:ViT-B-32:openai", "clip", "OpenAI CLIP ViT-B/32"),
+    "clip_vit_l14": ("open_clip:ViT-L-14:openai", "clip", "OpenAI CLIP ViT-L/14"),
+    "clip_rn50": ("open_clip:RN50:openai", "clip", "OpenAI CLIP ResNet-50"),
+}
+PREFIXES = ("timm:", "open_clip:", "py:")
+SPEC_HELP = ("an alias (`zs encoders`), timm:NAME[.TAG], open_clip:ARCH[:PRETRAINED] or "
+             "py:FILE.py:FACTORY, optionally with @random or @/path/to/weights")
+
+
+@dataclass(frozen=True)
+class ParsedSpec:
+    raw: str
+    alias: str | None
+    spec: str  # canonical, without the weights suffix
+    weights: str  # "default" | "random" | a local path
+
+    @property
+    def key(self) -> str:
+        return self.alias or safe_key(self.spec)
+
+
+def parse_spec(raw: str) -> ParsedSpec:
+    """Split SPEC@WEIGHTS and resolve an alias; raises ZsError listing close matches."""
+    raw = raw.strip()
+    base, _, weights = raw.partition("@")
+    weights = weights or "default"
+    if not base:
+        raise ZsError(f"empty encoder spec {raw!r}; expected {SPEC_HELP}")
+    if base in ALIASES:
+        return ParsedSpec(raw, base, ALIASES[base][0], _check_weights(weights, raw))
+    if not base.startswith(PREFIXES):
+        raise ZsError(f"unknown encoder {base!r}{did_you_mean(base, ALIASES)}; expected {SPEC_HELP}")
+    return ParsedSpec(raw, None, base, _check_weights(weights, raw))
+
+
+def _check_weights(weights: str, raw: str) -> str:
+    if weights in ("default", "random"):
+        return weights
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        raise ZsError(f"weights file {weights!r} in {raw!r} does not exist; give an existing file, "
+                      f"@random for random initialisation, or no suffix for the default pretrained weights")
+    return str(p.resolve())
+
+
+def list_encoders() -> list[dict]:
+    return [{"alias": a, "spec": s, "family": f, "description": d} for a, (s, f, d) in ALIASES.items()]
+
+
+class Encoder:
+    """One encoder behind one interface, whatever library it came from."""
+
+    def __init__(self, parsed: ParsedSpec, family: str, model: Any, preprocess: Callable,
+                 preprocess_config: dict, encode_image_fn: Callable, encode_text_fn: Callable | None,
+                 dim: int, normalized: bool, versions: dict):
+        self.parsed = parsed
+        self.key = parsed.key
+        self.spec = parsed.spec
+        self.weights = parsed.weights
+        self.family = family
+        self.model = model
+        self.preprocess = preprocess
+        self.preprocess_config = preprocess_config
+        self._encode_image = encode_image_fn
+        self._encode_text = encode_text_fn
+        self.dim = dim
+        self.normalized = normalized
+        self.versions = versions
+        self.device = "cpu"
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.spec!r}, family={self.family}, dim={self.dim}, weights={self.weights})"
+
+    def to(self, device) -> "Encoder":
+        if hasattr(self.model, "to"):
+            self.model.to(device)
+        self.device = str(device)
+        return self
+
+    def encode_image(self, batch):
+        return self._encode_image(batch)
+
+    def encode_text(self, texts: list[str]):
+        if self._encode_text is None:
+            raise ZsError(f"encoder {self.spec!r} is of family {self.family!r} and has no text tower")
+        return self._encode_text(texts)
+
+    def entry(self) -> EncoderEntry:
+        return EncoderEntry(key=self.key, spec=self.spec, family=self.family, dim=self.dim,
+                            normalized=self.normalized, weights=self.weights,
+                            preprocess=self.preprocess_config, versions=self.versions)
+
+
+def build_encoder(spec: str, device: str = "cpu") -> Encoder:
+    """The one factory: a spec string -> an Encoder in eval mode on `device`."""
+    parsed = parse_spec(spec)
+    if parsed.spec.startswith("timm:"):
+        enc = _build_timm(parsed)
+    elif parsed.spec.startswith("open_clip:"):
+        enc = _build_open_clip(parsed)
+    else:
+        enc = _build_plugin(parsed)
+    return enc.to(device)
+
+
+def _versions(**extra) -> dict:
+    import torch
+
+    return {"torch": torch.__version__, "python": sys.version.split()[0], **extra}
+
+
+def _offline_hint(parsed: ParsedSpec, err: Exception) -> ZsError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ZsError(
+        f"could not load the default pretrained weights of {parsed.spec!r} ({type(err).__name__}: {first[:200]}); "
+        f"on an offline machine put them in the local hub cache (and set HF_HUB_OFFLINE=1 to skip the hub's retries), or use {parsed.spec}@/path/to/weights "
+        f"for a local file, or {parsed.spec}@random for random initialisation"
+    )
+
+
+def _build_timm(parsed: ParsedSpec) -> Encoder:
+    import timm
+    import torch
+
+    name = parsed.spec[len("timm:"):]
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        raise ZsError(f"timm has no model {arch!r}{did_you_mean(arch, timm.list_models())}")
+    kwargs: dict = {"num_classes": 0}
+    try:
+        if parsed.weights == "random":
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        elif parsed.weights == "default":
+            model = timm.create_model(name, pretrained=True, **kwargs)
+        else:
+            # timm's own loader drops the classifier and adapts the checkpoint, as for hub weights.
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": parsed.weights}, **kwargs)
+    except ZsError:
+        raise
+    except Exception as e:  # hub unreachable, checkpoint mismatch: both user-fixable
+        if parsed.weights == "default":
+            raise _offline_hint(parsed, e) from None
+        raise ZsError(f"could not load {parsed.spec!r} with weights {parsed.weights!r}: {str(e).splitlines()[0][:300]}") from None
+    model.eval()
+    cfg = timm.data.resolve_model_data_config(model)
+    transform = timm.data.create_transform(**cfg, is_training=False)
+    with torch.inference_mode():
+        dim = int(model(torch.zeros(1, *cfg["input_size"])).shape[-1])
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+    def encode_image(batch):
+        return model(batch)
+
+    return Encoder(parsed, "vision", model, transform, {"library": "timm", **config}, encode_image, None,
+                   dim, False, _versions(timm=timm.__version__))
+
+
+def register_open_clip_config(name: str, cfg: dict) -> None:
+    """Make an open_clip architecture named `name` available (e.g. a tiny config for tests)."""
+    import tempfile
+
+    import open_clip
+
+    d = Path(tempfile.mkdtemp(prefix="zs-open-clip-cfg-"))
+    (d / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(d)
+
+
+def _build_open_clip(parsed: ParsedSpec) -> Encoder:
+    import open_clip
+    import torch
+
+    rest = parsed.spec[len("open_clip:"):]
+    arch, _, tag = rest.partition(":")
+    if arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
+        raise ZsError(f"open_clip has no architecture {arch!r}{did_you_mean(arch, open_clip.list_models())}")
+    if parsed.weights == "random":
+        pretrained = None
+    elif parsed.weights == "default":
+        pretrained = tag or None
+        if pretrained is None and not arch.startswith("hf-hub:"):
+            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+            raise ZsError(f"open_clip:{arch} needs a pretrained tag (open_clip:{arch}:TAG"
+                          f"{', one of: ' + ', '.join(tags) if tags else ''}), or @/path/to/weights, or @random")
+    else:
+        pretrained = parsed.weights
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    except Exception as e:
+        if parsed.weights == "default":
+            raise _offline_hint(parsed, e) from None
+        raise ZsError(f"could not load {parsed.spec!r} with weights {parsed.weights!r}: {str(e).splitlines()[0][:300]}") from None
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(arch)
+    pcfg = open_clip.get_model_preprocess_cfg(model)
+    size = pcfg.get("size", 224)
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    with torch.inference_mode():
+        dim = int(model.encode_image(torch.zeros(1, 3, *size)).shape[-1])
+
+    def encode_image(batch):
+        return model.encode_image(batch, normalize=True)
+
+    def encode_text(texts):
+        dev = next(model.parameters()).device
+        return model.encode_text(tokenizer(list(texts)).to(dev), normalize=True)
+
+    config = {"library": "open_clip", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in pcfg.items()}}
+    return Encoder(parsed, "clip", model, preprocess, config, encode_image, encode_text, dim, True,
+                   _versions(open_clip=open_clip.__version__))
+
+
+def _load_plugin_factory(target: str, factory: str) -> Callable:
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise ZsError(f"plug-in file {target!r} does not exist")
+        mod_name = "zs_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path.resolve()))
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ZsError(f"cannot import plug-in module {target!r}: {e}") from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        have = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        raise ZsError(f"plug-in {target!r} has no factory {factory!r}{did_you_mean(factory, have)}")
+    return fn
+
+
+def _build_plugin(parsed: ParsedSpec) -> Encoder:
+    target, sep, factory = parsed.spec[len("py:"):].rpartition(":")
+    if not sep or not target or not factory:
+        raise ZsError(f"plug-in spec {parsed.spec!r} must be py:MODULE_OR_FILE.py:FACTORY")
+    fn = _load_plugin_factory(target, factory)
+    obj = fn() if parsed.weights == "default" else fn(weights=parsed.weights)
+    missing = [a for a in ("name", "family", "dim", "preprocess", "encode_image") if not hasattr(obj, a)]
+    family = getattr(obj, "family", None)
+    if family == "clip" and not hasattr(obj, "encode_text"):
+        missing.append("encode_text")
+    if missing:
+        raise ZsError(f"plug-in {parsed.spec!r} returned an object without {', '.join(missing)}")
+    if family not in ("clip", "vision"):
+        raise ZsError(f"plug-in {parsed.spec!r} has family {family!r}; expected 'clip' or 'vision'")
+    model = obj if hasattr(obj, "to") else getattr(obj, "model", obj)
+    config = getattr(obj, "preprocess_config", {"library": "py", "name": str(obj.name)})
+    return Encoder(parsed, family, model, obj.preprocess, config, obj.encode_image,
+                   getattr(obj, "encode_text", None), int(obj.dim), bool(getattr(obj, "normalized", family == "clip")),
+                   _versions(plugin=str(getattr(obj, "version", "unknown"))))
