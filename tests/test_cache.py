@@ -63,7 +63,7 @@ def test_reader_api(cache_path):
         # the classifier is ensembled from the float32 embeddings, before their float16 rounding on disk
         np.testing.assert_allclose(t.classifier, ensemble_classifier(t.emb), atol=1e-3)
         assert "encoder v: timm:test_vit [vision] dim 6" in c.info()
-        with pytest.raises(CacheError, match="no encoder 'x'; it has: v, c"):
+        with pytest.raises(CacheError, match="no encoder 'x'; it has: c, v"):
             c.image("x")
         with pytest.raises(CacheError, match="no vocabulary 'imagenet1k'"):
             c.text("c", "imagenet1k")
