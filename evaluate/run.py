@@ -1,0 +1,56 @@
+"""`zs evaluate` as one library call: score, merge with an earlier results.json if asked, write the report."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoomshot.errors import ZsError
+
+from .report import dataset_labels, read_results, row_label, write_report
+from .scoring import evaluate, record_key
+
+
+@dataclass
+class EvaluateResult:
+    records: list[dict]  # everything in the report: kept earlier records, then new ones
+    new: list[dict]  # the records computed by this run
+    kept: int  # earlier records kept by --skip-existing
+    skipped: list[dict]  # mapping × cache pairs that do not fit, with reasons
+    paths: dict  # files written
+
+
+def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | None = None,
+                 per_class: bool = False, skip_existing: bool = False) -> EvaluateResult:
+    if not caches:
+        raise ZsError("give at least one --cache to evaluate on")
+    for c in caches:
+        if not Path(c).is_file():
+            raise ZsError(f"no cache at {c}")
+    earlier = read_results(out_dir) if skip_existing else []
+    skip = {record_key(r) for r in earlier}
+    new, skipped = evaluate(list(mappings), list(caches), vocab=vocab, skip=skip, per_class=per_class)
+    if not new and not earlier:
+        reasons = "; ".join(f"{Path(s['mapping']).name} on {Path(s['cache']).name}: {s['reason']}"
+                            for s in skipped[:3])
+        raise ZsError("nothing to report: no mapping fits any cache and no cache has CLIP image features "
+                      f"with a usable vocabulary{' (' + reasons + ')' if reasons else ''}")
+    records = earlier + new
+    paths = write_report(records, out_dir, skipped)
+    return EvaluateResult(records, new, len(earlier), skipped, paths)
+
+
+def summary_lines(records: list[dict]) -> list[str]:
+    """One line per record: dataset, row, acc1, acc5, agreement with CLIP."""
+    cols = dataset_labels(records)
+
+    def pct(x):
+        return "    –" if x is None else f"{100 * x:5.1f}"
+
+    width = max([len(row_label(r)) for r in records] + [4])
+    dw = max([len(v) for v in cols.values()] + [7])
+    lines = [f"{'dataset':<{dw}}  {'row':<{width}}   acc1   acc5  agree"]
+    for r in records:
+        m = r["metrics"]
+        lines.append(f"{cols[r['cache']]:<{dw}}  {row_label(r):<{width}}  {pct(m.get('acc1'))}  "
+                     f"{pct(m.get('acc5'))}  {pct(m.get('agreement'))}")
+    return lines

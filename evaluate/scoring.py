@@ -1,0 +1,300 @@
+"""Score mappings, and CLIP itself, on evaluation caches: the records behind `zs evaluate`.
+
+Each evaluation cache brings its own classifier: the text vocabulary its CLIP encoder stored
+(`encoders/KEY/text/VOCAB`). Only rows with status 0, written by the encoder scored, and a label
+≥ 0 count; each record says how many rows were left out and why. Features are read from the
+cache in row chunks, so no encoder is loaded and memory stays bounded.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from zoomshot.cache import STATUS_OK, Cache, EncoderEntry, TextVocab, open_cache
+from zoomshot.mapping import Mapping, load_mapping
+
+from .metrics import ScoreAccumulator, text_centroid
+
+CHUNK_ROWS = 16384
+
+
+def _norm_name(s: str) -> str:
+    return s.replace("_", " ").strip().lower()
+
+
+def mapping_id(m: Mapping) -> str:
+    """How a record names its mapping: the folder it was loaded from, else its name."""
+    return str(m.path) if m.path is not None else m.name
+
+
+def record_key(record: dict) -> tuple:
+    """Identity of a record for --skip-existing: mapping, evaluation cache, encoder, vocabulary."""
+    mapping = record.get("mapping")
+    return (_resolved(mapping) if mapping else None, _resolved(record["cache"]),
+            record["encoder"], record.get("vocab"))
+
+
+def _resolved(p: str) -> str:
+    return os.path.realpath(p) if os.path.exists(p) else str(p)
+
+
+@dataclass
+class ClipTarget:
+    """A CLIP encoder of an evaluation cache, with the vocabulary it classifies with."""
+
+    key: str
+    entry: EncoderEntry
+    vocab: TextVocab | None = None
+    problem: str | None = None  # why it cannot classify this cache's labels
+    pred: np.ndarray | None = None  # CLIP's top-1 per cache row, -1 where not scored
+    reference: dict | None = None  # CLIP's own record, once computed
+
+
+@dataclass
+class RowAccount:
+    rows: np.ndarray  # the scored row indices
+    counts: dict  # total, scored, unreadable, not_done, unlabelled
+
+
+class EvalSet:
+    """One evaluation cache opened for scoring. `preload` keeps each encoder's scored features in
+    memory after the first read (for sweeps that score many mappings on the same cache)."""
+
+    def __init__(self, path: str | os.PathLike, vocab: str | None = None, preload: bool = False):
+        self.path = str(path)
+        self.name = Path(path).stem
+        self.cache: Cache = open_cache(path)
+        self.preload = preload
+        self._features: dict[str, np.ndarray] = {}
+        self._accounts: dict[str, RowAccount] = {}
+        self.labels = self.cache.labels
+        self.status = self.cache.status
+        self.encoders = self.cache.encoders
+        self.targets = {k: self._target(k, e, vocab) for k, e in self.encoders.items() if e.family == "clip"}
+
+    # -- setup ----------------------------------------------------------------------------
+    def _target(self, key: str, entry: EncoderEntry, vocab: str | None) -> ClipTarget:
+        t = ClipTarget(key, entry)
+        name, t.problem = self._choose_vocab(key, vocab)
+        if name is None:
+            return t
+        t.vocab = self.cache.text(key, name)
+        t.problem = self._label_problem(t.vocab)
+        return t
+
+    def _choose_vocab(self, key: str, vocab: str | None) -> tuple[str | None, str | None]:
+        have = self.cache.vocabularies(key)
+        where = f"encoders/{key}"
+        if not have:
+            return None, f"{where} has no text vocabulary (extract with --vocab to store one)"
+        if vocab is not None:
+            if vocab in have:
+                return vocab, None
+            return None, f"{where} has no vocabulary {vocab!r}; it has: {', '.join(have)}"
+        if len(have) == 1:
+            return have[0], None
+        classes = self.cache.class_names
+        if classes is not None:
+            for same in (lambda a, b: a == b,
+                         lambda a, b: [_norm_name(x) for x in a] == [_norm_name(x) for x in b]):
+                match = [v for v in have if same(self.cache.text(key, v).names, classes)]
+                if match:
+                    return match[0], None
+        return None, (f"{where} has vocabularies {', '.join(have)} and none has this cache's class "
+                      f"names; name one with --vocab")
+
+    def _label_problem(self, tv: TextVocab) -> str | None:
+        k = len(tv.names)
+        classes = self.cache.class_names
+        if classes is not None:
+            if len(classes) != k:
+                return f"vocabulary {tv.name!r} has {k} classes, the cache's classes/names has {len(classes)}"
+            a, b = [_norm_name(x) for x in tv.names], [_norm_name(x) for x in classes]
+            if a != b and sorted(a) == sorted(b):
+                return f"vocabulary {tv.name!r} lists the cache's classes in another order than its labels"
+        labelled = self.labels[self.labels >= 0]
+        if len(labelled) and int(labelled.max()) >= k:
+            return f"labels reach {int(labelled.max())} but vocabulary {tv.name!r} has only {k} classes"
+        return None
+
+    # -- rows and features ----------------------------------------------------------------
+    def account(self, key: str) -> RowAccount:
+        """Which rows encoder KEY is scored on, and how many were left out and why."""
+        if key not in self._accounts:
+            ok = self.status == STATUS_OK
+            done = self.cache.done(key)
+            labelled = self.labels >= 0
+            scored = ok & done & labelled
+            self._accounts[key] = RowAccount(np.flatnonzero(scored), {
+                "total": int(self.cache.n),
+                "scored": int(scored.sum()),
+                "unreadable": int((~ok).sum()),
+                "not_done": int((ok & ~done).sum()),
+                "unlabelled": int((ok & done & ~labelled).sum()),
+            })
+        return self._accounts[key]
+
+    def chunks(self, key: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, features) of encoder KEY's scored rows, CHUNK_ROWS at a time."""
+        rows = self.account(key).rows
+        if key in self._features:
+            feats = self._features[key]
+            for lo in range(0, len(rows), CHUNK_ROWS):
+                yield rows[lo:lo + CHUNK_ROWS], feats[lo:lo + CHUNK_ROWS]
+            return
+        if self.preload:
+            self._features[key] = self.cache.image(key, rows)
+            yield from self.chunks(key)
+            return
+        for lo in range(0, len(rows), CHUNK_ROWS):
+            part = rows[lo:lo + CHUNK_ROWS]
+            yield part, self.cache.image(key, part)
+
+    def has_image_features(self, key: str) -> bool:
+        return self.account(key).counts["scored"] > 0
+
+    # -- CLIP -----------------------------------------------------------------------------
+    def clip_reference(self, target: ClipTarget, per_class: bool = False) -> dict | None:
+        """CLIP's own zero-shot record on this cache (and its predictions, kept for agreement)."""
+        if target.reference is not None or target.vocab is None or target.problem:
+            return target.reference
+        if not self.has_image_features(target.key):
+            return None
+        acc = ScoreAccumulator(len(target.vocab.names), target.entry.dim)
+        pred = np.full(self.cache.n, -1, np.int64)
+        for rows, feats in self.chunks(target.key):
+            pred[rows] = acc.add(feats, self.labels[rows], target.vocab.classifier)
+        target.pred = pred
+        metrics = acc.metrics(text_centroid(target.vocab.classifier))
+        metrics["agreement"], metrics["agreement_rows"] = 1.0, acc.n  # CLIP agrees with itself
+        metrics["clip_share"] = 1.0 if metrics["acc1"] else None
+        target.reference = self._record(None, target, target.entry, metrics, self.account(target.key), acc,
+                                         per_class)
+        return target.reference
+
+    def target_for(self, m: Mapping) -> ClipTarget | None:
+        return next((t for t in self.targets.values() if t.entry.spec == m.target["spec"]), None)
+
+    # -- mappings -------------------------------------------------------------------------
+    def why_not(self, m: Mapping) -> str | None:
+        """Why mapping m cannot be scored on this cache, or None."""
+        why = m.mismatch(self.encoders)
+        if why:
+            return why
+        t = self.target_for(m)
+        if t is None:
+            return (f"cache has no CLIP encoder {m.target['spec']!r} (the mapping's target), "
+                    f"so it has no text classifier to score with")
+        if t.problem:
+            return t.problem
+        if not self.has_image_features(m.source_key(self.encoders)):
+            return f"no scorable rows for source {m.source['spec']!r}: {self.account(m.source_key(self.encoders)).counts}"
+        return None
+
+    def score(self, mappings: Iterable[Mapping], per_class: bool = False) -> list[dict]:
+        """Records for mappings that fit this cache (check `why_not` first). Mappings sharing a
+        source encoder share each read of its features."""
+        by_source: dict[str, list[tuple[Mapping, ClipTarget, ScoreAccumulator]]] = {}
+        for m in mappings:
+            t = self.target_for(m)
+            self.clip_reference(t)  # CLIP's predictions, for agreement
+            by_source.setdefault(m.source_key(self.encoders), []).append(
+                (m, t, ScoreAccumulator(len(t.vocab.names), t.entry.dim)))
+        records = []
+        for key, group in by_source.items():
+            for rows, feats in self.chunks(key):
+                labels = self.labels[rows]
+                for m, t, acc in group:
+                    acc.add(m.forward(feats), labels, t.vocab.classifier,
+                            t.pred[rows] if t.pred is not None else None)
+            for m, t, acc in group:
+                metrics = acc.metrics(text_centroid(t.vocab.classifier))
+                ref = t.reference["metrics"]["acc1"] if t.reference else None
+                metrics["clip_share"] = metrics["acc1"] / ref if ref and metrics["acc1"] is not None else None
+                records.append(self._record(m, t, self.encoders[key], metrics, self.account(key), acc,
+                                            per_class))
+        return records
+
+    def _record(self, m: Mapping | None, t: ClipTarget, entry: EncoderEntry, metrics: dict,
+                account: RowAccount, acc: ScoreAccumulator, per_class: bool) -> dict:
+        run = m.run if m is not None else {}
+        rec = {
+            "mapping": mapping_id(m) if m is not None else None,
+            "mapping_name": m.name if m is not None else None,
+            "cache": self.path,
+            "dataset": self.name,
+            "vocab": t.vocab.name,
+            "classes": len(t.vocab.names),
+            "encoder": entry.spec,
+            "target": t.entry.spec,
+            "method": m.method if m is not None else "clip",
+            "epochs": run.get("epochs"),
+            "fraction": run.get("fraction"),
+            "seed": run.get("seed"),
+            "train_cache": (run.get("cache") or {}).get("path"),
+            "train_vocab": run.get("vocab"),
+            "hyper": run.get("hyper"),
+            "fit_wall_time_s": run.get("wall_time_s"),
+            "rows": account.counts,
+            "metrics": metrics,
+        }
+        if per_class:
+            rec["per_class"] = acc.per_class(t.vocab.names)
+        return rec
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _unique(items, key):
+    seen, out = set(), []
+    for x in items:
+        k = key(x)
+        if k not in seen:
+            seen.add(k)
+            out.append(x)
+    return out
+
+
+def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None = None,
+             skip: set | None = None, per_class: bool = False) -> tuple[list[dict], list[dict]]:
+    """Score every mapping on every evaluation cache whose encoders match, plus one CLIP reference
+    record per CLIP encoder with image features in each cache.
+
+    Returns (records, skipped): skipped pairs are dicts with mapping, cache and reason. Records
+    whose `record_key` is in `skip` are neither computed nor returned."""
+    skip = skip or set()
+    ms = _unique([m if isinstance(m, Mapping) else load_mapping(m) for m in mappings],
+                 lambda m: _resolved(mapping_id(m)))
+    records: list[dict] = []
+    skipped: list[dict] = []
+    for path in _unique([str(c) for c in caches], _resolved):
+        with EvalSet(path, vocab) as es:
+            for t in es.targets.values():
+                if t.problem is None and t.vocab is not None and es.has_image_features(t.key):
+                    key = (None, _resolved(path), t.entry.spec, t.vocab.name)
+                    ref = es.clip_reference(t, per_class)
+                    if key not in skip:
+                        records.append(ref)
+            todo = []
+            for m in ms:
+                why = es.why_not(m)
+                if why:
+                    skipped.append({"mapping": mapping_id(m), "cache": path, "reason": why})
+                    continue
+                t = es.target_for(m)
+                if (_resolved(mapping_id(m)), _resolved(path), m.source["spec"], t.vocab.name) in skip:
+                    continue
+                todo.append(m)
+            records.extend(es.score(todo, per_class))
+    return records, skipped
