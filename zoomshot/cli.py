@@ -74,6 +74,57 @@ def encoders_cmd():
 
 # ---------------------------------------------------------------- evaluate / sweep ---------
 # (section owned by the evaluate stage)
+def _print_skipped(skipped: list[dict]) -> None:
+    for s in skipped:
+        typer.echo(f"skipped: {s['mapping']} on {s['cache']}: {s['reason']}", err=True)
+
+
+@command(name="evaluate")
+def evaluate_cmd(
+    mapping: List[Path] = typer.Option([], "--mapping", help="A mapping folder (from zs fit); repeat for several."),
+    cache: List[Path] = typer.Option(..., "--cache", help="An evaluation cache; repeat for several."),
+    out: Path = typer.Option(Path("reports"), "--out", help="Folder for results.json/.csv, report.md and plots."),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="The caches' text vocabulary to classify with, "
+                                        "when a CLIP encoder holds several."),
+    per_class: bool = typer.Option(False, "--per-class", help="Add a per-class recall table to each record."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Keep records already in OUT/results.json "
+                                       "and compute only the missing ones."),
+):
+    """Score mappings (and CLIP itself) zero-shot on evaluation caches; write a report."""
+    from zoomshot.evaluate.run import run_evaluate, summary_lines
+
+    res = run_evaluate([str(m) for m in mapping], [str(c) for c in cache], out, vocab=vocab,
+                       per_class=per_class, skip_existing=skip_existing)
+    _print_skipped(res.skipped)
+    if res.kept:
+        typer.echo(f"kept {res.kept} records already in {out / 'results.json'}")
+    for line in summary_lines(res.new):
+        typer.echo(line)
+    typer.echo(f"wrote {', '.join(Path(p).name for p in res.paths.values())} to {out}")
+
+
+@command(name="sweep")
+def sweep_cmd(
+    cache: List[Path] = typer.Option(..., "--cache", help="A training cache; repeat for several."),
+    eval_: List[Path] = typer.Option(..., "--eval", help="An evaluation cache; repeat for several."),
+    epochs: str = typer.Option("1,5,20", "--epochs", help="Comma-separated epoch counts."),
+    fractions: str = typer.Option("0.01,0.05,0.2", "--fractions", help="Comma-separated training fractions."),
+    method: List[str] = typer.Option([], "--method", help="Method(s) to fit (repeat or comma-separate); "
+                                     "default: the fit stage's default."),
+    out: Path = typer.Option(..., "--out", help="Folder for the report, the heatmap and the fitted mappings."),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="The evaluation caches' vocabulary, when several."),
+):
+    """Fit every epochs × fractions (× method) cell and evaluate each; write the report and a heatmap."""
+    from zoomshot.evaluate.sweep import SweepConfig, parse_list, run_sweep
+
+    methods = [m for spec in method for m in spec.split(",") if m] or None
+    cfg = SweepConfig(train_caches=[str(c) for c in cache], eval_caches=[str(e) for e in eval_],
+                      epochs=parse_list(epochs, int, "--epochs"),
+                      fractions=parse_list(fractions, float, "--fractions"),
+                      out_dir=str(out), methods=methods, vocab=vocab)
+    res = run_sweep(cfg, progress=typer.echo)
+    _print_skipped(res.skipped)
+    typer.echo(f"wrote {', '.join(Path(p).name for p in res.paths.values())} to {out}")
 
 
 # ---------------------------------------------------------------- predict / search / export -
