@@ -114,7 +114,8 @@ def _heatmap(plt, records, labels, path: Path) -> str | None:
         return None
     ncol = min(3, len(panels))
     nrow = (len(panels) + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.0 * ncol + 1, 3.4 * nrow), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (method, cache) in zip(axes.flat, panels):
@@ -132,5 +133,5 @@ def _heatmap(plt, records, labels, path: Path) -> str | None:
                 if np.isfinite(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=8,
                             color="white" if grid[i, j] < 60 else "black")
-        fig.colorbar(im, ax=ax, label="top-1 (%)")
+    fig.colorbar(im, ax=axes, label="top-1 accuracy (%)", shrink=0.8)
     return _save(fig, path)

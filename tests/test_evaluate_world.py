@@ -16,20 +16,23 @@ CLIP_SPEC = "toy:clip"
 VISION_SPEC = "toy:vision"
 
 
-def make_world(path, *, n=150, classes=6, d=16, dv=20, seed=0, clip_image=True, vocabs=None,
+def make_world(path, *, n=150, classes=6, d=16, dv=20, seed=0, sample_seed=None, clip_image=True, vocabs=None,
                class_names=True, unreadable=(), not_done=(), unlabelled=(), vision_spec=VISION_SPEC,
                clip_spec=CLIP_SPEC, weights="random", clip_noise=0.6):
-    """Write a cache at path; return its ground truth (W, classifier, labels, key names)."""
+    """Write a cache at path; return its ground truth (W, classifier, labels, key names).
+
+    `seed` fixes the world (W, class texts, offset); `sample_seed` (default: seed) the images."""
     rng = np.random.default_rng(seed)
     W = rng.normal(size=(d, dv))
     emb = rng.normal(size=(classes, 3, d))
     classifier = ensemble_classifier(emb)
+    offset = 3 * rng.normal(size=dv)  # the mapping's mean removes it
+    rng = np.random.default_rng(seed if sample_seed is None else (seed, sample_seed))
     labels = rng.integers(0, classes, n).astype(np.int32)
     labels[list(unlabelled)] = -1
     z = 2.0 * classifier[np.maximum(labels, 0)] + 0.9 * rng.normal(size=(n, d))
     null = rng.normal(size=(n, dv))
     null -= null @ np.linalg.pinv(W) @ W  # parts of v that W does not see
-    offset = 3 * rng.normal(size=dv)  # the mapping's mean removes it
     v = z @ np.linalg.pinv(W).T + 0.5 * null + offset
     c = z + clip_noise * rng.normal(size=(n, d))
     c /= np.linalg.norm(c, axis=1, keepdims=True)
@@ -39,17 +42,26 @@ def make_world(path, *, n=150, classes=6, d=16, dv=20, seed=0, clip_image=True, 
     with CacheWriter(path, [f"img{i:05d}" for i in range(n)], labels, names if class_names else None) as w:
         w.add_encoder(EncoderEntry(vkey, vision_spec, "vision", dv, weights=weights))
         w.add_encoder(EncoderEntry(ckey, clip_spec, "clip", d, normalized=True, weights=weights))
-        for i in range(n):
-            if i not in skip:
-                w.write_rows(vkey, i, v[i:i + 1])
-                if clip_image:
-                    w.write_rows(ckey, i, c[i:i + 1])
+        for lo, hi in _runs_without(n, skip):
+            w.write_rows(vkey, lo, v[lo:hi])
+            if clip_image:
+                w.write_rows(ckey, lo, c[lo:hi])
         for vname, vnames in (vocabs or {"toy": names}).items():
             w.write_text(ckey, vname, vnames, ["a {c}.", "the {c}.", "a photo of {c}."], emb[:len(vnames)])
         if unreadable:
             w.mark_unreadable(list(unreadable), ["broken"] * len(unreadable))
     return {"path": str(path), "W": W, "classifier": classifier, "labels": labels, "vision_key": vkey,
             "clip_key": ckey, "offset": offset, "d": d, "dv": dv, "classes": classes}
+
+
+def _runs_without(n, skip):
+    """Contiguous [lo, hi) row ranges of range(n) that leave out the rows in skip."""
+    runs, lo = [], 0
+    for i in sorted(skip) + [n]:
+        if i > lo:
+            runs.append((lo, i))
+        lo = i + 1
+    return runs
 
 
 def make_mapping(out_dir, W, *, method="zoomshot", epochs=5, fraction=0.1, seed=0, mean=None,
