@@ -82,9 +82,16 @@ class EvalSet:
         name, t.problem = self._choose_vocab(key, vocab)
         if name is None:
             return t
-        t.vocab = self.cache.text(key, name)
+        t.vocab = self._text(key, name)
         t.problem = self._label_problem(t.vocab)
         return t
+
+    def _text(self, key: str, vocab: str) -> TextVocab:
+        """A vocabulary's names, templates and classifier, without its (large) per-prompt embeddings."""
+        g = self.cache.f[f"encoders/{key}/text/{vocab}"]
+        strs = [x.decode() if isinstance(x, bytes) else str(x) for x in g["names"][()]]
+        temps = [x.decode() if isinstance(x, bytes) else str(x) for x in g["templates"][()]]
+        return TextVocab(vocab, strs, temps, None, g["classifier"][()].astype(np.float32))
 
     def _choose_vocab(self, key: str, vocab: str | None) -> tuple[str | None, str | None]:
         have = self.cache.vocabularies(key)
@@ -101,7 +108,7 @@ class EvalSet:
         if classes is not None:
             for same in (lambda a, b: a == b,
                          lambda a, b: [_norm_name(x) for x in a] == [_norm_name(x) for x in b]):
-                match = [v for v in have if same(self.cache.text(key, v).names, classes)]
+                match = [v for v in have if same(self._text(key, v).names, classes)]
                 if match:
                     return match[0], None
         return None, (f"{where} has vocabularies {', '.join(have)} and none has this cache's class "
@@ -191,8 +198,10 @@ class EvalSet:
                     f"so it has no text classifier to score with")
         if t.problem:
             return t.problem
-        if not self.has_image_features(m.source_key(self.encoders)):
-            return f"no scorable rows for source {m.source['spec']!r}: {self.account(m.source_key(self.encoders)).counts}"
+        n = self.account(m.source_key(self.encoders)).counts
+        if not n["scored"]:
+            return (f"no rows to score for source {m.source['spec']!r} ({n['unreadable']} unreadable, "
+                    f"{n['not_done']} not written, {n['unlabelled']} unlabelled of {n['total']})")
         return None
 
     def score(self, mappings: Iterable[Mapping], per_class: bool = False) -> list[dict]:
@@ -280,21 +289,20 @@ def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None
     skipped: list[dict] = []
     for path in _unique([str(c) for c in caches], _resolved):
         with EvalSet(path, vocab) as es:
-            for t in es.targets.values():
-                if t.problem is None and t.vocab is not None and es.has_image_features(t.key):
-                    key = (None, _resolved(path), t.entry.spec, t.vocab.name)
-                    ref = es.clip_reference(t, per_class)
-                    if key not in skip:
-                        records.append(ref)
             todo = []
             for m in ms:
                 why = es.why_not(m)
                 if why:
                     skipped.append({"mapping": mapping_id(m), "cache": path, "reason": why})
-                    continue
-                t = es.target_for(m)
-                if (_resolved(mapping_id(m)), _resolved(path), m.source["spec"], t.vocab.name) in skip:
-                    continue
-                todo.append(m)
+                elif (_resolved(mapping_id(m)), _resolved(path), m.source["spec"],
+                      es.target_for(m).vocab.name) not in skip:
+                    todo.append(m)
+            for t in es.targets.values():
+                if t.problem is None and t.vocab is not None and es.has_image_features(t.key):
+                    wanted = (None, _resolved(path), t.entry.spec, t.vocab.name) not in skip
+                    if wanted or any(es.target_for(m) is t for m in todo):  # agreement needs CLIP's predictions
+                        ref = es.clip_reference(t, per_class)
+                        if wanted:
+                            records.append(ref)
             records.extend(es.score(todo, per_class))
     return records, skipped

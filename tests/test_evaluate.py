@@ -243,3 +243,33 @@ def test_cli_evaluate_bad_input_is_one_line_error(world, tmp_path, args, message
     assert res.exit_code == 2
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "rep" / "results.json").exists()
+
+
+def test_cache_without_clip_image_features_scores_mappings_without_agreement(tmp_path):
+    w = make_world(tmp_path / "textonly.h5", clip_image=False)
+    make_mapping(tmp_path / "m", w["W"], mean=w["offset"])
+    records, skipped = evaluate([str(tmp_path / "m")], [w["path"]])
+    assert skipped == [] and len(records) == 1  # no CLIP reference without CLIP image features
+    m = records[0]["metrics"]
+    assert m["acc1"] > 0.5 and m["agreement"] is None and m["clip_share"] is None
+
+
+def test_scoring_in_small_chunks_gives_the_same_records(world, tmp_path, monkeypatch):
+    import zoomshot.evaluate.scoring as scoring
+
+    whole, _ = evaluate([str(tmp_path / "true_map")], [world["path"]], per_class=True)
+    monkeypatch.setattr(scoring, "CHUNK_ROWS", 7)
+    chunked, _ = evaluate([str(tmp_path / "true_map")], [world["path"]], per_class=True)
+    for a, b in zip(chunked, whole):
+        gap_a, gap_b = a["metrics"].pop("modality_gap"), b["metrics"].pop("modality_gap")
+        assert gap_a == pytest.approx(gap_b, rel=1e-6)  # float32 sums in another order
+    assert chunked == whole and len(whole) == 2
+
+
+def test_source_with_no_written_rows_is_a_stated_skip(tmp_path):
+    w = make_world(tmp_path / "empty.h5", n=20, not_done=range(20))
+    make_mapping(tmp_path / "m", w["W"], mean=w["offset"])
+    records, skipped = evaluate([str(tmp_path / "m")], [w["path"]])
+    assert records == []
+    assert "no rows to score for source 'toy:vision' (0 unreadable, 20 not written, 0 unlabelled of 20)" \
+        == skipped[0]["reason"]
