@@ -267,7 +267,9 @@ class Cache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            raise CacheError(f"no cache at {self.path}")
+            unfinished = shard_report(self.path)
+            raise CacheError(f"no cache at {self.path}"
+                             + (f"; {'; '.join(unfinished)}" if unfinished else ""))
         try:
             self.f = h5py.File(self.path, "r")
         except OSError as e:
@@ -327,6 +329,12 @@ class Cache:
         self.encoder(key)
         ds = self.f[f"encoders/{key}/image"]
         self._check_sources(ds, key)
+        try:
+            return self._read_rows(ds, rows, dtype)
+        except OSError as e:
+            raise CacheError(self._read_error(ds, key, e)) from None
+
+    def _read_rows(self, ds, rows, dtype) -> np.ndarray:
         if rows is None:
             return ds[()].astype(dtype)
         rows = np.asarray(rows, np.int64)
@@ -346,14 +354,45 @@ class Cache:
             i = j
         return out
 
+    def _source_path(self, name: str) -> Path:
+        p = self.path.parent / name
+        return p if p.exists() or Path(name).is_absolute() else Path(name)
+
     def _check_sources(self, ds, key: str) -> None:
+        # HDF5 fills the rows of a missing or unopenable source file with the fill value, silently:
+        # check every shard file once, so such rows never pass for features.
+        if not ds.is_virtual or key in getattr(self, "_sources_ok", set()):
+            return
+        missing, unreadable = [], []
+        for name in sorted({vs.file_name for vs in ds.virtual_sources()}):
+            p = self._source_path(name)
+            if not p.exists():
+                missing.append(name)
+                continue
+            try:
+                with h5py.File(p, "r"):
+                    pass
+            except OSError:
+                unreadable.append(str(p))
+        if missing:
+            raise CacheError(f"{self.path}: encoders/{key}/image is missing shard files: {', '.join(missing)}")
+        if unreadable:
+            raise CacheError(f"{self.path}: encoders/{key}/image has corrupt shard files (they do not open): "
+                             f"{', '.join(unreadable)}")
+        self.__dict__.setdefault("_sources_ok", set()).add(key)
+
+    def _read_error(self, ds, key: str, err: OSError) -> str:
+        """Which file a failed read came from: a virtual dataset's read error does not say."""
         if ds.is_virtual:
-            missing = sorted({vs.file_name for vs in ds.virtual_sources()
-                              if not (self.path.parent / vs.file_name).exists()
-                              and not Path(vs.file_name).exists()})
-            if missing:
-                raise CacheError(f"{self.path}: encoders/{key}/image is missing shard files: "
-                                 f"{', '.join(missing)}")
+            for vs in ds.virtual_sources():
+                p = self._source_path(vs.file_name)
+                try:
+                    with h5py.File(p, "r") as f:
+                        f[vs.dset_name][()]
+                except OSError as e:
+                    return (f"shard file {p} of {self.path} (encoders/{key}/image) is corrupt: "
+                            f"{str(e).splitlines()[0]} (checksum); delete it and rerun zs extract")
+        return f"{self.path}: reading encoders/{key}/image failed: {str(err).splitlines()[0]}"
 
     # -- text -----------------------------------------------------------------------------
     def vocabularies(self, key: str) -> list[str]:
@@ -413,6 +452,7 @@ class Cache:
                 f"{int(done.sum())}/{self.n} rows done{shard_note}"
                 + (f", vocabularies: {', '.join(vocabs)}" if vocabs else "")
             )
+        lines.extend(shard_report(self.path, skip_complete=set(self.encoders)))
         return "\n".join(lines)
 
     def close(self) -> None:
@@ -427,3 +467,30 @@ class Cache:
 
 def open_cache(path: str | os.PathLike) -> Cache:
     return Cache(path)
+
+
+def shard_report(entry: str | os.PathLike, skip_complete: set[str] = frozenset()) -> list[str]:
+    """Lines on unfinished extractions in NAME.shards/ beside an entry file (see zoomshot.extract.layout).
+
+    An encoder folder counts its final shards (`NNNNN.h5`) against the manifest's shard count and
+    its partial ones (`NNNNN.h5.partial`); complete encoders in skip_complete are not reported.
+    """
+    entry = Path(entry)
+    root = entry.with_name(entry.stem + ".shards")
+    man = root / "manifest.json"
+    if not man.exists():
+        return []
+    try:
+        total = int(json.loads(man.read_text())["shards"])
+    except (ValueError, KeyError):
+        return [f"{man} is unreadable"]
+    out = []
+    for d in sorted(p for p in root.iterdir() if (p / "encoder.json").exists()):
+        final = len(list(d.glob("[0-9]*.h5")))
+        partial = len(list(d.glob("[0-9]*.h5.partial")))
+        if final == total and d.name in skip_complete:
+            continue
+        if final < total or partial:
+            out.append(f"encoder {d.name}: unfinished in {root}: {final} of {total} shards final, "
+                       f"{partial} partial (rerun the same zs extract to finish)")
+    return out

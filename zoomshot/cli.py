@@ -66,6 +66,42 @@ def encoders_cmd():
     typer.echo(f"\nA spec is {SPEC_HELP}.")
 
 # (section owned by the extract stage)
+@command(name="extract")
+def extract_cmd(
+    images: Optional[str] = typer.Option(None, "--images", help="ImageFolder tree, flat folder, .txt/.csv list "
+                                         "(path[,label]) or WebDataset tars ('data/shard-{00000..00099}.tar')."),
+    encoder: List[str] = typer.Option(..., "--encoder", help="Encoder spec (repeat for several; see `zs encoders`)."),
+    out: Path = typer.Option(..., "--out", help="Cache file, e.g. cache/NAME.h5 (shards go to cache/NAME.shards/)."),
+    fraction: float = typer.Option(1.0, "--fraction", help="Seeded random subset, stratified when labelled."),
+    seed: int = typer.Option(0, "--seed"),
+    vocab: List[str] = typer.Option([], "--vocab", help="Vocabulary for CLIP encoders: built-in name, 'classes' "
+                                    "or FILE.json (repeatable; default: the source's classes, else imagenet1k)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default from the core count)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A torchvision dataset read from --root "
+                                          "(cifar10, cifar100, stl10, food101, pets, flowers102, caltech101, dtd, "
+                                          "eurosat, imagenet1k); never downloaded."),
+    root: Optional[str] = typer.Option(None, "--root", help="Folder holding the --dataset copy."),
+    split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: test, or the only one)."),
+    num_shards: int = typer.Option(1, "--num-shards", help="Job-array size: this run does 1/K of the rows."),
+    shard_index: int = typer.Option(0, "--shard-index", help="This job's index in 0..K-1."),
+    shard_rows: Optional[int] = typer.Option(None, "--shard-rows", help="Rows per shard file (fixed by the first run)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16."),
+    decode: str = typer.Option("cpu", "--decode", help="cpu (PIL in workers) or gpu (JPEGs decoded on the device)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the image encoders."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress line."),
+):
+    """Run encoders over images once and write their embeddings (and CLIP text vocabularies) to a cache."""
+    from zoomshot.extract.runner import ExtractConfig, extract
+
+    summary = extract(ExtractConfig(
+        out=str(out), encoders=list(encoder), images=images, dataset=dataset, root=root, split=split,
+        fraction=fraction, seed=seed, vocabs=list(vocab), batch_size=batch_size, device=device, workers=workers,
+        precision=precision, decode=decode, compile=compile, num_shards=num_shards, shard_index=shard_index,
+        shard_rows=shard_rows, progress=not quiet))
+    typer.echo(summary.text(), err=True)
+
 
 
 # ---------------------------------------------------------------- fit / synth --------------

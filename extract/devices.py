@@ -1,0 +1,211 @@
+"""Keeping the accelerator fed: device choice, autocast, channels_last, torch.compile,
+host-to-device prefetch on a side stream, and GPU JPEG decoding with tensor transforms.
+
+On CPU everything here reduces to plain float32 forwards; the CUDA paths switch on only when
+the device is a CUDA device.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+from zoomshot.errors import ZsError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODERS = ("cpu", "gpu")
+
+
+def resolve_device(device: str, local_rank: int = 0) -> str:
+    """`auto` -> cuda:LOCAL_RANK when CUDA is there, else cpu; `cuda` under torchrun -> cuda:LOCAL_RANK."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ZsError(f"--device {device}: CUDA is not available here; use --device cpu")
+        if device == "cuda":
+            device = f"cuda:{local_rank % torch.cuda.device_count()}"
+        torch.cuda.set_device(torch.device(device))
+    elif device not in ("cpu", "mps"):
+        raise ZsError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def autocast_dtype(precision: str, device: str):
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ZsError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def make_forward(encoder, device: str, precision: str = "auto", channels_last: bool | None = None,
+                 compile: bool = False) -> Callable:
+    """A function (B,3,H,W) on device -> (B, dim) float32 for one encoder, with the speed options applied."""
+    import torch
+
+    dtype = autocast_dtype(precision, device)
+    cuda = device.startswith("cuda")
+    if channels_last is None:
+        channels_last = cuda
+    model = getattr(encoder, "model", None)
+    if channels_last and isinstance(model, torch.nn.Module):
+        model.to(memory_format=torch.channels_last)
+    fn = encoder.encode_image
+    if compile:
+        fn = torch.compile(fn)
+    device_type = device.split(":")[0]
+
+    def forward(x):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with ctx:
+            return fn(x).float()
+
+    return forward
+
+
+class DevicePrefetcher:
+    """Iterate batches with their tensors already on the device; on CUDA the copy of batch i+1
+    runs on a side stream while batch i computes (needs pinned host memory)."""
+
+    def __init__(self, loader, device: str):
+        import torch
+
+        self.loader = loader
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def _to_device(self, item):
+        import torch
+
+        def move(t):
+            return t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+
+        if self.stream is None:
+            item["tensors"] = [move(t) for t in item["tensors"]]
+            return item
+        with torch.cuda.stream(self.stream):
+            item["tensors"] = [move(t) for t in item["tensors"]]
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        item["_ready"] = ready
+        return item
+
+    def _ready(self, item):
+        import torch
+
+        if self.stream is not None:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_event(item.pop("_ready"))
+            for t in item["tensors"]:
+                if isinstance(t, torch.Tensor):
+                    t.record_stream(main)  # memory made on the side stream is used on the main one
+        return item
+
+    def __iter__(self):
+        prev = None
+        for item in self.loader:
+            cur = self._to_device(item)  # batch i+1 copies while batch i computes
+            if prev is not None:
+                yield self._ready(prev)
+            prev = cur
+        if prev is not None:
+            yield self._ready(prev)
+
+
+def to_host(feats, device: str):
+    """Start copying (B, dim) features to host memory; returns a function that waits and gives numpy."""
+    import torch
+
+    if not device.startswith("cuda"):
+        arr = feats.numpy()
+        return lambda: arr
+    host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+    host.copy_(feats, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait():
+        done.synchronize()
+        return host.numpy()
+
+    return wait
+
+
+# ------------------------------------------------------------------------------ GPU decode -----
+def tensor_transform(preprocess, what: str) -> Callable:
+    """The encoder's PIL eval transform, rebuilt for float CHW tensors in [0, 1] on any device.
+
+    Supports torchvision Compose of Resize / CenterCrop / ToTensor-like / Normalize and RGB
+    conversions (what timm and open_clip build for evaluation); anything else is refused.
+    """
+    import torch
+    from torchvision import transforms as T
+
+    steps = list(preprocess.transforms) if isinstance(preprocess, T.Compose) else [preprocess]
+    ops = []
+    for t in steps:
+        name = type(t).__name__
+        if isinstance(t, (T.Resize, T.CenterCrop)):
+            ops.append(t)
+            if isinstance(t, T.Resize):
+                ops.append(lambda x: x.clamp_(0, 1))  # bicubic overshoots; PIL clamps too
+        elif isinstance(t, T.Normalize):
+            ops.append(t)
+        elif name in ("ToTensor", "MaybeToTensor", "PILToTensor", "MaybeConvertMode", "ConvertImageDtype") \
+                or getattr(t, "__name__", "") in ("_convert_to_rgb", "convert_to_rgb"):
+            continue  # the decoded tensor is already RGB float in [0, 1]
+        else:
+            raise ZsError(f"--decode gpu cannot run the transform {name} of encoder {what} on tensors; "
+                          f"use --decode cpu")
+
+    def run(x):  # x: (3, H, W) float in [0, 1]
+        for op in ops:
+            x = op(x)
+        return x
+
+    return run
+
+
+def gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
+    """Decode a list of JPEG byte tensors (or already decoded uint8 CHW tensors) on the GPU.
+
+    Returns float (3, H, W) tensors in [0, 1] (None where decoding failed) and error strings.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from zoomshot.sources import decode_rgb
+
+    out: list = [None] * len(raw)
+    errors = [""] * len(raw)
+    jpeg_idx = [i for i, r in enumerate(raw) if r is not None and r.dim() == 1]
+    if jpeg_idx:
+        datas = [raw[i].cpu() for i in jpeg_idx]
+        try:
+            imgs = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the batch call: decode one by one to find it
+            imgs = []
+            for d in datas:
+                try:
+                    imgs.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError as e:
+                    imgs.append(e)
+        for i, d, img in zip(jpeg_idx, datas, imgs):
+            if isinstance(img, Exception):  # nvjpeg refuses some valid files (CMYK ...): try PIL
+                try:
+                    img = pil_to_tensor(decode_rgb(d.numpy().tobytes())).to(device)
+                except Exception as e:
+                    errors[i] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                    continue
+            out[i] = img.float().div_(255)
+    for i, r in enumerate(raw):
+        if r is not None and r.dim() == 3:
+            out[i] = r.to(device, non_blocking=True).float().div_(255)
+    return out, errors

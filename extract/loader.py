@@ -1,0 +1,127 @@
+"""Decoding: each image is read and decoded once per batch, then every preprocessing group
+(encoders with the same transform share one) gets its own tensor. Batches are planned on
+shard-aligned row ranges, so the same rows always meet in the same batch, whichever process,
+rerun or resume computes them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from zoomshot.sources import ImageSource, decode_rgb
+
+
+@dataclass(frozen=True)
+class Batch:
+    shard: int
+    start: int
+    stop: int
+    keys: tuple[str, ...]  # the encoders that still need these rows
+
+
+def plan_batches(shard_bounds: dict[int, tuple[int, int]], resume: dict[str, dict[int, int]],
+                 batch_size: int) -> list[Batch]:
+    """Batches over the shards of this process.
+
+    resume[key][s] is the first row of shard s that encoder key still needs. Batch boundaries
+    are start + j·batch_size within each shard, plus any resume point that falls between them
+    (only when a rerun changed the batch size).
+    """
+    out = []
+    for s, (a, b) in sorted(shard_bounds.items()):
+        pending = {k: r[s] for k, r in resume.items() if r[s] < b}
+        if not pending:
+            continue
+        lo = min(pending.values())
+        points = {x for x in range(a, b, batch_size) if x > lo} | set(pending.values()) | {lo, b}
+        points = sorted(points)
+        for x, y in zip(points, points[1:]):
+            out.append(Batch(s, x, y, tuple(k for k in pending if pending[k] <= x)))
+    return out
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if type(e).__name__ == "UnidentifiedImageError":
+        text = "not an image in a format PIL reads"
+    return f"{type(e).__name__}: {text}"[:300]
+
+
+class PreprocessGroups:
+    """Encoders that share a preprocessing transform (same library and config) share one tensor."""
+
+    def __init__(self, encoders):
+        self.transforms: list = []
+        self.group_of: dict[str, int] = {}
+        seen: dict[str, int] = {}
+        for enc in encoders:
+            cfg = enc.preprocess_config or {}
+            sig = json.dumps(cfg, sort_keys=True, default=str) if cfg.get("library") in ("timm", "open_clip") else None
+            if sig is not None and sig in seen:
+                self.group_of[enc.key] = seen[sig]
+                continue
+            self.transforms.append(enc.preprocess)
+            self.group_of[enc.key] = len(self.transforms) - 1
+            if sig is not None:
+                seen[sig] = self.group_of[enc.key]
+
+
+class DecodedBatches:
+    """A map-style dataset whose item i is planned batch i, decoded and preprocessed.
+
+    With gpu=True the images are not decoded here: JPEG bytes come back as 1-D uint8 tensors,
+    other images as decoded uint8 (3, H, W) tensors, for `devices.gpu_decode`.
+    """
+
+    def __init__(self, source: ImageSource, batches: list[Batch], transforms: list, gpu: bool = False):
+        self.source = source
+        self.batches = batches
+        self.transforms = transforms
+        self.gpu = gpu
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        b = self.batches[i]
+        n = b.stop - b.start
+        ok = np.zeros(n, bool)
+        errors = [""] * n
+        per_group: list[list] = [[] for _ in self.transforms]
+        raw: list = []
+        for j, row in enumerate(range(b.start, b.stop)):
+            try:
+                data = self.source.read(row)
+                if self.gpu:
+                    raw.append(_raw_tensor(data))
+                else:
+                    img = decode_rgb(data)
+                    outs = [t(img) for t in self.transforms]
+                    for lst, x in zip(per_group, outs):
+                        lst.append(x)
+            except Exception as e:  # any decoder failure marks the row unreadable; the run goes on
+                errors[j] = _reason(e)
+                if self.gpu:
+                    raw.append(None)
+                continue
+            ok[j] = True
+        tensors = [torch.stack(lst) if lst else None for lst in per_group]
+        return {"index": i, "ok": ok, "errors": errors, "tensors": tensors, "raw": raw}
+
+
+def _raw_tensor(data):
+    """JPEG bytes stay bytes (decoded on the GPU); anything else is decoded here to uint8 CHW."""
+    import torch
+    from torchvision.transforms.functional import pil_to_tensor
+
+    if isinstance(data, (bytes, bytearray)) and data[:3] == b"\xff\xd8\xff":
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return pil_to_tensor(decode_rgb(data))
+
+
+def identity_collate(x):
+    return x

@@ -1,0 +1,328 @@
+"""`extract(ExtractConfig)`: images -> a zs-cache, one code path for one process or many.
+
+Steps: list the source (sorted ids, optional seeded subset); check any existing entry file and
+shard folder against this run; take this process's contiguous range of shards and lock it;
+CLIP encoders' vocabularies (global rank 0); decode each image once per batch and feed every
+encoder; a writer thread appends to partial shards and renames each one when complete; finally
+(after a barrier under torchrun) the entry file is written if every shard of the run is final.
+A rerun finds final shards, resumes partial ones from their done rows, and recomputes nothing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zoomshot.cache import STATUS_OK, CacheError, open_cache
+from zoomshot.errors import ZsError
+from zoomshot.sources import ImageSource, open_source, subset_fraction
+
+from . import distributed as D
+from .devices import DECODERS, DevicePrefetcher, gpu_decode, make_forward, resolve_device, tensor_transform, to_host
+from .layout import Layout
+from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
+from .progress import Progress
+from .shardfile import ShardFile
+from .stitch import shard_progress, write_entry
+from .text import embed_vocabulary, resolve_vocabularies, save_text, stored_digest
+from .text import digest as vocab_digest
+from .writer import Rows, ShardWriterThread
+
+
+@dataclass
+class ExtractConfig:
+    out: str
+    encoders: list[str]
+    images: str | None = None
+    dataset: str | None = None
+    root: str | None = None
+    split: str | None = None
+    fraction: float = 1.0
+    seed: int = 0
+    vocabs: list[str] = field(default_factory=list)
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int | None = None  # None: a default from the core count
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    decode: str = "cpu"  # "gpu": torchvision.io.decode_jpeg on the device
+    compile: bool = False
+    channels_last: bool | None = None  # None: on for CUDA
+    num_shards: int = 1  # job-array tasks
+    shard_index: int = 0
+    shard_rows: int | None = None  # rows per shard file; fixed by the first run
+    progress: bool = True
+
+
+@dataclass
+class ExtractSummary:
+    out: Path
+    rows: int
+    encoders: list[str]
+    shards: tuple[int, int, int]  # this process's [first, last) of the total
+    computed: dict[str, int]  # rows newly computed per encoder by this process
+    decoded: int
+    unreadable: int  # among the images this process decoded
+    seconds: float  # the whole run, model loading included
+    images_per_s: float  # decoded images per second of the batch loop
+    entry_written: bool
+    cache_unreadable: int | None = None  # in the whole cache, when the entry was written
+    unfinished: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        first, last, total = self.shards
+        lines = [f"{'wrote' if self.entry_written else 'did not write yet'} {self.out}: {self.rows} rows, "
+                 f"encoders {', '.join(self.encoders)}"
+                 + (f", {self.cache_unreadable} unreadable" if self.cache_unreadable is not None else "")]
+        lines.append(f"this process: shards {first}..{last - 1} of {total}, decoded {self.decoded} images "
+                     f"({self.unreadable} unreadable), {self.images_per_s:.1f} images/s, {self.seconds:.1f}s in all; "
+                     f"computed rows: " + ", ".join(f"{k} {v}" for k, v in self.computed.items())
+                     if last > first else f"this process: no shards (there are {total})")
+        for k, why in self.unfinished.items():
+            lines.append(f"encoder {k}: {why}; the entry file is written when every shard is final "
+                         f"(rerun the same command to finish)")
+        return "\n".join(lines)
+
+
+def default_workers(device: str) -> int:
+    cores = os.cpu_count() or 1
+    return max(0, min(8 if device.startswith("cuda") else 4, cores - 1))
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Run (or continue) an extraction; see the module docstring."""
+    if cfg.batch_size < 1:
+        raise ZsError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.decode not in DECODERS:
+        raise ZsError(f"--decode {cfg.decode!r}: choose from {', '.join(DECODERS)}")
+    if not cfg.encoders:
+        raise ZsError("give at least one --encoder SPEC")
+    if Path(cfg.out).suffix not in (".h5", ".hdf5"):
+        raise ZsError(f"--out {cfg.out}: a cache file name ends in .h5")
+    procs = D.from_environment(cfg.num_shards, cfg.shard_index)
+    device = resolve_device(cfg.device, procs.local_rank)
+    if cfg.decode == "gpu" and not device.startswith("cuda"):
+        raise ZsError("--decode gpu needs a CUDA device; use --decode cpu")
+    D.init_group(procs, device)
+    try:
+        return _extract(cfg, procs, device)
+    finally:
+        D.shutdown(procs)
+
+
+def _check_entry(entry: Path, ids: list[str], parsed) -> dict:
+    """Refuse a run that does not fit an existing entry file; returns its encoders."""
+    if not entry.exists():
+        return {}
+    with open_cache(entry) as c:
+        if c.ids != ids:
+            raise CacheError(f"{entry} holds a different image list ({c.n} rows) than this run ({len(ids)} rows); "
+                             f"use another --out or the same images, fraction and seed")
+        encs = c.encoders
+        complete = {k for k in encs if bool(np.all(c.done(k) | (c.status != STATUS_OK)))}
+    for p in parsed:
+        e = encs.get(p.key)
+        if e is not None and (e.spec, e.weights) != (p.spec, p.weights):
+            what = "spec" if e.spec != p.spec else "weights"
+            raise CacheError(f"{entry}: encoders/{p.key} has {what}={getattr(e, what)!r}, this run has "
+                             f"{getattr(p, what)!r}; write to another --out")
+    return {k: (e, k in complete) for k, e in encs.items()}
+
+
+def _build(spec: str, parsed, device: str):
+    import torch
+
+    from zoomshot.encoders import build_encoder
+
+    if parsed.weights == "random":
+        # The same draw in every process, rerun and resume: the seed is a function of the spec.
+        torch.manual_seed(zlib.crc32(parsed.spec.encode()))
+    return build_encoder(spec, device=device)
+
+
+def _encoder_attrs(enc) -> dict:
+    e = enc.entry()
+    return {"spec": e.spec, "family": e.family, "dim": int(e.dim), "normalized": bool(e.normalized),
+            "weights": e.weights, "preprocess": e.preprocess, "versions": e.versions}
+
+
+def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSummary:
+    import torch
+
+    from zoomshot.encoders import parse_spec
+
+    t0 = time.perf_counter()
+    source: ImageSource = subset_fraction(open_source(cfg.images, cfg.dataset, cfg.root, cfg.split),
+                                          cfg.fraction, cfg.seed)
+    if len(source) == 0:
+        raise ZsError(f"{source.description} holds no images")
+    parsed = [parse_spec(s) for s in cfg.encoders]
+    keys = [p.key for p in parsed]
+    if len(set(keys)) != len(keys):
+        raise ZsError(f"an encoder is given twice: {', '.join(keys)}")
+    layout = Layout(cfg.out)
+    in_entry = _check_entry(layout.entry, source.ids, parsed)
+    m = layout.open_or_create(source.ids, source.labels_or_unknown(), source.class_names, source.ids_digest(),
+                              cfg.shard_rows, procs.world)
+    first, last = procs.span(m.shards)
+    mine = {s: m.bounds(s) for s in range(first, last)}
+    # An encoder the entry holds complete without shards (written by another tool) needs nothing.
+    run_keys = [p.key for p in parsed
+                if not (p.key in in_entry and in_entry[p.key][1] and p.key not in layout.encoder_keys())]
+    vocabs = None
+
+    def text_pending(key: str, family: str) -> bool:
+        nonlocal vocabs
+        if family != "clip" or procs.rank != 0:
+            return False
+        if vocabs is None:
+            vocabs = resolve_vocabularies(cfg.vocabs, source)
+        return any(stored_digest(layout.text_path(key, v.name)) != vocab_digest(v) for v in vocabs)
+
+    # Build only the encoders with work left here; a finished rerun loads no model at all.
+    encoders = {}
+    for p, spec in zip(parsed, cfg.encoders):
+        if p.key not in run_keys:
+            continue
+        attrs = layout.encoder_attrs(p.key)
+        if attrs is not None and (attrs["spec"], attrs["weights"]) == (p.spec, p.weights):
+            finals = layout.final_shards(p.key, m)
+            if all(finals[s] for s in mine) and not text_pending(p.key, attrs["family"]):
+                continue
+        enc = _build(spec, p, device)
+        have = in_entry.get(p.key)
+        if have is not None and (have[0].dim, have[0].family) != (enc.dim, enc.family):
+            raise CacheError(f"{layout.entry}: encoders/{p.key} has dim {have[0].dim} ({have[0].family}), "
+                             f"this run has {enc.dim} ({enc.family}); write to another --out")
+        layout.write_encoder_attrs(p.key, _encoder_attrs(enc))
+        encoders[p.key] = enc
+
+    claims = []
+    computed = {k: 0 for k in run_keys}
+    decoded = unreadable = 0
+    loop_seconds = 0.0
+    try:
+        for key in encoders:
+            claims.append(layout.claim_shards(key, first, last))
+        for key, enc in encoders.items():
+            if text_pending(key, enc.family):
+                _write_vocabularies(enc, vocabs, layout, device)
+        resume = {key: {s: ShardFile.resume_point(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim)
+                        for s, (a, b) in mine.items()}
+                  for key, enc in encoders.items()}
+        batches = plan_batches(mine, resume, cfg.batch_size)
+        if batches:
+            t_loop = time.perf_counter()
+            decoded, unreadable, computed = _run_batches(cfg, source, batches, encoders, layout, m, device,
+                                                         procs, computed)
+            loop_seconds = time.perf_counter() - t_loop
+    finally:
+        for c in claims:
+            c.release()
+    seconds = time.perf_counter() - t0
+    D.barrier(procs, device)
+    written, cache_bad, unfinished = False, None, {}
+    if procs.dist_rank == 0:
+        written = write_entry(layout, m, require=run_keys)
+        if written:
+            with open_cache(layout.entry) as c:
+                cache_bad = int((c.status != STATUS_OK).sum())
+        else:
+            prog = shard_progress(layout, m)
+            unfinished = {k: f"{prog.final.get(k, 0)} of {m.shards} shards final, {prog.partial.get(k, 0)} partial"
+                          for k in run_keys if not prog.complete(k)}
+    return ExtractSummary(out=layout.entry, rows=m.rows, encoders=keys, shards=(first, last, m.shards),
+                          computed=computed, decoded=decoded, unreadable=unreadable, seconds=seconds,
+                          images_per_s=decoded / loop_seconds if loop_seconds > 0 else 0.0, entry_written=written,
+                          cache_unreadable=cache_bad, unfinished=unfinished)
+
+
+def _write_vocabularies(enc, vocabs, layout: Layout, device: str) -> None:
+    import torch
+
+    from .devices import autocast_dtype
+
+    dtype = autocast_dtype("auto", device)
+    for v in vocabs:
+        path = layout.text_path(enc.key, v.name)
+        if stored_digest(path) == vocab_digest(v):
+            continue
+
+        def encode(texts):
+            with torch.inference_mode():
+                if dtype is not None:
+                    with torch.autocast(device.split(":")[0], dtype=dtype):
+                        return enc.encode_text(texts).float().cpu().numpy()
+                return enc.encode_text(texts).float().cpu().numpy()
+
+        save_text(path, v, embed_vocabulary(encode, v, enc.dim))
+
+
+def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, computed):
+    import torch
+
+    cuda = device.startswith("cuda")
+    groups = PreprocessGroups(encoders.values())
+    gpu = cfg.decode == "gpu"
+    dataset = DecodedBatches(source, batches, [] if gpu else groups.transforms, gpu=gpu)
+    tensor_tfs = ([tensor_transform(t, k) for k, t in zip(encoders, groups.transforms)] if gpu else None)
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    workers = min(workers, len(batches))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=identity_collate,
+        pin_memory=cuda, prefetch_factor=4 if workers else None, persistent_workers=False)
+    forwards = {k: make_forward(e, device, cfg.precision, cfg.channels_last, cfg.compile) for k, e in encoders.items()}
+    rows_total = sum(b.stop - b.start for b in batches)
+    progress = Progress(rows_total, label=f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
+                        enabled=cfg.progress and procs.local_rank == 0)
+    batches_iter = iter(DevicePrefetcher(loader, device))  # forks the decode workers before the writer thread starts
+    writer = ShardWriterThread(layout, m, {k: (e.spec, e.dim) for k, e in encoders.items()})
+    decoded = unreadable = 0
+    try:
+        with torch.inference_mode():
+            for item in batches_iter:
+                b = batches[item["index"]]
+                ok, errors, tensors = item["ok"], item["errors"], item["tensors"]
+                if gpu:
+                    ok, errors, tensors = _gpu_tensors(item, tensor_tfs, device)
+                for key in b.keys:
+                    x = tensors[groups.group_of[key]]
+                    if x is None:
+                        dim = encoders[key].dim
+                        feats = (lambda d=dim: np.zeros((0, d), np.float32))
+                    else:
+                        feats = to_host(forwards[key](x), device)
+                    writer.put(Rows(key, b.shard, b.start, b.stop, feats, ok, errors))
+                    computed[key] += int(ok.sum())
+                decoded += b.stop - b.start
+                unreadable += int((~ok).sum())
+                progress.update(b.stop - b.start)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        progress.close()
+    return decoded, unreadable, computed
+
+
+def _gpu_tensors(item, tensor_tfs, device):
+    import torch
+
+    imgs, errs = gpu_decode(item["raw"], device)
+    ok = item["ok"].copy()
+    errors = list(item["errors"])
+    for j, (img, e) in enumerate(zip(imgs, errs)):
+        if ok[j] and img is None:
+            ok[j], errors[j] = False, e or "decode failed"
+    good = [img for img in imgs if img is not None]
+    tensors = [torch.stack([tf(img) for img in good]) if good else None for tf in tensor_tfs]
+    return ok, errors, tensors
+
+
+def print_summary(s: ExtractSummary, stream=None) -> None:
+    print(s.text(), file=stream or sys.stderr)

@@ -1,0 +1,153 @@
+"""One shard of one encoder: rows [start, stop) written batch by batch, renamed into place when complete.
+
+A shard is written under `NNNNN.h5.partial`. After each batch the features, status and errors are
+flushed first and the `rows_done` attribute second, so a process killed at any moment leaves a
+partial file whose first `rows_done` rows are whole. A rerun checks those rows (fletcher32
+checksums) and continues after them, or starts the shard again when the file does not read back.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, STR, CacheError, chunk_rows
+
+from .faults import fault_point
+
+SHARD_FORMAT = "zs-shard"
+# A chunk cache that holds a whole ~1 MiB chunk, so batch writes smaller than a chunk do not re-read it.
+CHUNK_CACHE_BYTES = 8 << 20
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ShardFile:
+    """An open partial shard. Use `resume_point` first, then `open` to append."""
+
+    def __init__(self, final: Path, f: h5py.File):
+        self.final = Path(final)
+        self.partial = Path(str(final) + ".partial")
+        self.f = f
+        self.start = int(f.attrs["start"])
+        self.stop = int(f.attrs["stop"])
+        self.dim = int(f.attrs["dim"])
+
+    @property
+    def rows_done(self) -> int:
+        return int(self.f.attrs["rows_done"])
+
+    # -- opening ----------------------------------------------------------------------------------
+    @staticmethod
+    def resume_point(final: Path, start: int, stop: int, key: str, spec: str, dim: int) -> int:
+        """The first row still to write: stop for a final shard, rows_done of a sound partial, else start.
+
+        A partial file that does not open, belongs to another encoder or range, or fails its
+        checksums is removed, so the shard is written again from its first row.
+        """
+        final = Path(final)
+        if final.exists():
+            return stop
+        partial = Path(str(final) + ".partial")
+        if not partial.exists():
+            return start
+        try:
+            with h5py.File(partial, "r") as f:
+                a = f.attrs
+                if (a.get("format") != SHARD_FORMAT or int(a["start"]) != start or int(a["stop"]) != stop
+                        or a["key"] != key or a["spec"] != spec or int(a["dim"]) != dim):
+                    raise ValueError("written for another shard layout or encoder")
+                done = int(a["rows_done"])
+                if not start <= done <= stop:
+                    raise ValueError(f"rows_done {done} outside [{start}, {stop}]")
+                n = done - start
+                if n:
+                    f["image"][:n]  # reading checks the chunks' fletcher32 checksums
+                    f["done"][:n], f["status"][:n], f["errors"][:n]
+                return done
+        except Exception:  # a file cut off mid-flush: its rows are not trusted, write the shard again
+            partial.unlink()
+            return start
+
+    @classmethod
+    def open(cls, final: Path, start: int, stop: int, key: str, spec: str, dim: int) -> "ShardFile":
+        """Open the partial shard for appending, creating it when absent."""
+        final = Path(final)
+        partial = Path(str(final) + ".partial")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            return cls(final, h5py.File(partial, "a", rdcc_nbytes=CHUNK_CACHE_BYTES))
+        f = h5py.File(partial, "w", rdcc_nbytes=CHUNK_CACHE_BYTES)
+        n = stop - start
+        for k, v in {"format": SHARD_FORMAT, "key": key, "spec": spec, "dim": dim,
+                     "start": start, "stop": stop, "rows_done": start, "complete": False}.items():
+            f.attrs[k] = v
+        f.create_dataset("image", shape=(n, dim), dtype=np.float16, chunks=(chunk_rows(dim, n), dim),
+                         fletcher32=True, fillvalue=np.float16(np.nan))
+        f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
+        f.create_dataset("status", shape=(n,), dtype=np.uint8, fillvalue=STATUS_OK)
+        f.create_dataset("errors", shape=(n,), dtype=STR)
+        f.flush()
+        return cls(final, f)
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write(self, a: int, b: int, feats: np.ndarray, ok: np.ndarray, errors: list[str]) -> None:
+        """Rows [a, b): feats holds the rows where ok is True, in order; errors the reasons of the others."""
+        if a != self.rows_done or not self.start <= a < b <= self.stop:
+            raise CacheError(f"{self.partial}: rows [{a}, {b}) do not continue rows_done={self.rows_done}")
+        ok = np.asarray(ok, bool)
+        feats = np.asarray(feats)
+        if feats.shape != (int(ok.sum()), self.dim):
+            raise CacheError(f"{self.partial}: features of shape {feats.shape} for {int(ok.sum())} readable rows, dim {self.dim}")
+        block = np.full((b - a, self.dim), np.nan, np.float16)
+        block[ok] = feats.astype(np.float16)
+        i, j = a - self.start, b - self.start
+        self.f["image"][i:j] = block
+        self.f["done"][i:j] = ok
+        self.f["status"][i:j] = np.where(ok, STATUS_OK, STATUS_UNREADABLE).astype(np.uint8)
+        self.f["errors"][i:j] = np.array([("" if o else e) for o, e in zip(ok, errors)], dtype=object)
+        self.f.flush()  # the rows first ...
+        self.f.attrs["rows_done"] = b
+        self.f.flush()  # ... then the claim that they are there
+        fault_point("batch_written")
+
+    def finalize(self) -> Path:
+        """Close a complete shard and rename it to its final name (visible to readers only now)."""
+        if self.rows_done != self.stop:
+            raise CacheError(f"{self.partial}: finalize with {self.rows_done - self.start} of {self.stop - self.start} rows")
+        self.f.attrs["complete"] = True
+        self.f.close()
+        self.f = None
+        _fsync(self.partial)
+        fault_point("shard_complete")
+        os.replace(self.partial, self.final)
+        with contextlib.suppress(OSError):
+            _fsync(self.final.parent)
+        fault_point("shard_final")
+        return self.final
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+def read_shard_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """done, status and errors of a final shard (cheap: no feature data)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get("complete", False)):
+                raise CacheError(f"{path} is not marked complete")
+            errs = [x.decode() if isinstance(x, bytes) else str(x) for x in f["errors"][()]]
+            return f["done"][()], f["status"][()], errs
+    except OSError as e:
+        raise CacheError(f"shard file {path} does not read back ({e}); delete it and rerun zs extract") from None

@@ -1,0 +1,128 @@
+"""The entry file: one zs-cache v1 file whose encoders/KEY/image are virtual datasets over final shards.
+
+Written only when every shard of an encoder is final, under the entry lock, to a temporary
+name that is renamed into place; encoders with unfinished shards are left out (and reported).
+Encoders an earlier entry file holds without shards (written by another tool) are copied over.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from zoomshot.cache import FORMAT, STATUS_OK, CacheError, CacheWriter, EncoderEntry, _s, _strs
+from zoomshot.fileutil import atomic_path
+
+from .faults import fault_point
+from .layout import Layout, Manifest
+from .shardfile import read_shard_rows
+
+
+@dataclass
+class ShardProgress:
+    """How far each encoder in a shard folder is."""
+
+    shards: int
+    final: dict[str, int] = field(default_factory=dict)  # key -> final shard count
+    partial: dict[str, int] = field(default_factory=dict)  # key -> partial shard count
+
+    def complete(self, key: str) -> bool:
+        return self.final.get(key, 0) == self.shards
+
+    def unfinished(self) -> list[str]:
+        return [k for k in self.final if not self.complete(k)]
+
+
+def shard_progress(layout: Layout, m: Manifest) -> ShardProgress:
+    p = ShardProgress(m.shards)
+    for key in layout.encoder_keys():
+        p.final[key] = sum(layout.final_shards(key, m))
+        p.partial[key] = sum(layout.partial_path(key, s).exists() for s in range(m.shards))
+    return p
+
+
+def write_entry(layout: Layout, m: Manifest, require: list[str]) -> bool:
+    """Write the entry file when every encoder in `require` has all shards final; True when written."""
+    with layout.lock_file(layout.root / ".entry.lock"):
+        progress = shard_progress(layout, m)
+        if not all(progress.complete(k) for k in require):
+            return False
+        ids, labels, class_names = layout.read_images()
+        keys = [k for k in layout.encoder_keys() if progress.complete(k)]
+        per_key = {}
+        status = np.zeros(m.rows, np.uint8)
+        errors = [""] * m.rows
+        for key in keys:
+            done = np.zeros(m.rows, bool)
+            for s in range(m.shards):
+                a, b = m.bounds(s)
+                d, st, er = read_shard_rows(layout.shard_path(key, s))
+                if len(d) != b - a:
+                    raise CacheError(f"{layout.shard_path(key, s)} holds {len(d)} rows, the layout says {b - a}")
+                done[a:b] = d
+                status[a:b] = np.maximum(status[a:b], st)
+                for i, e in enumerate(er):
+                    if e and not errors[a + i]:
+                        errors[a + i] = e
+            per_key[key] = done
+        old = _open_old_entry(layout, ids)
+        try:
+            with atomic_path(layout.entry) as tmp:
+                w = CacheWriter(tmp, ids, labels, class_names)
+                try:
+                    encs = w.f.require_group("encoders")
+                    for key in keys:
+                        _write_encoder(w, encs, layout, m, key, per_key[key])
+                    if old is not None:
+                        for key in old.get("encoders", {}):
+                            if key not in encs:
+                                old.copy(old[f"encoders/{key}"], encs, name=key)
+                        status = np.maximum(status, old["images/status"][()])
+                        old_err = _strs(old["images/errors"]) if "images/errors" in old else []
+                        for i, e in enumerate(old_err):
+                            if e and not errors[i]:
+                                errors[i] = e
+                    w.f["images/status"][...] = status
+                    w.f["images/errors"][...] = np.array(errors, dtype=object)
+                finally:
+                    w.close()
+                fault_point("entry_written")
+        finally:
+            if old is not None:
+                old.close()
+        return True
+
+
+def _open_old_entry(layout: Layout, ids: list[str]) -> h5py.File | None:
+    if not layout.entry.exists():
+        return None
+    f = h5py.File(layout.entry, "r")
+    if _s(f.attrs.get("format", "")) != FORMAT:
+        f.close()
+        raise CacheError(f"{layout.entry} exists and is not a zs-cache file; write to another --out")
+    if _strs(f["images/ids"]) != ids:
+        f.close()
+        raise CacheError(f"{layout.entry} holds a different image list than its shards; write to another --out")
+    return f
+
+
+def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest, key: str, done: np.ndarray):
+    attrs = layout.encoder_attrs(key)
+    entry = EncoderEntry(key=key, spec=attrs["spec"], family=attrs["family"], dim=int(attrs["dim"]),
+                         normalized=bool(attrs["normalized"]), weights=attrs["weights"],
+                         preprocess=attrs.get("preprocess", {}), versions=attrs.get("versions", {}))
+    g = encs.create_group(key)
+    for k, v in entry.attrs().items():
+        g.attrs[k] = v
+    lay = h5py.VirtualLayout(shape=(m.rows, entry.dim), dtype=np.float16)
+    for s in range(m.shards):
+        a, b = m.bounds(s)
+        src = layout.relative_to_entry(layout.shard_path(key, s))
+        lay[a:b] = h5py.VirtualSource(src, "image", shape=(b - a, entry.dim))
+    # NaN where a source is unreadable, so a missing shard can never pass for features.
+    g.create_virtual_dataset("image", lay, fillvalue=np.float16(np.nan))
+    g.create_dataset("done", data=done)
+    for vocab in layout.vocabularies(key):
+        with h5py.File(layout.text_path(key, vocab), "r") as t:
+            w.write_text(key, vocab, _strs(t["names"]), _strs(t["templates"]), t["emb"][()])

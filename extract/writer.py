@@ -1,0 +1,104 @@
+"""A writer thread: HDF5 writes (and waiting for device-to-host copies) overlap the next batch's compute.
+
+The main loop hands over (encoder key, shard, rows, features) in order; the thread appends them
+to the shard's partial file and renames the shard when its last row is written. An error in the
+thread is raised in the main loop at the next hand-over or at `close`.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .layout import Layout, Manifest
+from .shardfile import ShardFile
+
+
+@dataclass
+class Rows:
+    key: str
+    shard: int
+    start: int
+    stop: int
+    feats: Callable[[], np.ndarray]  # waits for the host copy; (n_ok, dim)
+    ok: np.ndarray
+    errors: list[str]
+
+
+class ShardWriterThread:
+    def __init__(self, layout: Layout, m: Manifest, specs: dict[str, tuple[str, int]], depth: int = 4):
+        self.layout, self.m, self.specs = layout, m, specs
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.open: dict[tuple[str, int], ShardFile] = {}
+        self.finalized: list[tuple[str, int]] = []
+        self.rows_written = 0
+        self.thread = threading.Thread(target=self._run, name="zs-shard-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, rows: Rows) -> None:
+        self._raise()
+        while True:
+            try:
+                self.q.put(rows, timeout=0.5)
+                return
+            except queue.Full:
+                self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure; the main loop raises it
+            try:
+                self._write(item)
+            except BaseException as e:  # handed to the main thread
+                self.error = e
+
+    def _write(self, r: Rows) -> None:
+        sf = self.open.get((r.key, r.shard))
+        if sf is None:
+            a, b = self.m.bounds(r.shard)
+            spec, dim = self.specs[r.key]
+            sf = ShardFile.open(self.layout.shard_path(r.key, r.shard), a, b, r.key, spec, dim)
+            self.open[(r.key, r.shard)] = sf
+        sf.write(r.start, r.stop, r.feats(), r.ok, r.errors)
+        self.rows_written += r.stop - r.start
+        if r.stop == sf.stop:
+            sf.finalize()
+            del self.open[(r.key, r.shard)]
+            self.finalized.append((r.key, r.shard))
+
+    def close(self) -> None:
+        """Wait for every queued write; partial shards stay on disk for a rerun to resume."""
+        self.q.put(None)
+        self.thread.join()
+        for sf in self.open.values():
+            sf.close()
+        self.open.clear()
+        self._raise()
+
+    def abort(self) -> None:
+        """After an error in the main loop: stop, keep what was flushed, close the files."""
+        try:
+            self.q.put(None, timeout=5)
+            self.thread.join(timeout=30)
+        except queue.Full:
+            pass
+        if self.thread.is_alive():  # stuck in a write: leave its files to the OS
+            return
+        for sf in list(self.open.values()):
+            try:
+                sf.close()
+            except Exception:
+                pass
+        self.open.clear()
