@@ -6,3 +6,12 @@ modules: the cache format (`zoomshot.cache`), the mapping format (`zoomshot.mapp
 encoder specs (`zoomshot.encoders`) and vocabularies (`zoomshot.vocab`).
 """
 __version__ = "0.1.0"
+
+
+def load(mapping_dir, **kwargs):
+    """A zero-shot classifier (torch.nn.Module) from a mapping folder; see `zoomshot.model.load`.
+
+    Imported lazily, so `import zoomshot` stays light."""
+    from zoomshot.model import load as _load
+
+    return _load(mapping_dir, **kwargs)

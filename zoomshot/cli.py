@@ -165,6 +165,104 @@ def sweep_cmd(
 
 # ---------------------------------------------------------------- predict / search / export -
 # (section owned by the use-the-model work)
+_LABELS_HELP = 'Comma-separated class names, e.g. "cat,dog,bird" (embedded by the mapping\'s CLIP text tower).'
+_VOCAB_HELP = "A built-in vocabulary (zoomshot/vocabularies) or a vocabulary .json file, embedded by CLIP's text tower."
+_FROM_CACHE_HELP = "Take class names and text embeddings stored in this cache by the mapping's CLIP encoder (no CLIP loads)."
+_WEIGHTS_HELP = "Vision encoder weights instead of run.json's: default, random, or a local file."
+_TEXT_WEIGHTS_HELP = "CLIP text tower weights instead of run.json's: default, random, or a local file."
+
+
+@command(name="predict")
+def predict_cmd(
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    mapping: Path = typer.Option(..., "--mapping", help="A mapping folder (from zs fit)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help=_LABELS_HELP),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help=_VOCAB_HELP),
+    from_cache: Optional[Path] = typer.Option(None, "--from-cache", help=_FROM_CACHE_HELP),
+    cache_vocab: Optional[str] = typer.Option(None, "--cache-vocab", help="Which stored vocabulary of --from-cache, when several."),
+    top_k: int = typer.Option(5, "--top-k", help="Labels shown per image."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image instead of a table."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=_WEIGHTS_HELP),
+    text_weights: Optional[str] = typer.Option(None, "--text-weights", help=_TEXT_WEIGHTS_HELP),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+):
+    """Classify images zero-shot with a mapping: top-k labels and probabilities per image.
+
+    Unreadable images get a line saying so; the others go on, and the exit code is 1 if any failed."""
+    import json
+
+    from zoomshot.model import choose_labels, load, parse_labels, predict_files
+
+    if top_k < 1:
+        raise ZsError(f"--top-k must be at least 1 (got {top_k})")
+    clf = load(mapping, weights=weights, text_weights=text_weights, device=device)
+    choose_labels(clf, labels=parse_labels(labels) if labels is not None else None, vocab=vocab,
+                  from_cache=from_cache, cache_vocab=cache_vocab)
+    results = predict_files(clf, images, top_k=top_k, batch_size=batch_size)
+    failed = [r for r in results if "error" in r]
+    if as_json:
+        for r in results:
+            typer.echo(json.dumps(r))
+    else:
+        wi = max(len(r["image"]) for r in results)
+        wl = max(len(lab) for lab in clf.labels)
+        k = min(top_k, len(clf.labels))
+        typer.echo(f"{'image':<{wi}}  " + "  ".join(f"{f'top-{i + 1}':<{wl}}      p" for i in range(k)))
+        for r in results:
+            cells = ([f"{t['label']:<{wl}}  {t['prob']:.3f}" for t in r["top"]] if "top" in r
+                     else [f"error: {r['error']}"])
+            typer.echo(f"{r['image']:<{wi}}  " + "  ".join(cells))
+    if failed:
+        typer.echo(f"{len(failed)} of {len(results)} images could not be classified", err=True)
+        raise typer.Exit(1)
+
+
+@command(name="search")
+def search_cmd(
+    query: str = typer.Argument(..., help="A text query, e.g. \"a photo of a dog\" (with --vocab-query: a class name)."),
+    cache: Path = typer.Option(..., "--cache", help="The cache whose images are searched."),
+    mapping: Path = typer.Option(..., "--mapping", help="A mapping folder whose source encoder the cache holds."),
+    top_k: int = typer.Option(10, "--top-k", help="How many images to list."),
+    vocab_query: bool = typer.Option(False, "--vocab-query", help="Look the query up as a class name in the "
+                                     "cache's stored vocabulary instead of running CLIP's text tower."),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="Which stored vocabulary --vocab-query uses, when several."),
+    text_weights: Optional[str] = typer.Option(None, "--text-weights", help=_TEXT_WEIGHTS_HELP),
+    ivf_threshold: int = typer.Option(100_000, "--ivf-threshold", help="Above this many rows the index is IVF "
+                                      "(approximate) instead of exact."),
+):
+    """Text-to-image search over a cache's mapped image features (a faiss index saved beside the cache)."""
+    from zoomshot.search import search_cache
+
+    res = search_cache(cache, mapping, query, top_k=top_k, vocab_query=vocab_query, vocab=vocab,
+                       text_weights=text_weights, ivf_threshold=ivf_threshold)
+    typer.echo(f"index: {res.index_path} ({'built' if res.built else 'reused'}, {res.kind})", err=True)
+    typer.echo(f"{'rank':>4}  {'score':>7}  id")
+    for h in res.hits:
+        typer.echo(f"{h.rank:>4}  {h.score:>7.4f}  {h.id}")
+
+
+@command(name="export")
+def export_cmd(
+    mapping: Path = typer.Option(..., "--mapping", help="A mapping folder (from zs fit)."),
+    out: Path = typer.Option(..., "--out", help="The TorchScript file to write, e.g. model.pt."),
+    labels: Optional[str] = typer.Option(None, "--labels", help=_LABELS_HELP),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help=_VOCAB_HELP),
+    from_cache: Optional[Path] = typer.Option(None, "--from-cache", help=_FROM_CACHE_HELP),
+    cache_vocab: Optional[str] = typer.Option(None, "--cache-vocab", help="Which stored vocabulary of --from-cache, when several."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=_WEIGHTS_HELP),
+    text_weights: Optional[str] = typer.Option(None, "--text-weights", help=_TEXT_WEIGHTS_HELP),
+):
+    """Export encoder + mapping + a fixed label set as one TorchScript file (no zoomshot needed to run it)."""
+    from zoomshot.export import export_model
+    from zoomshot.model import parse_labels
+
+    res = export_model(mapping, out, labels=parse_labels(labels) if labels is not None else None, vocab=vocab,
+                       from_cache=from_cache, cache_vocab=cache_vocab, weights=weights, text_weights=text_weights)
+    if res.note:
+        typer.echo(f"note: {res.note}", err=True)
+    typer.echo(f"wrote {res.path} ({res.method}, {len(res.labels)} labels, input float32 (B, "
+               f"{', '.join(map(str, res.input_shape))}); labels and preprocessing in its zoomshot.json)")
 
 
 # ---------------------------------------------------------------- demo ---------------------

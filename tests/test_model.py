@@ -1,0 +1,290 @@
+"""`zoomshot.load`: the zero-shot classifier gives the logits `zs evaluate` computes from a cache.
+
+The world: generated PNG/JPEG images in class folders, a tiny random ViT (timm test_vit) and a tiny
+open_clip model whose random weights are saved to files (so `load` rebuilds the very models the
+cache was extracted with), a cache holding both encoders' features and a vocabulary, and a ridge
+mapping fitted on it. `tiny_world` builds it once per test session; the other use-the-model tests
+import it from here.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zoomshot
+from zoomshot.errors import ZsError
+
+TINY_CLIP_NAME = "zs-test-use-clip"
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+CLASSES = ("red", "green", "blue")
+TEMPLATES = ("a photo of a {c}.", "a {c} thing.")
+VOCAB = "colors"
+PER_CLASS = 4
+
+
+@dataclass
+class World:
+    root: Path
+    images: Path  # ImageFolder: images/CLASS/NAME.{png,jpg}
+    paths: list[Path]  # in cache row order
+    labels: np.ndarray
+    cache: Path
+    mapping: Path
+    vision_spec: str  # with @weights-file
+    clip_spec: str
+    vision_key: str
+    clip_key: str
+
+
+def write_images(root: Path, classes=CLASSES, per_class: int = PER_CLASS) -> list[tuple[Path, int]]:
+    """Noisy images tinted by class, of varied sizes, half PNG half JPEG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    tints = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+    out = []
+    for y, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = int(rng.integers(28, 72)), int(rng.integers(28, 72))
+            arr = np.clip(np.array(tints.get(c, (128, 128, 128))) + rng.normal(0, 40, (h, w, 3)), 0, 255)
+            p = root / c / f"{c}_{i}.{'png' if i % 2 else 'jpg'}"
+            Image.fromarray(arr.astype(np.uint8)).save(p)
+            out.append((p, y))
+    return out
+
+
+def extract_cache(path: Path, items: list[tuple[Path, int]], root: Path, encoders: list, vocab: tuple) -> None:
+    """A minimal extraction: every encoder over every image in one batch, the vocabulary's prompts
+    through each CLIP encoder's text tower."""
+    from PIL import Image
+
+    from zoomshot.cache import CacheWriter
+    from zoomshot.vocab import Vocabulary
+
+    imgs = [Image.open(p).convert("RGB") for p, _ in items]
+    name, classes, templates = vocab
+    v = Vocabulary(name, list(classes), list(templates))
+    with CacheWriter(path, [p.relative_to(root).as_posix() for p, _ in items], [y for _, y in items], classes) as w:
+        for enc in encoders:
+            w.add_encoder(enc.entry())
+            with torch.inference_mode():
+                feats = enc.encode_image(torch.stack([enc.preprocess(im) for im in imgs])).float().numpy()
+            w.write_rows(enc.key, 0, feats)
+            if enc.family == "clip":
+                prompts = [p for c in v.classnames for p in v.prompts(c)]
+                with torch.inference_mode():
+                    emb = enc.encode_text(prompts).float().numpy()
+                w.write_text(enc.key, name, v.classnames, v.templates,
+                             emb.reshape(len(v.classnames), len(v.templates), -1))
+
+
+def ridge_mapping(v: np.ndarray, c: np.ndarray, run: dict, lam: float = 1.0):
+    """A closed-form ridge map from standardised v to c, as a Mapping."""
+    from zoomshot.mapping import Mapping
+
+    mean, std = v.mean(0), v.std(0) + 1e-6
+    x = (v - mean) / std
+    x1 = np.hstack([x, np.ones((len(x), 1))])
+    sol = np.linalg.solve(x1.T @ x1 + lam * np.eye(x1.shape[1]), x1.T @ c)
+    return Mapping(W=sol[:-1].T.astype(np.float32), b=sol[-1].astype(np.float32), mean=mean.astype(np.float32),
+                   std=std.astype(np.float32), run=run)
+
+
+def role(enc) -> dict:
+    return {"key": enc.key, "spec": enc.spec, "dim": enc.dim, "weights": enc.weights}
+
+
+_WORLD: dict = {}
+
+
+def tiny_world(tmp_path_factory) -> World:
+    """The session's one world (built on first use)."""
+    if "world" not in _WORLD:
+        _WORLD["world"] = _build_world(tmp_path_factory.mktemp("use-world"))
+    return _WORLD["world"]
+
+
+def register_tiny_clip() -> None:
+    from zoomshot.encoders import register_open_clip_config
+
+    register_open_clip_config(TINY_CLIP_NAME, TINY_CLIP)
+
+
+def _build_world(root: Path) -> World:
+    from safetensors.torch import save_file
+
+    from zoomshot.cache import open_cache
+    from zoomshot.encoders import build_encoder
+    from zoomshot.mapping import save_mapping
+
+    register_tiny_clip()
+    torch.manual_seed(0)
+    vit = build_encoder("timm:test_vit@random")
+    save_file({k: t.contiguous() for k, t in vit.model.state_dict().items()}, str(root / "test_vit.safetensors"))
+    clip = build_encoder(f"open_clip:{TINY_CLIP_NAME}@random")
+    torch.save(clip.model.state_dict(), root / "tiny_clip.pt")
+    vit = build_encoder(f"timm:test_vit@{root / 'test_vit.safetensors'}")
+    clip = build_encoder(f"open_clip:{TINY_CLIP_NAME}@{root / 'tiny_clip.pt'}")
+
+    items = write_images(root / "images")
+    cache = root / "world.h5"
+    extract_cache(cache, items, root / "images", [vit, clip], (VOCAB, CLASSES, TEMPLATES))
+    with open_cache(cache) as c:
+        v, cf = c.image(vit.key), c.image(clip.key)
+    run = {"method": "ridge", "source": role(vit), "target": role(clip), "vocab": VOCAB,
+           "cache": {"path": str(cache)}}
+    mapping = save_mapping(ridge_mapping(v, cf, run), root / "mapping")
+    return World(root, root / "images", [p for p, _ in items], np.array([y for _, y in items]), cache, mapping,
+                 f"{vit.spec}@{vit.weights}", f"{clip.spec}@{clip.weights}", vit.key, clip.key)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return tiny_world(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def clf(world):
+    return zoomshot.load(world.mapping).set_labels(CLASSES, templates=TEMPLATES)
+
+
+def pil_images(paths):
+    from PIL import Image
+
+    return [Image.open(p) for p in paths]
+
+
+def cached_logits(world: World) -> np.ndarray:
+    """What `zs evaluate` scores: the cache's vision features, mapped, against the cache's classifier."""
+    from zoomshot.cache import open_cache
+    from zoomshot.evaluate import zero_shot_logits
+    from zoomshot.mapping import load_mapping
+
+    with open_cache(world.cache) as c:
+        feats, tv = c.image(world.vision_key), c.text(world.clip_key, VOCAB)
+    return zero_shot_logits(load_mapping(world.mapping).forward(feats), tv.classifier)
+
+
+def test_set_labels_rebuilds_the_cache_classifier_with_clips_text_tower(world, clf):
+    from zoomshot.cache import open_cache
+
+    with open_cache(world.cache) as c:
+        tv = c.text(world.clip_key, VOCAB)
+    assert clf.labels == list(CLASSES) == tv.names
+    np.testing.assert_allclose(clf.text_classifier.numpy(), tv.classifier, atol=1e-5)
+
+
+def test_forward_gives_the_logits_zs_evaluate_computes_from_the_cache(world, clf):
+    from zoomshot.evaluate import evaluate
+
+    with torch.inference_mode():
+        logits = clf(pil_images(world.paths)).numpy()
+    assert logits.shape == (len(world.paths), len(CLASSES))
+    cos = logits / clf.logit_scale
+    ref = cached_logits(world)
+    # The cache stores features in float16 (relative error 2^-11 ~ 5e-4 per feature); allow twice that.
+    np.testing.assert_allclose(cos, ref, atol=1e-3)
+    srt = np.sort(ref, axis=1)
+    clear = srt[:, -1] - srt[:, -2] > 2e-3  # rows whose top-1 the tolerance above cannot flip
+    assert clear.sum() >= len(ref) // 2
+    assert (cos.argmax(1)[clear] == ref.argmax(1)[clear]).all()
+
+    records, skipped = evaluate([str(world.mapping)], [str(world.cache)])
+    assert skipped == []
+    rec = next(r for r in records if r["mapping"] is not None)
+    live_acc = float((cos.argmax(1) == world.labels).mean())
+    assert abs(rec["metrics"]["acc1"] - live_acc) <= (~clear).sum() / len(ref)
+
+
+def test_folded_mapping_matches_mapping_forward_in_float32(world, clf):
+    from zoomshot.evaluate import zero_shot_logits
+    from zoomshot.mapping import load_mapping
+
+    batch = clf.as_batch(pil_images(world.paths))
+    with torch.inference_mode():
+        feats = clf.encoder.encode_image(batch).numpy()
+        logits = clf(batch).numpy()
+        emb = clf.embed(batch).numpy()
+    m = load_mapping(world.mapping)
+    np.testing.assert_allclose(emb, m.forward(feats), atol=2e-5)
+    np.testing.assert_allclose(logits / 100.0, zero_shot_logits(m.forward(feats), clf.text_classifier.numpy()),
+                               atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_tensor_pil_and_single_image_inputs_agree(world, clf):
+    imgs = pil_images(world.paths[:3])
+    with torch.inference_mode():
+        a = clf(imgs)
+        b = clf(torch.stack([clf.preprocess(im.convert("RGB")) for im in imgs]))
+        c = clf(imgs[0])
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(c, a[:1])
+    top = clf.top_k(imgs, k=2)
+    assert len(top) == 3 and all(len(t) == 2 for t in top)
+    assert top[0][0][0] == CLASSES[int(a[0].argmax())]
+    assert top[0][0][1] == pytest.approx(float(a[0].softmax(-1).max()), abs=1e-6)
+
+
+def test_labels_from_cache_need_no_clip_model(world, monkeypatch):
+    from zoomshot import model as model_mod
+
+    clf = zoomshot.load(world.mapping)
+    monkeypatch.setattr(model_mod, "_build", lambda *a, **k: pytest.fail("a model was built"))
+    clf.set_labels_from_cache(world.cache)
+    assert clf.labels == list(CLASSES)
+    with torch.inference_mode():
+        cos = clf(pil_images(world.paths)).numpy() / clf.logit_scale
+    np.testing.assert_allclose(cos, cached_logits(world), atol=1e-3)
+
+
+def test_weights_override_and_random_weights_refused_without_it(world, tmp_path):
+    from zoomshot.mapping import load_mapping, save_mapping
+
+    m = load_mapping(world.mapping)
+    m.run["source"]["weights"] = "random"
+    save_mapping(m, tmp_path / "random-source")
+    with pytest.raises(ZsError, match="weights='random'"):
+        zoomshot.load(tmp_path / "random-source")
+    fresh = zoomshot.load(tmp_path / "random-source", weights="random")
+    same = zoomshot.load(tmp_path / "random-source", weights=str(world.root / "test_vit.safetensors"))
+    x = torch.randn(2, 3, 160, 160)
+    with torch.inference_mode():
+        ref = zoomshot.load(world.mapping).embed(x)
+        torch.testing.assert_close(same.embed(x), ref)
+        assert not torch.allclose(fresh.embed(x), ref, atol=1e-3)
+
+
+def test_errors_are_one_line(world, tmp_path):
+    from zoomshot.mapping import load_mapping, save_mapping
+
+    clf = zoomshot.load(world.mapping)
+    with pytest.raises(ZsError, match="no labels yet"):
+        clf(torch.zeros(1, 3, 160, 160))
+    with pytest.raises(ZsError, match="not unique"):
+        clf.set_labels(["cat", "cat"])
+    with pytest.raises(ZsError, match="no vocabulary 'nope'"):
+        clf.set_labels_from_cache(world.cache, vocab="nope")
+    m = load_mapping(world.mapping)
+    m.run["source"] = {"key": "synth_vision", "spec": "synth:vision", "dim": 64, "weights": "planted"}
+    save_mapping(m, tmp_path / "unbuildable")
+    with pytest.raises(ZsError, match="cannot build the mapping's source") as e:
+        zoomshot.load(tmp_path / "unbuildable")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ZsError, match="not a mapping folder"):
+        zoomshot.load(tmp_path)
+
+
+def test_import_zoomshot_stays_light():
+    code = "import sys, zoomshot; assert callable(zoomshot.load); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

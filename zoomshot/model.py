@@ -1,0 +1,319 @@
+"""The zero-shot model: a vision encoder, its mapping into CLIP space and a text classifier, as one
+`torch.nn.Module` (`zoomshot.load`).
+
+    clf = zoomshot.load("runs/vit_b16")              # vision encoder from the mapping's run.json
+    clf.set_labels(["cat", "dog"])                   # CLIP's text tower of the mapping's target
+    clf.set_labels_from_cache("cache/eval.h5")       # or a cache's stored vocabulary (no CLIP loads)
+    logits = clf(pil_images_or_batch)                # (B, K) = 100 · cos(n(h(f(x))), t_k)
+    z = clf.embed(pil_images_or_batch)               # (B, d) L2-normalised, CLIP image space
+
+Logit scale: logits are LOGIT_SCALE (100, CLIP's trained temperature, as in OpenAI's CLIP) times the
+cosine between the mapped image embedding and each class's prompt-ensembled text embedding, so
+`logits.softmax(-1)` gives CLIP-like probabilities; `zs evaluate` ranks by the plain cosine, which
+is `logits / LOGIT_SCALE`. The standardisation of the mapping is folded into one `nn.Linear`:
+h(v) = W ((v - mean) / std) + b = (W / std) v + (b - (W / std) mean).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoomshot.errors import ZsError
+from zoomshot.mapping import Mapping, load_mapping
+
+LOGIT_SCALE = 100.0
+TEXT_BATCH = 256
+
+
+def encoder_spec(role: dict, weights: str | None, role_name: str, option: str) -> str:
+    """The spec string that rebuilds a mapping's source or target encoder, with weights overridden.
+    `option` says how the user overrides them, e.g. "weights={!r}" or "--weights {}".
+
+    A randomly initialised encoder cannot be rebuilt: a new random draw is a different model, so it
+    is only built when asked for explicitly."""
+    chosen = weights if weights is not None else role.get("weights", "default")
+    if weights is None and chosen == "random":
+        raise ZsError(f"the mapping's {role_name} encoder {role['spec']!r} was randomly initialised and cannot be "
+                      f"rebuilt; pass {option.format('random')} to accept a new random draw, or "
+                      f"{option.format('/path/to/weights')}")
+    return role["spec"] if chosen == "default" else f"{role['spec']}@{chosen}"
+
+
+def _build(spec: str, device: str, role_name: str):
+    from zoomshot.encoders import build_encoder
+
+    try:
+        return build_encoder(spec, device)
+    except ZsError as e:
+        raise ZsError(f"cannot build the mapping's {role_name} encoder: {e}") from None
+
+
+def fold_mapping(mapping: Mapping) -> nn.Linear:
+    """One nn.Linear computing W ((v - mean) / std) + b."""
+    W = mapping.W.astype(np.float64) / mapping.std.astype(np.float64)[None, :]
+    b = mapping.b.astype(np.float64) - W @ mapping.mean.astype(np.float64)
+    lin = nn.Linear(W.shape[1], W.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(W.astype(np.float32)))
+        lin.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+    return lin
+
+
+def prompt_classifier(text_encoder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """Prompt-ensembled class embeddings (K, d), computed as the cache stores them
+    (`zoomshot.cache.ensemble_classifier` over one normalised embedding per class × template)."""
+    from zoomshot.cache import ensemble_classifier
+    from zoomshot.vocab import Vocabulary
+
+    vocab = Vocabulary("labels", list(labels), list(templates))
+    prompts = [p for c in vocab.classnames for p in vocab.prompts(c)]
+    parts = []
+    with torch.inference_mode():
+        for lo in range(0, len(prompts), TEXT_BATCH):
+            parts.append(text_encoder.encode_text(prompts[lo:lo + TEXT_BATCH]).float().cpu().numpy())
+    emb = np.concatenate(parts).reshape(len(vocab.classnames), len(vocab.templates), -1)
+    return ensemble_classifier(emb)
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    labels = [str(x).strip() for x in labels]
+    if not labels or any(not x for x in labels):
+        raise ZsError("labels must be a non-empty list of non-empty class names")
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ZsError(f"labels are not unique: {', '.join(dup)}")
+    return labels
+
+
+class ZeroShotClassifier(nn.Module):
+    """Vision encoder -> mapping -> cosine against class text embeddings, times LOGIT_SCALE.
+
+    Only the vision encoder (`visual`), the folded mapping (`mapping`) and the class embeddings
+    (buffer `text_classifier`) are part of the module; the CLIP text tower used by `set_labels` is
+    built on first use and kept outside it, so exporting traces the vision path alone."""
+
+    def __init__(self, encoder, mapping: Mapping, logit_scale: float = LOGIT_SCALE, text_weights: str | None = None):
+        super().__init__()
+        if encoder.dim != mapping.W.shape[1]:
+            raise ZsError(f"encoder {encoder.spec!r} gives features of dim {encoder.dim}; the mapping takes "
+                          f"{mapping.W.shape[1]}")
+        self.encoder = encoder
+        if isinstance(encoder.model, nn.Module):
+            self.visual = encoder.model
+        self.mapping = fold_mapping(mapping)
+        self.run = mapping.run
+        self.logit_scale = float(logit_scale)
+        self.text_weights = text_weights
+        self.labels: list[str] = []
+        self.register_buffer("text_classifier", torch.zeros(0, mapping.W.shape[0]))
+        self._text_encoder = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.mapping.weight.device
+
+    @property
+    def preprocess(self):
+        """The vision encoder's own transform: PIL image -> (3, H, W) tensor."""
+        return self.encoder.preprocess
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self.encoder.device = str(self.device)
+        return out
+
+    # -- labels ---------------------------------------------------------------------------
+    def set_classifier(self, labels: Sequence[str], classifier) -> "ZeroShotClassifier":
+        """Use given class embeddings (K, d), one per label; they are L2-normalised here."""
+        labels = check_labels(labels)
+        c = torch.as_tensor(np.asarray(classifier, np.float32))
+        if c.shape != (len(labels), self.mapping.out_features):
+            raise ZsError(f"classifier of shape {tuple(c.shape)} does not fit {len(labels)} labels × "
+                          f"dim {self.mapping.out_features}")
+        self.text_classifier = nn.functional.normalize(c, dim=-1).to(self.device)
+        self.labels = labels
+        return self
+
+    def text_encoder(self):
+        """The mapping's target CLIP encoder (built once; weights from run.json or `text_weights`)."""
+        if self._text_encoder is None:
+            spec = encoder_spec(self.run["target"], self.text_weights, "target (CLIP)", "text_weights={0!r} (--text-weights {0})")
+            enc = _build(spec, str(self.device), "target (CLIP)")
+            if enc.family != "clip" or enc.dim != self.mapping.out_features:
+                raise ZsError(f"the mapping's target {enc.spec!r} is a {enc.family} encoder of dim {enc.dim}; "
+                              f"it needs a CLIP text tower of dim {self.mapping.out_features}")
+            self._text_encoder = enc
+        return self._text_encoder
+
+    def set_labels(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> "ZeroShotClassifier":
+        """Class embeddings from CLIP's text tower: each label in every template ({c} is the class
+        name; default: the 80 OpenAI ImageNet templates), ensembled."""
+        from zoomshot.vocab import default_templates
+
+        labels = check_labels(labels)
+        templates = list(templates) if templates is not None else default_templates()
+        if not templates:
+            raise ZsError("templates must be a non-empty list such as ['a photo of a {c}.']")
+        return self.set_classifier(labels, prompt_classifier(self.text_encoder(), labels, templates))
+
+    def set_vocab(self, name_or_file: str) -> "ZeroShotClassifier":
+        """Labels and templates of a built-in vocabulary or a vocabulary JSON file."""
+        from zoomshot.vocab import load_vocabulary
+
+        v = load_vocabulary(name_or_file)
+        return self.set_labels(v.classnames, v.templates)
+
+    def set_labels_from_cache(self, cache_path: str | os.PathLike, vocab: str | None = None) -> "ZeroShotClassifier":
+        """Class names and embeddings stored in a cache by the mapping's target CLIP encoder (no CLIP loads)."""
+        names, classifier = cache_classifier(cache_path, self.run["target"], vocab)
+        return self.set_classifier(names, classifier)
+
+    # -- forward --------------------------------------------------------------------------
+    def as_batch(self, images) -> torch.Tensor:
+        """A preprocessed batch tensor from a tensor (B, 3, H, W) / (3, H, W), a PIL image or a list of them."""
+        if isinstance(images, torch.Tensor):
+            x = images.unsqueeze(0) if images.ndim == 3 else images
+        else:
+            if not isinstance(images, (list, tuple)):
+                images = [images]
+            if not images:
+                raise ZsError("no images given")
+            x = torch.stack([self.encoder.preprocess(img.convert("RGB")) for img in images])
+        return x.to(self.device, torch.float32)
+
+    def embed(self, images) -> torch.Tensor:
+        """Mapped image embeddings (B, d) in CLIP's image space, L2-normalised."""
+        feats = self.encoder.encode_image(self.as_batch(images)).float()
+        return nn.functional.normalize(self.mapping(feats), dim=-1)
+
+    def forward(self, images) -> torch.Tensor:
+        """Logits (B, K): LOGIT_SCALE × cosine to each label's text embedding."""
+        if not self.labels:
+            raise ZsError("the classifier has no labels yet: call set_labels([...]), set_vocab(NAME) or "
+                          "set_labels_from_cache(PATH)")
+        return self.logit_scale * self.embed(images) @ self.text_classifier.T
+
+    def top_k(self, images, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per image, the k most probable labels with their softmax probabilities."""
+        with torch.inference_mode():
+            probs = self(images).softmax(-1)
+        p, i = probs.topk(min(k, len(self.labels)), dim=-1)
+        return [[(self.labels[j], float(q)) for q, j in zip(pr.tolist(), ix.tolist())] for pr, ix in zip(p, i)]
+
+
+def cache_classifier(cache_path: str | os.PathLike, target: dict, vocab: str | None = None):
+    """(names, classifier (K, d)) of a cache's vocabulary stored by the CLIP encoder `target` (a run role)."""
+    from zoomshot.cache import open_cache
+
+    with open_cache(cache_path) as c:
+        encs = c.encoders
+        match = [e for e in encs.values() if e.spec == target["spec"] and e.family == "clip"]
+        if not match:
+            clips = [f"{e.spec}" for e in encs.values() if e.family == "clip"]
+            raise ZsError(f"{cache_path} holds no CLIP encoder {target['spec']!r} (the mapping's target); "
+                          f"it has: {', '.join(clips) or 'no CLIP encoder'}")
+        e = match[0]
+        if e.dim != target["dim"] or e.weights != target.get("weights", e.weights):
+            raise ZsError(f"{cache_path}: CLIP encoder {e.spec!r} has dim {e.dim} and weights {e.weights!r}; "
+                          f"the mapping's target has dim {target['dim']} and weights {target.get('weights')!r}")
+        tv = c.text(e.key, vocab)
+        return tv.names, tv.classifier
+
+
+def choose_labels(classifier: ZeroShotClassifier, labels: Sequence[str] | None = None, vocab: str | None = None,
+                  from_cache: str | os.PathLike | None = None, cache_vocab: str | None = None,
+                  templates: Sequence[str] | None = None) -> ZeroShotClassifier:
+    """Set the classifier's labels from exactly one of: a label list, a vocabulary, a cache."""
+    given = [name for name, v in (("--labels", labels), ("--vocab", vocab), ("--from-cache", from_cache))
+             if v is not None]
+    if len(given) != 1:
+        raise ZsError(f"give exactly one of --labels \"cat,dog,...\", --vocab NAME or --from-cache PATH"
+                      f"{' (got ' + ', '.join(given) + ')' if given else ''}")
+    if cache_vocab is not None and from_cache is None:
+        raise ZsError("--cache-vocab names a vocabulary stored in the --from-cache cache; give --from-cache too")
+    if labels is not None:
+        return classifier.set_labels(labels, templates)
+    if vocab is not None:
+        return classifier.set_vocab(vocab)
+    return classifier.set_labels_from_cache(from_cache, cache_vocab)
+
+
+def parse_labels(text: str) -> list[str]:
+    """Comma-separated class names -> a checked list."""
+    return check_labels([x for x in text.split(",")] if text.strip() else [])
+
+
+def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str = "cpu",
+         text_weights: str | None = None, logit_scale: float = LOGIT_SCALE) -> ZeroShotClassifier:
+    """A zero-shot classifier from a mapping folder (see the module docstring).
+
+    weights: the vision encoder's weights ("default", "random" or a local file) instead of the
+    ones in run.json; text_weights: the same for the CLIP text tower `set_labels` uses."""
+    m = load_mapping(mapping_dir)
+    spec = encoder_spec(m.source, weights, "source (vision)", "weights={0!r} (--weights {0})")
+    encoder = _build(spec, device, "source (vision)")
+    clf = ZeroShotClassifier(encoder, m, logit_scale=logit_scale, text_weights=text_weights)
+    return clf.to(device).eval()
+
+
+# ------------------------------------------------------------------------------ predict -------
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def list_images(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, str | None]]:
+    """(path, problem) per image: files as given, folders searched recursively for image files
+    (sorted); a missing path or an empty folder comes back with its problem."""
+    out: list[tuple[Path, str | None]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            out += [(f, None) for f in found] or [(p, "folder holds no image files")]
+        elif p.is_file():
+            out.append((p, None))
+        else:
+            out.append((p, "no such file or folder"))
+    return out
+
+
+def read_rgb(path: Path):
+    """A PIL RGB image, or an exception for anything unreadable (truncated, not an image)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def predict_files(classifier: ZeroShotClassifier, paths: Sequence[str | os.PathLike], top_k: int = 5,
+                  batch_size: int = 32) -> list[dict]:
+    """Per image, in order: {"image", "top": [{"label", "prob"}, ...]} or {"image", "error"}."""
+    if top_k < 1:
+        raise ZsError(f"--top-k must be at least 1 (got {top_k})")
+    results: list[dict] = []
+    batch: list[tuple[int, object]] = []
+
+    def flush():
+        if batch:
+            tops = classifier.top_k([img for _, img in batch], top_k)
+            for (i, _), top in zip(batch, tops):
+                results[i]["top"] = [{"label": lab, "prob": p} for lab, p in top]
+            batch.clear()
+
+    for path, problem in list_images(paths):
+        results.append({"image": str(path)})
+        if problem is None:
+            try:
+                batch.append((len(results) - 1, read_rgb(path)))
+            except Exception as e:  # PIL raises many types for bad files; each is one unreadable image
+                problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        if problem is not None:
+            results[-1]["error"] = problem
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return results
