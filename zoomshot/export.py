@@ -101,7 +101,8 @@ def export_classifier(classifier, out: str | os.PathLike) -> ExportResult:
     except Exception as e:  # any tracing failure: fall back, and say why
         note = f"torch.jit.trace failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
     else:
-        with atomic_path(out) as tmp:
+        with atomic_path(out) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but still the portable format
             torch.jit.save(traced, str(tmp), _extra_files=extra)
         return ExportResult(out, "torchscript", list(classifier.labels), input_shape)
     try:

@@ -1,0 +1,93 @@
+"""Retrieval metrics with faiss: k-NN classification accuracy and text-to-image recall.
+
+Both work on cosine similarity: features are L2-normalised and searched with an exact
+inner-product index (IndexFlatIP), so results do not depend on index approximations.
+
+- `knn_accuracy`: each test image takes the majority label of its k most similar training images;
+  a tie in votes goes to the class whose tied neighbours have the larger summed similarity.
+- `text_to_image_recall`: each class present in `labels` is one query (its classifier row); for
+  each K in ks, recall@K is the share of queries with at least one image of that class among the
+  top K images, precision@K the mean share of the top K that are of that class.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+SEARCH_CHUNK = 8192
+
+
+def _normalized(x) -> np.ndarray:
+    x = np.ascontiguousarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def _flat_index(feats: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatIP(feats.shape[1])
+    index.add(feats)
+    return index
+
+
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20) -> float:
+    """Top-1 accuracy of cosine k-NN majority voting (see the module docstring)."""
+    train = _normalized(train_feats)
+    test = _normalized(test_feats)
+    train_labels = np.asarray(train_labels)
+    test_labels = np.asarray(test_labels)
+    if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1]:
+        raise ValueError(f"train features {train.shape} and test features {test.shape} must be (N, d) of one d")
+    if len(train) != len(train_labels) or len(test) != len(test_labels):
+        raise ValueError("features and labels must have the same number of rows")
+    if k < 1 or len(train) == 0:
+        raise ValueError(f"k-NN needs k >= 1 and at least one training row (k={k}, rows={len(train)})")
+    if len(test) == 0:
+        raise ValueError("k-NN accuracy needs at least one test row")
+    k = min(k, len(train))
+    classes, train_idx = np.unique(train_labels, return_inverse=True)
+    index = _flat_index(train)
+    correct = 0
+    for lo in range(0, len(test), SEARCH_CHUNK):
+        sims, nbrs = index.search(test[lo:lo + SEARCH_CHUNK], k)
+        n = len(nbrs)
+        votes = np.zeros((n, len(classes)), np.float64)
+        sim_sum = np.zeros((n, len(classes)), np.float64)
+        rows = np.repeat(np.arange(n), k)
+        cls = train_idx[nbrs.ravel()]
+        np.add.at(votes, (rows, cls), 1.0)
+        np.add.at(sim_sum, (rows, cls), sims.ravel())
+        # one more vote always outweighs any difference of summed similarities (at most 2k)
+        pred = classes[np.argmax(votes * (2 * k + 1) + sim_sum, axis=1)]
+        correct += int((pred == test_labels[lo:lo + SEARCH_CHUNK]).sum())
+    return correct / len(test)
+
+
+def text_to_image_recall(image_feats, labels, classifier, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """recall@K and precision@K of class-name queries over images (see the module docstring).
+
+    classifier: (C, d) text embeddings, row c for class c; labels: (N,) class indices (< 0: unlabelled,
+    still searchable, never relevant)."""
+    feats = _normalized(image_feats)
+    labels = np.asarray(labels, np.int64)
+    text = _normalized(classifier)
+    if feats.shape[1] != text.shape[1] or len(feats) != len(labels):
+        raise ValueError(f"image features {feats.shape}, labels {labels.shape} and classifier {text.shape} do not fit")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers (got {ks})")
+    if (labels >= len(text)).any():
+        raise ValueError(f"labels reach {int(labels.max())} but the classifier has {len(text)} classes")
+    queries = np.unique(labels[labels >= 0])
+    if len(queries) == 0:
+        raise ValueError("text-to-image recall needs labelled images")
+    depth = min(ks[-1], len(feats))
+    _, top = _flat_index(feats).search(np.ascontiguousarray(text[queries]), depth)
+    relevant = labels[top] == queries[:, None]  # (Q, depth)
+    out: dict = {"queries": int(len(queries))}
+    for k in ks:
+        hit = relevant[:, :min(k, depth)]
+        out[f"recall@{k}"] = float(hit.any(axis=1).mean())
+        out[f"precision@{k}"] = float(hit.sum(axis=1).mean() / k)
+    return out
