@@ -2,12 +2,13 @@
 
 The world: generated PNG/JPEG images in class folders, a tiny random ViT (timm test_vit) and a tiny
 open_clip model whose random weights are saved to files (so `load` rebuilds the very models the
-cache was extracted with), a cache holding both encoders' features and a vocabulary, and a ridge
-mapping fitted on it. `tiny_world` builds it once per test session; the other use-the-model tests
+cache was extracted with), a cache written by `zs extract` with both encoders' features and a
+vocabulary, and a ridge mapping fitted on it. `tiny_world` builds it once per test session; the other use-the-model tests
 import it from here.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ TINY_CLIP_NAME = "zs-test-use-clip"
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-CLASSES = ("red", "green", "blue")
+CLASSES = ("blue", "green", "red")  # sorted, as ImageFolder labels them
 TEMPLATES = ("a photo of a {c}.", "a {c} thing.")
 VOCAB = "colors"
 PER_CLASS = 4
@@ -44,47 +45,33 @@ class World:
     clip_key: str
 
 
-def write_images(root: Path, classes=CLASSES, per_class: int = PER_CLASS) -> list[tuple[Path, int]]:
+def write_images(root: Path, classes=CLASSES, per_class: int = PER_CLASS) -> None:
     """Noisy images tinted by class, of varied sizes, half PNG half JPEG."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     tints = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-    out = []
-    for y, c in enumerate(classes):
+    for c in classes:
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             h, w = int(rng.integers(28, 72)), int(rng.integers(28, 72))
             arr = np.clip(np.array(tints.get(c, (128, 128, 128))) + rng.normal(0, 40, (h, w, 3)), 0, 255)
             p = root / c / f"{c}_{i}.{'png' if i % 2 else 'jpg'}"
             Image.fromarray(arr.astype(np.uint8)).save(p)
-            out.append((p, y))
-    return out
 
 
-def extract_cache(path: Path, items: list[tuple[Path, int]], root: Path, encoders: list, vocab: tuple) -> None:
-    """A minimal extraction: every encoder over every image in one batch, the vocabulary's prompts
-    through each CLIP encoder's text tower."""
-    from PIL import Image
+def extract_cache(path: Path, images: Path, specs: list[str], vocab_file: Path) -> None:
+    """`zs extract` over the image folder, on the CPU, in this process."""
+    from typer.testing import CliRunner
 
-    from zoomshot.cache import CacheWriter
-    from zoomshot.vocab import Vocabulary
+    from zoomshot.cli import app
 
-    imgs = [Image.open(p).convert("RGB") for p, _ in items]
-    name, classes, templates = vocab
-    v = Vocabulary(name, list(classes), list(templates))
-    with CacheWriter(path, [p.relative_to(root).as_posix() for p, _ in items], [y for _, y in items], classes) as w:
-        for enc in encoders:
-            w.add_encoder(enc.entry())
-            with torch.inference_mode():
-                feats = enc.encode_image(torch.stack([enc.preprocess(im) for im in imgs])).float().numpy()
-            w.write_rows(enc.key, 0, feats)
-            if enc.family == "clip":
-                prompts = [p for c in v.classnames for p in v.prompts(c)]
-                with torch.inference_mode():
-                    emb = enc.encode_text(prompts).float().numpy()
-                w.write_text(enc.key, name, v.classnames, v.templates,
-                             emb.reshape(len(v.classnames), len(v.templates), -1))
+    args = ["extract", "--images", str(images), "--out", str(path), "--vocab", str(vocab_file),
+            "--device", "cpu", "--workers", "0", "--quiet"]
+    for spec in specs:
+        args += ["--encoder", spec]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
 
 
 def ridge_mapping(v: np.ndarray, c: np.ndarray, run: dict, lam: float = 1.0):
@@ -135,15 +122,19 @@ def _build_world(root: Path) -> World:
     vit = build_encoder(f"timm:test_vit@{root / 'test_vit.safetensors'}")
     clip = build_encoder(f"open_clip:{TINY_CLIP_NAME}@{root / 'tiny_clip.pt'}")
 
-    items = write_images(root / "images")
+    write_images(root / "images")
+    vocab_file = root / f"{VOCAB}.json"
+    vocab_file.write_text(json.dumps({"classnames": list(CLASSES), "templates": list(TEMPLATES)}))
     cache = root / "world.h5"
-    extract_cache(cache, items, root / "images", [vit, clip], (VOCAB, CLASSES, TEMPLATES))
+    extract_cache(cache, root / "images", [f"{e.spec}@{e.weights}" for e in (vit, clip)], vocab_file)
     with open_cache(cache) as c:
+        assert c.class_names == list(CLASSES)  # ImageFolder labels: sorted class folders
         v, cf = c.image(vit.key), c.image(clip.key)
+        paths, labels = [root / "images" / i for i in c.ids], c.labels
     run = {"method": "ridge", "source": role(vit), "target": role(clip), "vocab": VOCAB,
            "cache": {"path": str(cache)}}
     mapping = save_mapping(ridge_mapping(v, cf, run), root / "mapping")
-    return World(root, root / "images", [p for p, _ in items], np.array([y for _, y in items]), cache, mapping,
+    return World(root, root / "images", paths, labels, cache, mapping,
                  f"{vit.spec}@{vit.weights}", f"{clip.spec}@{clip.weights}", vit.key, clip.key)
 
 
