@@ -8,6 +8,11 @@ inner-product index (IndexFlatIP), so results do not depend on index approximati
 - `text_to_image_recall`: each class present in `labels` is one query (its classifier row); for
   each K in ks, recall@K is the share of queries with at least one image of that class among the
   top K images, precision@K the mean share of the top K that are of that class.
+
+`zs evaluate --retrieval` (`evaluate(..., retrieval=True)`) adds to each record's metrics
+`knn20_acc` (leave-one-out k-NN on the evaluation cache itself) and `t2i_recall@1/5/10` (queries:
+the cache's class text embeddings), on the mapped features for a mapping and on CLIP's own image
+features for CLIP's record.
 """
 from __future__ import annotations
 
@@ -31,8 +36,12 @@ def _flat_index(feats: np.ndarray):
     return index
 
 
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20) -> float:
-    """Top-1 accuracy of cosine k-NN majority voting (see the module docstring)."""
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20,
+                 exclude_self: bool = False) -> float:
+    """Top-1 accuracy of cosine k-NN majority voting (see the module docstring).
+
+    exclude_self: the test set is the training set (leave-one-out); each row's own entry is left out
+    of its neighbours, by row number, so duplicate features do not matter."""
     train = _normalized(train_feats)
     test = _normalized(test_feats)
     train_labels = np.asarray(train_labels)
@@ -45,13 +54,19 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20
         raise ValueError(f"k-NN needs k >= 1 and at least one training row (k={k}, rows={len(train)})")
     if len(test) == 0:
         raise ValueError("k-NN accuracy needs at least one test row")
-    k = min(k, len(train))
+    if exclude_self and len(train) != len(test):
+        raise ValueError("exclude_self needs the same rows as training and test set")
+    k = min(k, len(train) - 1 if exclude_self else len(train))
+    if k < 1:
+        raise ValueError("leave-one-out k-NN needs at least two rows")
     classes, train_idx = np.unique(train_labels, return_inverse=True)
     index = _flat_index(train)
     correct = 0
     for lo in range(0, len(test), SEARCH_CHUNK):
-        sims, nbrs = index.search(test[lo:lo + SEARCH_CHUNK], k)
+        sims, nbrs = index.search(test[lo:lo + SEARCH_CHUNK], k + 1 if exclude_self else k)
         n = len(nbrs)
+        if exclude_self:
+            sims, nbrs = _drop_self(sims, nbrs, np.arange(lo, lo + n))
         votes = np.zeros((n, len(classes)), np.float64)
         sim_sum = np.zeros((n, len(classes)), np.float64)
         rows = np.repeat(np.arange(n), k)
@@ -62,6 +77,16 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20
         pred = classes[np.argmax(votes * (2 * k + 1) + sim_sum, axis=1)]
         correct += int((pred == test_labels[lo:lo + SEARCH_CHUNK]).sum())
     return correct / len(test)
+
+
+def _drop_self(sims: np.ndarray, nbrs: np.ndarray, own: np.ndarray):
+    """Remove each row's own id from its k+1 neighbours (or its last neighbour, if absent)."""
+    is_self = nbrs == own[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), nbrs.shape[1] - 1)
+    keep = np.ones(nbrs.shape, bool)
+    keep[np.arange(len(nbrs)), drop] = False
+    k = nbrs.shape[1] - 1
+    return sims[keep].reshape(-1, k), nbrs[keep].reshape(-1, k)
 
 
 def text_to_image_recall(image_feats, labels, classifier, ks: Sequence[int] = (1, 5, 10)) -> dict:
@@ -91,3 +116,41 @@ def text_to_image_recall(image_feats, labels, classifier, ks: Sequence[int] = (1
         out[f"recall@{k}"] = float(hit.any(axis=1).mean())
         out[f"precision@{k}"] = float(hit.sum(axis=1).mean() / k)
     return out
+
+
+# ------------------------------------------------------------------------- in zs evaluate -----
+KNN_K = 20
+RECALL_KS = (1, 5, 10)
+
+
+def retrieval_metrics(feats: np.ndarray, labels: np.ndarray, classifier: np.ndarray, k: int = KNN_K,
+                      ks: Sequence[int] = RECALL_KS) -> dict:
+    """Leave-one-out k-NN accuracy and class-name text-to-image recall@K of embedded images."""
+    labels = np.asarray(labels)
+    out: dict = {f"knn{k}_acc": knn_accuracy(feats, labels, feats, labels, k, exclude_self=True)
+                 if len(feats) > 1 else None}
+    recall = text_to_image_recall(feats, labels, classifier, ks)
+    out.update({f"t2i_recall@{x}": recall[f"recall@{x}"] for x in ks})
+    return out
+
+
+def add_retrieval_metrics(es, records: list[dict], mappings: list) -> None:
+    """Add `retrieval_metrics` to the metrics of records scored on one EvalSet: a mapping's record
+    on its mapped source features, CLIP's on its own image features, each with the record's text
+    classifier. The scored rows' features are held in memory (rows × dim float32)."""
+    from .scoring import mapping_id
+
+    by_id = {mapping_id(m): m for m in mappings}
+    for rec in records:
+        m = by_id.get(rec["mapping"]) if rec["mapping"] is not None else None
+        if m is not None:
+            key, target = m.source_key(es.encoders), es.target_for(m)
+        else:
+            target = next(t for t in es.targets.values() if t.entry.spec == rec["encoder"])
+            key = target.key
+        parts = list(es.chunks(key))
+        rows = np.concatenate([r for r, _ in parts])
+        feats = np.concatenate([f for _, f in parts])
+        if m is not None:
+            feats = m.forward(feats)
+        rec["metrics"].update(retrieval_metrics(feats, es.labels[rows], target.vocab.classifier))

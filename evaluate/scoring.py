@@ -276,12 +276,14 @@ def _unique(items, key):
 
 
 def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None = None,
-             skip: set | None = None, per_class: bool = False) -> tuple[list[dict], list[dict]]:
+             skip: set | None = None, per_class: bool = False,
+             retrieval: bool = False) -> tuple[list[dict], list[dict]]:
     """Score every mapping on every evaluation cache whose encoders match, plus one CLIP reference
     record per CLIP encoder with image features in each cache.
 
     Returns (records, skipped): skipped pairs are dicts with mapping, cache and reason. Records
-    whose `record_key` is in `skip` are neither computed nor returned."""
+    whose `record_key` is in `skip` are neither computed nor returned. With `retrieval`, each
+    record's metrics also get k-NN accuracy and text-to-image recall (`retrieval.py`)."""
     skip = skip or set()
     ms = _unique([m if isinstance(m, Mapping) else load_mapping(m) for m in mappings],
                  lambda m: _resolved(mapping_id(m)))
@@ -289,6 +291,7 @@ def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None
     skipped: list[dict] = []
     for path in _unique([str(c) for c in caches], _resolved):
         with EvalSet(path, vocab) as es:
+            first = len(records)
             todo = []
             for m in ms:
                 why = es.why_not(m)
@@ -305,4 +308,8 @@ def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None
                         if wanted:
                             records.append(ref)
             records.extend(es.score(todo, per_class))
+            if retrieval:
+                from .retrieval import add_retrieval_metrics
+
+                add_retrieval_metrics(es, records[first:], ms)
     return records, skipped

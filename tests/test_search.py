@@ -205,3 +205,39 @@ def test_text_to_image_recall_counts_hits_by_construction():
     assert out["recall@5"] == 1.0  # after the 2 class-0 images, 3 of the 4 others: at least one of class 2
     with pytest.raises(ValueError, match="labels reach"):
         text_to_image_recall(feats, labels + 1, eye)
+
+
+def test_leave_one_out_knn_equals_leaving_each_row_out():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 40)
+    x = rng.normal(size=(3, 6))[y] + rng.normal(size=(40, 6))
+    x[10], y[10] = x[11], y[11]  # an exact duplicate: only the row itself is left out, not its twin
+    want = np.mean([knn_accuracy(np.delete(x, i, 0), np.delete(y, i), x[i:i + 1], y[i:i + 1], k=5)
+                    for i in range(len(x))])
+    assert knn_accuracy(x, y, x, y, k=5, exclude_self=True) == pytest.approx(want)
+
+
+def test_zs_evaluate_retrieval_adds_the_metrics_to_each_record(synth, tmp_path):
+    import json
+
+    from zoomshot.evaluate.retrieval import retrieval_metrics
+
+    args = ["evaluate", "--mapping", str(synth["mapping"]), "--cache", str(synth["test"])]
+    r = CliRunner().invoke(app, [*args, "--retrieval", "--out", str(tmp_path / "with")])
+    assert r.exit_code == 0, r.output
+    assert "retrieval" in r.stdout and "knn20_acc" in r.stdout
+    records = json.loads((tmp_path / "with" / "results.json").read_text())
+    m = load_mapping(synth["mapping"])
+    with open_cache(synth["test"]) as c:
+        labels, classifier = c.labels, c.text("synth_clip").classifier
+        feats = {None: c.image("synth_clip"), "mapping": m.forward(c.image("synth_vision"))}
+    assert sorted(r["mapping"] is None for r in records) == [False, True]
+    for rec in records:
+        want = retrieval_metrics(feats[None if rec["mapping"] is None else "mapping"], labels, classifier)
+        assert {k: rec["metrics"][k] for k in want} == pytest.approx(want)
+    assert all(rec["metrics"]["t2i_recall@1"] == 1.0 for rec in records)  # teacher and mapping find each class
+
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "without")])
+    assert r.exit_code == 0, r.output
+    assert all("knn20_acc" not in rec["metrics"]
+               for rec in json.loads((tmp_path / "without" / "results.json").read_text()))

@@ -125,17 +125,25 @@ def evaluate_cmd(
     per_class: bool = typer.Option(False, "--per-class", help="Add a per-class recall table to each record."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Keep records already in OUT/results.json "
                                        "and compute only the missing ones."),
+    retrieval: bool = typer.Option(False, "--retrieval", help="Also leave-one-out k-NN accuracy and text-to-image "
+                                   "recall@1/5/10 (faiss; holds each scored encoder's features in memory)."),
 ):
     """Score mappings (and CLIP itself) zero-shot on evaluation caches; write a report."""
     from zoomshot.evaluate.run import run_evaluate, summary_lines
 
     res = run_evaluate([str(m) for m in mapping], [str(c) for c in cache], out, vocab=vocab,
-                       per_class=per_class, skip_existing=skip_existing)
+                       per_class=per_class, skip_existing=skip_existing, retrieval=retrieval)
     _print_skipped(res.skipped)
     if res.kept:
         typer.echo(f"kept {res.kept} records already in {out / 'results.json'}")
     for line in summary_lines(res.new):
         typer.echo(line)
+    if retrieval:
+        for r in res.new:  # the retrieval metrics are in results.json; one line each here
+            m = r["metrics"]
+            typer.echo(f"retrieval {r['dataset']} {r['mapping_name'] or 'CLIP'}: "
+                       + ", ".join(f"{k} {'–' if v is None else f'{100 * v:.1f}'}" for k, v in m.items()
+                                   if k.startswith(("knn", "t2i_"))))
     typer.echo(f"wrote {', '.join(Path(p).name for p in res.paths.values())} to {out}")
 
 
