@@ -101,9 +101,9 @@ def test_ivf_index_probing_every_list_equals_the_exact_one(synth, tmp_path):
     cache = tmp_path / "ivf.h5"
     shutil.copy(synth["train"], cache)
     _, tv = labels_of(cache)
-    exact = search_cache(synth["train"], synth["mapping"], tv.names[4], top_k=15, vocab_query=True)
+    exact = search_cache(cache, synth["mapping"], tv.names[4], top_k=15, vocab_query=True)
     ivf = search_cache(cache, synth["mapping"], tv.names[4], top_k=15, vocab_query=True, ivf_threshold=10)
-    assert ivf.kind == "ivf" and exact.kind == "flat"
+    assert ivf.kind == "ivf" and exact.kind == "flat" and ivf.built and ivf.index_path != exact.index_path
     # 600 rows give 9 lists, all probed (IVF_NPROBE = 32): the search is exhaustive
     assert [h.row for h in ivf.hits] == [h.row for h in exact.hits]
     np.testing.assert_allclose([h.score for h in ivf.hits], [h.score for h in exact.hits], atol=1e-5)

@@ -4,8 +4,8 @@ taken from the cache's stored vocabulary, so no model loads).
 
 The index is built once per (mapping, cache state) and saved beside the cache as
 `NAME.h5.<fingerprint>.faiss`, written atomically. The fingerprint hashes the mapping's tensors and
-encoders and the cache's identity (creation time, rows, which rows are usable), so an index is
-reused exactly when it would be rebuilt the same. Up to IVF_THRESHOLD rows the index is exact
+encoders, the index kind and the cache's identity (creation time, rows, which rows are usable),
+so an index is reused exactly when it would be rebuilt the same. Up to IVF_THRESHOLD rows the index is exact
 (IndexFlatIP); above, an IVF index (inner product) searched with IVF_NPROBE lists. faiss ids are
 cache row numbers.
 """
@@ -58,9 +58,13 @@ def cache_state_fingerprint(cache, source_key: str, rows: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def index_fingerprint(mapping: Mapping, cache, source_key: str, rows: np.ndarray) -> str:
-    """16 hex digits naming the index of `mapping` over `rows` of `cache`."""
-    h = hashlib.sha256()
+def index_kind(n: int, ivf_threshold: int) -> str:
+    return "ivf" if n > ivf_threshold else "flat"
+
+
+def index_fingerprint(mapping: Mapping, cache, source_key: str, rows: np.ndarray, kind: str = "flat") -> str:
+    """16 hex digits naming the index (of `kind`) of `mapping` over `rows` of `cache`."""
+    h = hashlib.sha256(kind.encode())
     for t in (mapping.W, mapping.b, mapping.mean, mapping.std):
         h.update(np.ascontiguousarray(t, np.float32).tobytes())
     h.update(json.dumps([mapping.source, mapping.target], sort_keys=True, default=str).encode())
@@ -69,7 +73,7 @@ def index_fingerprint(mapping: Mapping, cache, source_key: str, rows: np.ndarray
 
 
 def ivf_lists(n: int) -> int:
-    return max(1, min(int(4 * math.sqrt(n)), n // TRAIN_POINTS_PER_LIST))
+    return max(1, min(int(math.sqrt(n)), n // TRAIN_POINTS_PER_LIST))
 
 
 def build_index(mapping: Mapping, cache, source_key: str, rows: np.ndarray, ivf_threshold: int = IVF_THRESHOLD):
@@ -78,11 +82,11 @@ def build_index(mapping: Mapping, cache, source_key: str, rows: np.ndarray, ivf_
 
     d = mapping.W.shape[0]
     n = len(rows)
-    if n > ivf_threshold:
+    if index_kind(n, ivf_threshold) == "ivf":
         nlist = ivf_lists(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(rows, size=min(n, nlist * 256), replace=False))
+        sample = np.sort(rng.choice(rows, size=min(n, nlist * TRAIN_POINTS_PER_LIST), replace=False))
         index.train(np.ascontiguousarray(mapping.forward(cache.image(source_key, sample)), np.float32))
         index.nprobe = min(nlist, IVF_NPROBE)
     else:
@@ -107,7 +111,8 @@ def open_or_build_index(mapping: Mapping, cache, ivf_threshold: int = IVF_THRESH
     rows = cache.usable_rows(key)
     if len(rows) == 0:
         raise ZsError(f"{cache.path} has no usable rows for encoder {key!r} to search")
-    path = cache.path.with_name(f"{cache.path.name}.{index_fingerprint(mapping, cache, key, rows)}.faiss")
+    kind = index_kind(len(rows), ivf_threshold)
+    path = cache.path.with_name(f"{cache.path.name}.{index_fingerprint(mapping, cache, key, rows, kind)}.faiss")
     if path.is_file():
         try:
             index = faiss.read_index(str(path))
