@@ -24,7 +24,8 @@ def synth(tmp_path_factory):
     from zoomshot.synth import write_synth_world
 
     root = tmp_path_factory.mktemp("search-synth")
-    w = write_synth_world(root / "w", rows=600, test_rows=300, classes=CLASSES, dv=24, d=16, noise=0.1, seed=0)
+    w = write_synth_world(root / "w", rows=600, test_rows=300, classes=CLASSES, dv=24, d=16, seed=0,
+                          noise=0.1, spread=0.0, clip_noise=0.0, mismatch=0.0)  # a clean world, whatever the defaults
     with open_cache(w["train"]) as c:
         encs = c.encoders
         v, cf = c.image("synth_vision"), c.image("synth_clip")
