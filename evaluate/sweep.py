@@ -3,7 +3,7 @@ cache, score each fitted mapping on every evaluation cache as it finishes, and w
 with an epochs × fractions heatmap."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +21,7 @@ class SweepConfig:
     epochs: list[int]
     fractions: list[float]
     out_dir: str
-    methods: list[str] | None = None  # None: fit_grid's default methods
+    methods: list[str] | None = None  # None: the fit configuration's method
     vocab: str | None = None  # the evaluation caches' vocabulary, when they hold several
     fit: Any = None  # a zoomshot.fit.FitConfig; None: its defaults
     per_class: bool = False
@@ -66,7 +66,7 @@ def _g(x) -> str:
 
 def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> SweepResult:
     """Fit the grid on each training cache, score every cell on every evaluation cache, write the report."""
-    from zoomshot.fit import FitConfig, fit_grid
+    from zoomshot.fit import METHOD_DEFAULTS, FitConfig, fit_grid
 
     check_grid(cfg.epochs, cfg.fractions)
     if not cfg.train_caches or not cfg.eval_caches:
@@ -75,6 +75,12 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
         if not Path(p).is_file():
             raise ZsError(f"no cache at {p}")
     fit_cfg = cfg.fit if cfg.fit is not None else FitConfig()
+    methods = list(cfg.methods or [fit_cfg.method])
+    for m in methods:  # an unknown method fails here, before any cache is read
+        replace(fit_cfg, method=m).validate()
+    # closed-form methods have no epochs: one cell per fraction
+    n_cells = sum(len(cfg.fractions) * (1 if METHOD_DEFAULTS[m]["epochs"] == 0 else len(cfg.epochs))
+                  for m in methods)
     out = Path(cfg.out_dir)
     records: list[dict] = []
     skipped: list[dict] = []
@@ -89,7 +95,6 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
                     progress(f"CLIP {t.entry.spec} on {es.name}: acc1 {100 * ref['metrics']['acc1']:.1f}%")
                 elif t.problem:
                     progress(f"note: CLIP {t.entry.spec} on {es.name}: {t.problem}")
-        n_cells = len(cfg.epochs) * len(cfg.fractions) * len(cfg.methods) if cfg.methods else None
         for train in cfg.train_caches:
             done = 0
 
@@ -109,11 +114,10 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
                     (rec,) = es.score([m], cfg.per_class)
                     records.append(rec)
                     accs.append(f"{es.name} {100 * rec['metrics']['acc1']:.1f}%")
-                of = f"/{n_cells}" if n_cells else ""
-                progress(f"[{Path(train).stem} {done}{of}] {m.method} epochs={m.run.get('epochs')} "
+                progress(f"[{Path(train).stem} {done}/{n_cells}] {m.method} epochs={m.run.get('epochs')} "
                          f"fraction={_g(m.run.get('fraction'))}: acc1 " + ", ".join(accs))
 
-            fit_grid(train, fit_cfg, list(cfg.epochs), list(cfg.fractions), cfg.methods, on_result=on_result)
+            fit_grid(train, fit_cfg, list(cfg.epochs), list(cfg.fractions), methods, on_result=on_result)
     finally:
         for es in eval_sets:
             es.close()

@@ -2,14 +2,12 @@
 
 Most tests replace zoomshot.fit's fit_grid with a stand-in whose mappings get better with epochs ×
 fraction, so the sweep's own side (progress, records, report, heatmap) is checked without training.
-The last test runs the real fit_grid on a planted world when the fit stage provides it.
+The last test runs the real fit_grid on a planted world.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -24,11 +22,6 @@ from zoomshot.mapping import load_mapping
 runner = CliRunner()
 
 
-@dataclass
-class StandInFitConfig:
-    seed: int = 0
-
-
 @pytest.fixture
 def grid_world(tmp_path, monkeypatch):
     """A training cache, two evaluation caches of the same world, and a stand-in fit_grid."""
@@ -41,9 +34,9 @@ def grid_world(tmp_path, monkeypatch):
         rng = np.random.default_rng(0)
         out = []
         for method in methods or ["zoomshot"]:
-            for e in epochs:
+            for e in ([0] if method in ("ridge", "procrustes") else epochs):  # closed form: no epochs
                 for f in fractions:
-                    noise = rng.normal(size=train["W"].shape) * 3.0 / (e * f * 20)
+                    noise = rng.normal(size=train["W"].shape) * 3.0 / (max(e, 3) * f * 20)
                     m = make_mapping(None, train["W"] + noise, mean=train["offset"], method=method,
                                      epochs=e, fraction=f, save=False)
                     m.run["cache"] = {"path": str(cache_path)}
@@ -52,8 +45,7 @@ def grid_world(tmp_path, monkeypatch):
                     out.append(m)
         return out
 
-    monkeypatch.setattr(zoomshot.fit, "fit_grid", fit_grid, raising=False)
-    monkeypatch.setattr(zoomshot.fit, "FitConfig", StandInFitConfig, raising=False)
+    monkeypatch.setattr(zoomshot.fit, "fit_grid", fit_grid)
     return {"train": train, "evals": evals, "calls": calls, "dir": tmp_path}
 
 
@@ -64,18 +56,19 @@ def test_sweep_scores_every_cell_and_writes_a_heatmap(grid_world):
                               "--method", "zoomshot,ridge", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert w["calls"] == [(w["train"]["path"], [1, 5], [0.01, 0.2], ["zoomshot", "ridge"])]
-    cell_lines = [line for line in res.stdout.splitlines() if re.match(r"\[train \d+/8\]", line)]
-    assert len(cell_lines) == 8  # the grid filling in, one line per cell
+    # the grid filling in, one line per cell: 2 epochs × 2 fractions for zoomshot, 2 fractions for ridge
+    cell_lines = [line for line in res.stdout.splitlines() if re.match(r"\[train \d+/6\]", line)]
+    assert len(cell_lines) == 6
     assert "CLIP toy:clip on eval1: acc1" in res.stdout
 
     records = json.loads((out / "results.json").read_text())
-    assert len(records) == 2 + 8 * 2  # CLIP per evaluation cache + every cell on every cache
+    assert len(records) == 2 + 6 * 2  # CLIP per evaluation cache + every cell on every cache
     for name in ("heatmap.png", "report.md", "results.csv", "accuracy.png"):
         assert (out / name).stat().st_size > 0
     saved = sorted(p.name for p in (out / "mappings").iterdir())
-    assert len(saved) == 8 and "train-zoomshot-e5-f0.2" in saved
-    m = load_mapping(out / "mappings" / "train-ridge-e1-f0.01")
-    assert (m.method, m.run["epochs"], m.run["fraction"]) == ("ridge", 1, 0.01)
+    assert len(saved) == 6 and "train-zoomshot-e5-f0.2" in saved
+    m = load_mapping(out / "mappings" / "train-ridge-e0-f0.01")
+    assert (m.method, m.run["epochs"], m.run["fraction"]) == ("ridge", 0, 0.01)
 
     # the heatmap's grid holds the records' accuracies, and the stand-in improves with epochs × fraction
     cache = w["evals"][0]["path"]
@@ -106,6 +99,7 @@ def test_sweep_skips_an_evaluation_cache_that_does_not_fit(grid_world):
     (["--epochs", "0,2"], "epochs must be >= 1"),
     (["--fractions", "0.5,1.5"], "fractions must lie in (0, 1]"),
     (["--fractions", ","], "--fractions is empty"),
+    (["--method", "zoomshoot"], "unknown method 'zoomshoot'"),
 ])
 def test_sweep_bad_grid_is_a_one_line_error(grid_world, args, message):
     w = grid_world
@@ -124,21 +118,26 @@ def test_sweep_missing_cache_is_a_one_line_error(grid_world):
 
 
 def test_real_sweep_on_a_planted_world(tmp_path):
-    fit = importlib.import_module("zoomshot.fit")
-    if not hasattr(fit, "fit_grid"):
-        pytest.skip("zoomshot.fit.fit_grid has not landed yet")
     from zoomshot.synth import write_synth_world
 
-    world = write_synth_world(tmp_path / "w", rows=2000, test_rows=400, classes=10, dv=24, d=16, seed=1)
+    world = write_synth_world(tmp_path / "w", rows=2000, test_rows=400, classes=20, dv=24, d=16, seed=1,
+                              noise=0.5, spread=1.0, clip_noise=4.0, gap=1.0, mismatch=0.0, cond=10.0,
+                              template_noise=0.3)
+    assert 0.3 < world["teacher_acc_test"] < 1.0
     out = tmp_path / "sweep"
     res = runner.invoke(app, ["sweep", "--cache", world["train"], "--eval", world["test"], "--epochs", "1,3",
-                              "--fractions", "0.1,1", "--out", str(out)])
+                              "--fractions", "0.1,1", "--method", "zoomshot,ridge", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    # ridge is closed-form: one cell per fraction, so 2 × 2 + 2 cells
+    assert len(re.findall(r"^\[w-train \d/6\] ", res.stdout, flags=re.M)) == 6
     records = json.loads((out / "results.json").read_text())
     ref = [r for r in records if r["mapping"] is None]
     cells = [r for r in records if r["mapping"] is not None]
     assert ref[0]["metrics"]["acc1"] == pytest.approx(world["teacher_acc_test"])
-    assert {(r["epochs"], r["fraction"]) for r in cells} == {(1, 0.1), (1, 1.0), (3, 0.1), (3, 1.0)}
+    assert {(r["method"], r["epochs"], r["fraction"]) for r in cells} == {
+        ("zoomshot", 1, 0.1), ("zoomshot", 1, 1.0), ("zoomshot", 3, 0.1), ("zoomshot", 3, 1.0),
+        ("ridge", 0, 0.1), ("ridge", 0, 1.0)}
     best = max(r["metrics"]["acc1"] for r in cells)
     assert best > 0.5 * world["teacher_acc_test"]  # a fitted map recovers much of the teacher
+    assert all(r["metrics"]["agreement"] is not None for r in cells)
     assert (out / "heatmap.png").is_file()

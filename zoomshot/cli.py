@@ -157,15 +157,23 @@ def sweep_cmd(
                                      "default: the fit stage's default."),
     out: Path = typer.Option(..., "--out", help="Folder for the report, the heatmap and the fitted mappings."),
     vocab: Optional[str] = typer.Option(None, "--vocab", help="The evaluation caches' vocabulary, when several."),
+    train_vocab: Optional[str] = typer.Option(None, "--train-vocab", help="The training caches' vocabulary "
+                                              "(for distillation), when several."),
+    source: Optional[str] = typer.Option(None, "--source", help="Source (vision) encoder key; inferred when one."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target (CLIP) encoder key; inferred when one."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the row sample and initialisation."),
+    device: str = typer.Option("cpu", "--device", help="Device to fit on (cpu, cuda, cuda:1, ...)."),
 ):
     """Fit every epochs × fractions (× method) cell and evaluate each; write the report and a heatmap."""
     from zoomshot.evaluate.sweep import SweepConfig, parse_list, run_sweep
+    from zoomshot.fit import FitConfig
 
     methods = [m for spec in method for m in spec.split(",") if m] or None
+    fit_cfg = FitConfig(seed=seed, source=source, target=target, vocab=train_vocab, device=device)
     cfg = SweepConfig(train_caches=[str(c) for c in cache], eval_caches=[str(e) for e in eval_],
                       epochs=parse_list(epochs, int, "--epochs"),
                       fractions=parse_list(fractions, float, "--fractions"),
-                      out_dir=str(out), methods=methods, vocab=vocab)
+                      out_dir=str(out), methods=methods, vocab=vocab, fit=fit_cfg)
     res = run_sweep(cfg, progress=typer.echo)
     _print_skipped(res.skipped)
     typer.echo(f"wrote {', '.join(Path(p).name for p in res.paths.values())} to {out}")
