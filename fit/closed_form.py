@@ -1,0 +1,61 @@
+"""Closed-form maps from row statistics: ridge regression and whitened Procrustes.
+
+Both work on standardised source features x = (v − mean) / std and the L2-normalised CLIP
+features ĉ, from the population covariances in `RowStats` (float64), so they depend on the rows
+only through sums: the order of rows changes nothing beyond float rounding.
+
+ridge       W = Σ_cx (Σ_xx + λ I)⁻¹, b = mean ĉ  (Σ_xx has unit diagonal, so λ is relative).
+            The inverse map g is the ridge regression the other way, with penalty λ·tr(Σ_cc)/d.
+procrustes  an orthogonal map between whitened spaces. x is projected onto its top k = min(dv, d)
+            principal axes and whitened (P = Λ^-1/2 Eᵀ); ĉ is whitened by Σ_cc^-1/2 (eigenvalues
+            floored at 1e-6 of the largest). R = A Bᵀ from the SVD A Σ Bᵀ of the whitened
+            cross-covariance (the orthogonal R that best aligns the whitened pairs), and
+            W = Σ_cc^1/2 R P, b = mean ĉ. Whitening is the projection it needs: the two encoders'
+            spaces differ in dimension and in scale per direction, which no rotation can fix.
+"""
+from __future__ import annotations
+
+
+def _standardised_cov(st):
+    std = st.std_v()
+    cxx = st.cov_vv / std[:, None] / std[None, :]
+    cxc = st.cov_vc / std[:, None]
+    return cxx, cxc
+
+
+def ridge_maps(st, lam: float):
+    """(W, b, U, e) in float64: forward x -> ĉ and inverse ĉ -> x ridge regressions."""
+    import torch
+
+    cxx, cxc = _standardised_cov(st)
+    dv, d = cxc.shape
+    eye_v = torch.eye(dv, dtype=cxx.dtype, device=cxx.device)
+    W = torch.linalg.solve(cxx + lam * eye_v, cxc).T  # (d, dv)
+    b = st.mean_c.clone()
+    lam_c = lam * float(torch.diagonal(st.cov_cc).sum()) / d
+    eye_c = torch.eye(d, dtype=cxx.dtype, device=cxx.device)
+    U = torch.linalg.solve(st.cov_cc + max(lam_c, 1e-12) * eye_c, cxc.T).T  # (dv, d)
+    e = -U @ st.mean_c
+    return W, b, U, e
+
+
+def procrustes_map(st, floor: float = 1e-6):
+    """(W, b) in float64: whitened orthogonal Procrustes, as the module docstring says."""
+    import torch
+
+    cxx, cxc = _standardised_cov(st)
+    dv, d = cxc.shape
+    k = min(dv, d)
+    lx, Ex = torch.linalg.eigh(cxx)
+    lx, Ex = lx.flip(0)[:k], Ex.flip(1)[:, :k]
+    lx = lx.clamp_min(floor * float(lx[0]))
+    P = Ex.T / lx.sqrt()[:, None]  # (k, dv)
+    lc, Ec = torch.linalg.eigh(st.cov_cc)
+    lc = lc.clamp_min(floor * float(lc.max()))
+    c_white = (Ec / lc.sqrt()) @ Ec.T
+    c_colour = (Ec * lc.sqrt()) @ Ec.T
+    M = c_white @ cxc.T @ P.T  # (d, k) whitened cross-covariance
+    A, _, Bt = torch.linalg.svd(M, full_matrices=False)
+    R = A @ Bt
+    W = c_colour @ R @ P
+    return W, st.mean_c.clone()

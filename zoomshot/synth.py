@@ -1,0 +1,187 @@
+"""Planted worlds: train/test cache pairs whose CLIP teacher accuracy is known by construction.
+
+A planted world is the ground truth for tests, the demo and the benchmarks. It is written with
+`CacheWriter` like any extracted cache, so every stage reads it unchanged:
+
+  encoders/synth_clip    spec "synth:clip",   family "clip",   weights "planted", normalized
+                         with a text vocabulary "synth" (class names × templates)
+  encoders/synth_vision  spec "synth:vision", family "vision", weights "planted"
+  images/labels, classes/names, and a file attribute `synth` (JSON: parameters + teacher accuracy)
+
+How a world is made (d = CLIP dim, dv = vision dim, K classes, all directions random):
+  - an orthonormal basis splits CLIP space into a text-cone axis m_t, an image-cone axis m_i and a
+    semantic subspace S (d-2 dims). Class k has a semantic code u_k in S (unit norm on average).
+  - text prompt (k, j) = n(gap·m_t + u_k + template_noise); the cache stores the prompt-ensembled
+    classifier. Images and texts sit in different cones: that is the modality gap.
+  - image i of class y: semantics s_i = u_y + spread·ζ_i, CLIP image feature
+    c_i = n(gap·m_i + s_i + clip_noise·ε_i); CLIP-only noise ε_i is what the teacher gets wrong alone.
+  - the vision feature holds the same semantics in another basis: v_i = A [coords of s_i ; ν_i]
+    + mismatch·R r_y + noise·η_i + μ_v, with A a random invertible, anisotropic map (singular values
+    log-spaced in [1/cond, 1]), ν_i a nuisance subspace CLIP never sees, r_y a per-class offset the
+    vision encoder adds on its own (so no linear map is exact), η_i vision-only noise.
+Teacher accuracy is argmax_k c_i · t_k against y_i, computed on the written rows of each split.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from zoomshot.errors import ZsError
+
+CLIP_SPEC = "synth:clip"
+VISION_SPEC = "synth:vision"
+WEIGHTS = "planted"
+VOCAB = "synth"
+TEMPLATES = ("a photo of a {c}.", "a picture of a {c}.", "an image of the {c}.", "a {c} in the wild.")
+BLOCK_ROWS = 32768
+
+# Defaults chosen so that the teacher is good but not perfect (~0.7-0.8 top-1 with 1,000 classes)
+# and a linear map from the vision features can nearly, but not trivially, reach it.
+DEFAULTS = dict(spread=5.0, clip_noise=2.0, gap=1.0, mismatch=1.0, cond=10.0, template_noise=0.3)
+
+
+def _unit(x, axis=-1):
+    return x / np.linalg.norm(x, axis=axis, keepdims=True).clip(1e-12)
+
+
+class _World:
+    """The fixed parameters of one world (class codes, bases, maps); `sample` draws images from it.
+
+    Noise knobs are in reference units: at d = 512 and 1,000 classes they are used as given; other
+    sizes scale them by kappa = sqrt((d - 2) / (2 ln K)) / kappa_ref, the spread of the nearest
+    wrong class, so a knob setting gives a similar teacher accuracy at any size."""
+
+    def __init__(self, classes, dv, d, noise, seed, spread, clip_noise, gap, mismatch, cond,
+                 template_noise):
+        import torch
+
+        if d < 8 or dv < 4:
+            raise ZsError(f"synth needs d >= 8 and dv >= 4 (got d={d}, dv={dv})")
+        if classes < 2:
+            raise ZsError(f"synth needs at least 2 classes (got {classes})")
+        self.K, self.dv, self.d = classes, dv, d
+        ds = d - 2  # semantic subspace
+        self.ds = ds
+        kappa = math.sqrt(ds / (2 * math.log(classes))) / math.sqrt(510 / (2 * math.log(1000)))
+        self.spread, self.clip_noise = spread * kappa, clip_noise * kappa
+        self.noise, self.mismatch = noise * kappa, mismatch * kappa
+        self.gap_img = gap * math.sqrt(1 + self.spread ** 2 + self.clip_noise ** 2)
+        g = torch.Generator().manual_seed(int(seed))
+        self.gen = g
+        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        self.m_t, self.m_i, self.S = q[:, 0], q[:, 1], q[:, 2:]  # S: (d, ds)
+        self.z = torch.randn(classes, ds, generator=g, dtype=torch.float64) / math.sqrt(ds)  # class codes
+        # text prompts: text cone m_t, the class code, a little per-template noise
+        T = len(TEMPLATES)
+        tz = self.z[:, None, :] + template_noise * torch.randn(classes, T, ds, generator=g,
+                                                               dtype=torch.float64) / math.sqrt(ds)
+        self.text = gap * self.m_t + tz @ self.S.T  # (K, T, d), normalised by the writer
+        # vision map: latent = [semantic coords (ds) ; nuisance (dn)]
+        self.dn = max(dv - ds, 0)
+        latent = ds + self.dn
+        qa, _ = torch.linalg.qr(torch.randn(dv, dv, generator=g, dtype=torch.float64))
+        qb, _ = torch.linalg.qr(torch.randn(latent, latent, generator=g, dtype=torch.float64))
+        sv = torch.logspace(0, -math.log10(cond), min(dv, latent), dtype=torch.float64)
+        self.A = (qa[:, : len(sv)] * sv) @ qb[:, : len(sv)].T * math.sqrt(ds)  # (dv, latent)
+        self.R = torch.randn(classes, dv, generator=g, dtype=torch.float64)
+        self.mu_v = torch.randn(dv, generator=g, dtype=torch.float64)
+        self.A32, self.S32 = self.A.float(), self.S.float()
+        self.offsets32 = (self.mismatch * self.R).float()
+        self.mu_v32 = self.mu_v.float()
+        self.m_i32 = self.m_i.float()
+
+    def sample(self, labels: np.ndarray):
+        """CLIP image features (n, d) normalised and vision features (n, dv), float32 numpy."""
+        import torch
+
+        g = self.gen
+        n = len(labels)
+        y = torch.from_numpy(labels.astype(np.int64))
+        zc = self.z.float()[y] + self.spread * torch.randn(n, self.ds, generator=g) / math.sqrt(self.ds)
+        c = zc @ self.S32.T + self.gap_img * self.m_i32
+        c += self.clip_noise * torch.randn(n, self.d, generator=g) / math.sqrt(self.d)
+        c /= c.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        lat = zc
+        if self.dn:
+            lat = torch.cat([zc, torch.randn(n, self.dn, generator=g) / math.sqrt(self.ds)], 1)
+        v = lat @ self.A32.T
+        v += self.offsets32[y]
+        v += self.noise * torch.randn(n, self.dv, generator=g)
+        v += self.mu_v32
+        return c.numpy(), v.numpy()
+
+
+def write_synth_world(
+    prefix: str | os.PathLike,
+    rows: int = 50_000,
+    test_rows: int = 10_000,
+    classes: int = 1000,
+    dv: int = 768,
+    d: int = 512,
+    noise: float = 1.0,
+    seed: int = 0,
+    spread: float | None = None,
+    clip_noise: float | None = None,
+    gap: float | None = None,
+    mismatch: float | None = None,
+    cond: float | None = None,
+    template_noise: float | None = None,
+) -> dict:
+    """Write PREFIX-train.h5 and PREFIX-test.h5 from one planted world; return their paths and the
+    teacher's accuracy on each (also stored as the file attribute `synth`, JSON)."""
+    from zoomshot.cache import CacheWriter, EncoderEntry, safe_key
+    from zoomshot.fileutil import atomic_path
+
+    if rows < 1 or test_rows < 1:
+        raise ZsError(f"synth needs rows >= 1 and test rows >= 1 (got {rows}, {test_rows})")
+    knobs = {k: (DEFAULTS[k] if v is None else float(v)) for k, v in dict(
+        spread=spread, clip_noise=clip_noise, gap=gap, mismatch=mismatch, cond=cond,
+        template_noise=template_noise).items()}
+    world = _World(classes, dv, d, float(noise), seed, **knobs)
+    names = [f"class_{k:04d}" for k in range(classes)]
+    prefix = Path(prefix)
+    params = dict(rows=rows, test_rows=test_rows, classes=classes, dv=dv, d=d, noise=float(noise),
+                  seed=seed, **knobs)
+    out = {"params": params}
+    label_rng = np.random.default_rng(seed + 1)
+    clip_key, vis_key = safe_key(CLIP_SPEC), safe_key(VISION_SPEC)
+    for split, n in (("train", rows), ("test", test_rows)):
+        path = prefix.with_name(f"{prefix.name}-{split}.h5")
+        labels = label_rng.integers(0, classes, n).astype(np.int32)
+        correct = 0
+        with atomic_path(path) as tmp:
+            with CacheWriter(tmp, [f"{split}/{i:08d}" for i in range(n)], labels, names) as w:
+                w.add_encoder(EncoderEntry(clip_key, CLIP_SPEC, "clip", d, normalized=True,
+                                           weights=WEIGHTS, preprocess={"synth": params}))
+                w.add_encoder(EncoderEntry(vis_key, VISION_SPEC, "vision", dv, normalized=False,
+                                           weights=WEIGHTS, preprocess={"synth": params}))
+                w.write_text(clip_key, VOCAB, names, list(TEMPLATES), world.text.numpy())
+                classifier = w.f[f"encoders/{clip_key}/text/{VOCAB}/classifier"][()]
+                for lo in range(0, n, BLOCK_ROWS):
+                    lab = labels[lo:lo + BLOCK_ROWS]
+                    c, v = world.sample(lab)
+                    w.write_rows(clip_key, lo, c)
+                    w.write_rows(vis_key, lo, v)
+                    # the teacher sees the features as stored (float16)
+                    c16 = c.astype(np.float16).astype(np.float32)
+                    correct += int(((c16 @ classifier.T).argmax(1) == lab).sum())
+                acc = correct / n
+                w.f.attrs["synth"] = json.dumps({**params, "split": split, "teacher_acc": acc})
+        out[split] = str(path)
+        out[f"teacher_acc_{split}"] = acc
+    return out
+
+
+def read_synth_attrs(path: str | os.PathLike) -> dict | None:
+    """The `synth` attribute of a planted-world cache (parameters, split, teacher_acc), or None."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("synth")
+    if raw is None:
+        return None
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
