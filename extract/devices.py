@@ -178,6 +178,14 @@ def gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
 
     Returns float (3, H, W) tensors in [0, 1] (None where decoding failed) and error strings.
     """
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec; decode_jpeg still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _gpu_decode(raw, device)
+
+
+def _gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.functional import pil_to_tensor
 

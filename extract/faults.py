@@ -3,8 +3,9 @@
 At the N-th time the extraction passes POINT, the process kills itself with SIGKILL (or, with
 `:pause`, sleeps until something else kills it). Points: `batch_written` (a batch flushed into a
 partial shard), `shard_complete` (a shard flushed, not yet renamed), `shard_final` (renamed),
-`entry_written` (entry file written under its temporary name, not yet renamed). Unset, it costs
-one dict lookup per call.
+`entry_written` (entry file written under its temporary name, not yet renamed). A paused process
+first creates the file named by `ZS_EXTRACT_FAULT_READY`, if set. Unset, it costs one dict
+lookup per call.
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def fault_point(point: str) -> None:
     if not hit:
         return
     if mode == "pause":
+        ready = os.environ.get("ZS_EXTRACT_FAULT_READY")
+        if ready:
+            open(ready, "w").close()
         while True:
             time.sleep(1)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -214,6 +214,10 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
         resume = {key: {s: ShardFile.resume_point(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim)
                         for s, (a, b) in mine.items()}
                   for key, enc in encoders.items()}
+        for key, enc in encoders.items():  # killed between its last write and its rename: rename now
+            for s, (a, b) in mine.items():
+                if resume[key][s] == b and layout.partial_path(key, s).exists():
+                    ShardFile.open(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim).finalize()
         batches = plan_batches(mine, resume, cfg.batch_size)
         if batches:
             t_loop = time.perf_counter()
