@@ -89,8 +89,9 @@ class ExtractSummary:
 
 
 def default_workers(device: str) -> int:
-    cores = os.cpu_count() or 1
-    return max(0, min(8 if device.startswith("cuda") else 4, cores - 1))
+    """Decode workers: the cores this process can have (shared among torchrun's local ranks), less one."""
+    cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(16 if device.startswith("cuda") else 4, cores - 1))
 
 
 def extract(cfg: ExtractConfig) -> ExtractSummary:

@@ -113,3 +113,13 @@ def test_dataset_eurosat_local_copy_uses_builtin_class_names(tmp_path):
     assert src.labels.tolist() == [0, 0, 1, 1]
     assert src.vocab_name == "eurosat"
     assert decode_rgb(src.read(3)).size[0] >= 32
+
+
+def test_caltech101_labels_index_the_vocabulary_with_background_first(tmp_path):
+    cats = tmp_path / "caltech101" / "101_ObjectCategories"
+    for i, c in enumerate(("BACKGROUND_Google", "Faces", "Faces_easy", "Leopards")):  # the real first four
+        (cats / c).mkdir(parents=True)
+        (cats / c / "image_0001.jpg").write_bytes(image_bytes(i))
+    src = open_source(dataset="caltech101", root=str(tmp_path))
+    assert [src.class_names[i] for i in src.labels] == ["off-center face", "centered face", "leopard"]
+    assert src.ids == ["all/0", "all/1", "all/2"] and decode_rgb(src.read(2)).mode == "RGB"

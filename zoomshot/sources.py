@@ -339,6 +339,9 @@ DATASETS: dict[str, tuple[str, str, dict]] = {
     "eurosat": ("EuroSAT", "eurosat/2750", {"all": {}}),
     "imagenet1k": ("ImageFolder", "{split}", {"train": {}, "val": {}, "test": {}}),
 }
+# The built-in caltech101 vocabulary (clip_benchmark's) puts "background" first; torchvision's
+# Caltech101 leaves BACKGROUND_Google out, so its label i is vocabulary class i + 1.
+LABEL_OFFSET = {"caltech101": 1}
 
 
 def dataset_source(name: str, root: str | os.PathLike, split: str | None = None) -> ImageSource:
@@ -377,6 +380,7 @@ def dataset_source(name: str, root: str | os.PathLike, split: str | None = None)
             break
     if labels is None:
         raise SourceError(f"cannot read the labels of torchvision's {cls_name} without decoding its images")
+    labels = labels + LABEL_OFFSET.get(name, 0)
     if name not in builtin_vocabularies():
         raise SourceError(f"no built-in vocabulary {name!r} for the class names of dataset {name}")
     vocab = load_vocabulary(name)

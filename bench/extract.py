@@ -1,0 +1,143 @@
+"""Benchmark of `zs extract`, measured against references taken in the same run.
+
+1. End-to-end extraction throughput of each encoder (decode, preprocess, forward, HDF5 writes)
+   as a ratio of the same encoder's model-only forward throughput on pre-decoded tensors.
+2. Two encoders in one run (each image decoded once) against two separate runs.
+3. With CUDA: the GPU path (bf16 autocast, channels_last, pinned memory, writer thread) with
+   PIL decoding in workers and with --decode gpu, against the model-only forward; ViT-B/16 with
+   random weights. Skipped when there is no GPU.
+
+Images are generated JPEGs (no downloads); models use random weights.
+Usage: python bench/extract.py [--images 192] [--encoders SPEC SPEC] [--repeat 2] [--workers W]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_images(root: Path, n: int, size=(384, 288)) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        d = root / f"class_{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        base = np.stack([(xx * (1 + i % 7)) % 256, (yy * (1 + i % 5)) % 256, (xx + yy + 13 * i) % 256], -1)
+        arr = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        (d / f"{i:05d}.jpg").write_bytes(buf.getvalue())
+    return root
+
+
+def model_only(spec: str, images: Path, batch_size: int, device: str, precision: str = "auto",
+               decoded=None) -> tuple[float, list]:
+    """Images/s of the forward alone on tensors decoded and preprocessed beforehand."""
+    import torch
+
+    from zoomshot.encoders import build_encoder
+    from zoomshot.extract.devices import make_forward, resolve_device
+    from zoomshot.sources import decode_rgb, open_source
+
+    device = resolve_device(device)
+    enc = build_encoder(spec, device=device)
+    src = open_source(str(images))
+    x = torch.stack([enc.preprocess(decode_rgb(src.read(i))) for i in range(len(src))])
+    fwd = make_forward(enc, device, precision)
+    batches = [x[i:i + batch_size].to(device) for i in range(0, len(x), batch_size)]
+    with torch.inference_mode():
+        fwd(batches[0])  # warm-up (kernel selection, lazy init)
+        _sync(device)
+        t = time.perf_counter()
+        for b in batches:
+            fwd(b).cpu()
+        _sync(device)
+    return len(x) / (time.perf_counter() - t), batches
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_extract(encoders: list[str], images: Path, out: Path, **kw):
+    from zoomshot.extract.runner import ExtractConfig, extract
+
+    shutil.rmtree(out.with_suffix(".shards"), ignore_errors=True)
+    out.unlink(missing_ok=True)
+    t = time.perf_counter()
+    s = extract(ExtractConfig(out=str(out), encoders=encoders, images=str(images), progress=False, **kw))
+    return s, time.perf_counter() - t
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--encoders", nargs=2, default=["timm:resnet18@random", "timm:mobilenetv3_large_100@random"])
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--gpu-images", type=int, default=2048)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="zs-bench-extract-"))
+    try:
+        images = make_images(tmp / "images", args.images)
+        print(f"{args.images} generated JPEGs (384x288), batch {args.batch_size}, "
+              f"{torch.get_num_threads()} torch threads, workers {args.workers if args.workers is not None else 'default'}, CPU")
+        kw = dict(batch_size=args.batch_size, workers=args.workers, device="cpu")
+        a, b = args.encoders
+        # Each figure is the best of --repeat runs, taken in alternation, so drift on a shared
+        # machine hits the compared figures alike.
+        ref = {spec: 0.0 for spec in (a, b)}
+        e2e = {spec: 0.0 for spec in (a, b)}
+        wall = {spec: float("inf") for spec in (a, b)}
+        both = float("inf")
+        for _ in range(args.repeat):
+            for spec in (a, b):
+                ref[spec] = max(ref[spec], model_only(spec, images, args.batch_size, "cpu")[0])
+                s, w = run_extract([spec], images, tmp / "one.h5", **kw)
+                e2e[spec] = max(e2e[spec], s.images_per_s)
+                wall[spec] = min(wall[spec], w)
+            s, w = run_extract([a, b], images, tmp / "two.h5", **kw)
+            both = min(both, w)
+        print(f"\n{'encoder':<40} {'model-only img/s':>17} {'zs extract img/s':>17} {'ratio':>6} {'whole run s':>12}")
+        for spec in (a, b):
+            print(f"{spec:<40} {ref[spec]:>17.1f} {e2e[spec]:>17.1f} {e2e[spec] / ref[spec]:>6.2f} {wall[spec]:>12.1f}")
+        sep = wall[a] + wall[b]
+        print(f"\ntwo encoders in one run: {both:.1f}s; two separate runs: {sep:.1f}s "
+              f"(ratio separate/one run {sep / both:.2f}; the one run decoded {s.decoded} images once for both)")
+
+        if torch.cuda.is_available():
+            gpu = tmp / "gpu-images"
+            make_images(gpu, args.gpu_images)
+            spec = "timm:vit_base_patch16_224@random"
+            ref, _ = model_only(spec, gpu, 256, "cuda", "bf16")
+            print(f"\nGPU {torch.cuda.get_device_name()}: {spec}, {args.gpu_images} JPEGs, batch 256, bf16 autocast, "
+                  f"channels_last\n  model-only forward: {ref:.0f} img/s")
+            for decode in ("cpu", "gpu"):
+                s, wall = run_extract([spec], gpu, tmp / "g.h5", batch_size=256, workers=args.workers,
+                                      device="cuda", decode=decode)
+                print(f"  zs extract --decode {decode}: {s.images_per_s:.0f} img/s, ratio {s.images_per_s / ref:.2f} "
+                      f"(whole run {wall:.1f}s)")
+        else:
+            print("\nno CUDA device: GPU path (--decode gpu, bf16, channels_last) not measured")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
