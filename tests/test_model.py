@@ -3,8 +3,8 @@
 The world: generated PNG/JPEG images in class folders, a tiny random ViT (timm test_vit) and a tiny
 open_clip model whose random weights are saved to files (so `load` rebuilds the very models the
 cache was extracted with), a cache written by `zs extract` with both encoders' features and a
-vocabulary, and a ridge mapping fitted on it. `tiny_world` builds it once per test session; the other use-the-model tests
-import it from here.
+vocabulary, and a mapping fitted on it by `zoomshot.fit` (closed-form ridge, the fastest method).
+`tiny_world` builds it once per test session; the other use-the-model tests import it from here.
 """
 from __future__ import annotations
 
@@ -74,22 +74,6 @@ def extract_cache(path: Path, images: Path, specs: list[str], vocab_file: Path) 
     assert r.exit_code == 0, r.output
 
 
-def ridge_mapping(v: np.ndarray, c: np.ndarray, run: dict, lam: float = 1.0):
-    """A closed-form ridge map from standardised v to c, as a Mapping."""
-    from zoomshot.mapping import Mapping
-
-    mean, std = v.mean(0), v.std(0) + 1e-6
-    x = (v - mean) / std
-    x1 = np.hstack([x, np.ones((len(x), 1))])
-    sol = np.linalg.solve(x1.T @ x1 + lam * np.eye(x1.shape[1]), x1.T @ c)
-    return Mapping(W=sol[:-1].T.astype(np.float32), b=sol[-1].astype(np.float32), mean=mean.astype(np.float32),
-                   std=std.astype(np.float32), run=run)
-
-
-def role(enc) -> dict:
-    return {"key": enc.key, "spec": enc.spec, "dim": enc.dim, "weights": enc.weights}
-
-
 _WORLD: dict = {}
 
 
@@ -111,6 +95,7 @@ def _build_world(root: Path) -> World:
 
     from zoomshot.cache import open_cache
     from zoomshot.encoders import build_encoder
+    from zoomshot.fit import FitConfig, fit_cache
     from zoomshot.mapping import save_mapping
 
     register_tiny_clip()
@@ -129,11 +114,8 @@ def _build_world(root: Path) -> World:
     extract_cache(cache, root / "images", [f"{e.spec}@{e.weights}" for e in (vit, clip)], vocab_file)
     with open_cache(cache) as c:
         assert c.class_names == list(CLASSES)  # ImageFolder labels: sorted class folders
-        v, cf = c.image(vit.key), c.image(clip.key)
         paths, labels = [root / "images" / i for i in c.ids], c.labels
-    run = {"method": "ridge", "source": role(vit), "target": role(clip), "vocab": VOCAB,
-           "cache": {"path": str(cache)}}
-    mapping = save_mapping(ridge_mapping(v, cf, run), root / "mapping")
+    mapping = save_mapping(fit_cache(cache, FitConfig(method="ridge")), root / "mapping")
     return World(root, root / "images", paths, labels, cache, mapping,
                  f"{vit.spec}@{vit.weights}", f"{clip.spec}@{clip.weights}", vit.key, clip.key)
 

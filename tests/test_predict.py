@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from test_model import CLASSES, TEMPLATES, pil_images, tiny_world
+from test_model import CLASSES, pil_images, tiny_world
 from typer.testing import CliRunner
 
 import zoomshot

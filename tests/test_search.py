@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_model import ridge_mapping, tiny_world
+from test_model import tiny_world
 from typer.testing import CliRunner
 
 from zoomshot.cache import CacheWriter, open_cache
@@ -20,19 +20,14 @@ CLASSES = 6
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    """A planted world with little vision noise, and a ridge mapping fitted on its train split."""
+    """A planted world with little vision noise, and a mapping fitted on its train split (zs fit's ridge)."""
+    from zoomshot.fit import FitConfig, fit_cache
     from zoomshot.synth import write_synth_world
 
     root = tmp_path_factory.mktemp("search-synth")
     w = write_synth_world(root / "w", rows=600, test_rows=300, classes=CLASSES, dv=24, d=16, seed=0,
                           noise=0.1, spread=0.0, clip_noise=0.0, mismatch=0.0)  # a clean world, whatever the defaults
-    with open_cache(w["train"]) as c:
-        encs = c.encoders
-        v, cf = c.image("synth_vision"), c.image("synth_clip")
-    run = {"method": "ridge", "vocab": "synth", "cache": {"path": w["train"]},
-           **{r: {"key": k, "spec": encs[k].spec, "dim": encs[k].dim, "weights": encs[k].weights}
-              for r, k in (("source", "synth_vision"), ("target", "synth_clip"))}}
-    save_mapping(ridge_mapping(v, cf, run), root / "mapping")
+    save_mapping(fit_cache(w["train"], FitConfig(method="ridge")), root / "mapping")
     return {"train": w["train"], "test": w["test"], "mapping": root / "mapping", "root": root}
 
 
