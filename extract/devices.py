@@ -73,10 +73,10 @@ class DevicePrefetcher:
     """Iterate batches with their tensors already on the device; on CUDA the copy of batch i+1
     runs on a side stream while batch i computes (needs pinned host memory)."""
 
-    def __init__(self, loader, device: str):
+    def __init__(self, batches, device: str):
         import torch
 
-        self.loader = loader
+        self.batches = batches  # an iterator over the DataLoader (its workers already started)
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
@@ -110,7 +110,7 @@ class DevicePrefetcher:
 
     def __iter__(self):
         prev = None
-        for item in self.loader:
+        for item in self.batches:
             cur = self._to_device(item)  # batch i+1 copies while batch i computes
             if prev is not None:
                 yield self._ready(prev)

@@ -141,14 +141,16 @@ class Layout:
         path = self.encoder_dir(key) / "encoder.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            have = json.loads(path.read_text())
-            for name in ("spec", "family", "dim", "weights"):
-                if have.get(name) != attrs.get(name):
-                    raise CacheError(
-                        f"{self.root}/{key} holds shards with {name}={have.get(name)!r}, this run has "
-                        f"{attrs.get(name)!r}; write to another --out")
+            self.check_encoder_attrs(key, attrs)
             return
         write_text_atomic(path, json.dumps(attrs, indent=1, sort_keys=True))
+
+    def check_encoder_attrs(self, key: str, attrs: dict) -> None:
+        have = self.encoder_attrs(key)
+        for name in ("spec", "family", "dim", "weights"):
+            if have is not None and have.get(name) != attrs.get(name):
+                raise CacheError(f"{self.root}/{key} holds shards with {name}={have.get(name)!r}, this run has "
+                                 f"{attrs.get(name)!r}; write to another --out")
 
     def encoder_attrs(self, key: str) -> dict | None:
         path = self.encoder_dir(key) / "encoder.json"

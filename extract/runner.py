@@ -152,8 +152,6 @@ def _encoder_attrs(enc) -> dict:
 
 
 def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSummary:
-    import torch
-
     from zoomshot.encoders import parse_spec
 
     t0 = time.perf_counter()
@@ -190,7 +188,8 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
         if p.key not in run_keys:
             continue
         attrs = layout.encoder_attrs(p.key)
-        if attrs is not None and (attrs["spec"], attrs["weights"]) == (p.spec, p.weights):
+        if attrs is not None:  # refuse a mismatch before loading any model
+            layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights})
             finals = layout.final_shards(p.key, m)
             if all(finals[s] for s in mine) and not text_pending(p.key, attrs["family"]):
                 continue
@@ -284,7 +283,7 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
     rows_total = sum(b.stop - b.start for b in batches)
     progress = Progress(rows_total, label=f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
                         enabled=cfg.progress and procs.local_rank == 0)
-    batches_iter = iter(DevicePrefetcher(loader, device))  # forks the decode workers before the writer thread starts
+    batches_iter = DevicePrefetcher(iter(loader), device)  # forks the decode workers before the writer thread starts
     writer = ShardWriterThread(layout, m, {k: (e.spec, e.dim) for k, e in encoders.items()})
     decoded = unreadable = 0
     try:

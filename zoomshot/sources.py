@@ -12,6 +12,7 @@ Readers are picklable and open files lazily, so DataLoader workers can use them.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import os
@@ -276,8 +277,10 @@ def _split_member(name: str) -> tuple[str, str]:
 
 
 def webdataset_source(pattern: str) -> ImageSource:
-    """Samples of uncompressed WebDataset tar shards; the sample key is the image id."""
-    tars = expand_braces(pattern)
+    """Samples of uncompressed WebDataset tar shards (brace pattern or glob); the sample key is the image id."""
+    tars = [t for p in expand_braces(pattern) for t in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
+    if not tars:
+        raise SourceError(f"{pattern} matches no tar files")
     missing = [t for t in tars if not Path(t).is_file()]
     if missing:
         raise SourceError(f"WebDataset shard {missing[0]} does not exist"
@@ -430,7 +433,7 @@ def open_source(images: str | None = None, dataset: str | None = None, root: str
         return dataset_source(dataset, root, split)
     if images is None:
         raise SourceError("give --images PATH (folder, file list or WebDataset tars) or --dataset NAME --root DIR")
-    if re.search(r"\.tar$", re.sub(r"\{[^{}]*\}", "", images)) or (".tar" in images and "{" in images):
+    if images.endswith(".tar"):  # one shard, a brace pattern, or a glob
         return webdataset_source(images)
     p = Path(images)
     if p.is_dir():
