@@ -3,8 +3,19 @@
     fit_cache(cache_path, FitConfig(...))                 one mapping (not saved; see save_mapping)
     fit_grid(cache_path, cfg, epochs, fractions, methods) a sweep, trained as batched jobs
     fit_configs(cache_path, [FitConfig, ...])             any list sharing one cache read
+
+The configuration names import light; the fitting functions load numpy, h5py and torch on first use,
+so the CLI can read defaults without paying for them.
 """
-from .api import fit_cache, fit_configs, fit_grid
 from .config import METHOD_DEFAULTS, METHODS, FitConfig
 
 __all__ = ["FitConfig", "METHODS", "METHOD_DEFAULTS", "fit_cache", "fit_grid", "fit_configs"]
+_LAZY = ("fit_cache", "fit_grid", "fit_configs")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'zoomshot.fit' has no attribute {name!r}")

@@ -8,6 +8,7 @@ run record filled in; nothing is written (see `zoomshot.mapping.save_mapping`).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import time
 from dataclasses import replace
@@ -58,8 +59,6 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
     """Fit each configuration (they must share source, target, vocab, seed, device and memory
     budget) over one read of the cache. batched=False trains one configuration at a time (the
     reference a sweep's batched training is measured against)."""
-    import torch
-
     t0 = time.perf_counter()
     if not cfgs:
         return []
@@ -80,17 +79,25 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
         plan = plan_rows(cache, src, tgt, [c.fraction for c in cfgs], base.seed,
                          bytes_per_row=4 * (dv + d), memory_budget=base.memory_budget)
     feed = ChunkFeed(path, src, tgt, plan, device)
+    return _fit(cfgs, dict(src=src, tgt=tgt, dv=dv, d=d, encs=encs, T=T, vocab=vocab,
+                           fingerprint=fingerprint, plan=plan, feed=feed, device=device, t0=t0),
+                on_result, progress, batched)
 
+
+def _fit(cfgs: list[FitConfig], ctx: dict, on_result, progress, batched: bool) -> list[Mapping]:
+    """The statistics pass, the closed forms, the batched training: fit_configs after the set-up."""
+    import torch
+
+    plan, feed, device, encs = ctx["plan"], ctx["feed"], ctx["device"], ctx["encs"]
+    dv, d, T = ctx["dv"], ctx["d"], ctx["T"]
     full = any(c.method in ("ridge", "procrustes") or (c.method == "zoomshot" and c.init == "ridge")
                for c in cfgs)
     moments = Moments(plan.sizes, dv, d, full=full, device=device)
-    with torch.no_grad():
+    block = min(len(plan.rows), Moments.BLOCK)
+    with torch.no_grad(), threads_for(device, block * dv * (dv + d if full else 1)):
         for _, _, chunk in feed.passes([range(len(feed))]):
             moments.add(chunk)
-    stats_s = time.perf_counter() - t0
-
-    context = dict(src=src, tgt=tgt, encs=encs, vocab=vocab, fingerprint=fingerprint, plan=plan,
-                   feed=feed, t0=t0, stats_s=stats_s)
+    ctx["stats_s"] = time.perf_counter() - ctx["t0"]
     results: list[Mapping | None] = [None] * len(cfgs)
 
     def finish(i: int, mapping: Mapping) -> None:
@@ -108,7 +115,7 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
                 W, b, U, e = ridge_maps(st, c.ridge_lambda)
             else:
                 (W, b), U, e = procrustes_map(st), None, None
-            finish(i, _mapping(c, st, W, b, U, e, history=[], extra={}, ctx=context,
+            finish(i, _mapping(c, st, W, b, U, e, history=[], extra={}, ctx=ctx,
                                batched_with=1))
 
     groups: dict[tuple, list[int]] = {}
@@ -127,13 +134,36 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
 
         def on_done(job, _n=len(jobs), _members=members, _stats=stats, _where=where):
             k = _where[id(job)]
+            extra = {**job.extra, "train_time_s": round(job.finished_s, 4)}
             finish(_members[k], _mapping(cfgs[_members[k]], _stats[k], job.W, job.b, job.U, job.e,
-                                         job.history, extra=job.extra, ctx=context, batched_with=_n))
+                                         job.history, extra=extra, ctx=ctx, batched_with=_n))
 
         c0 = cfgs[members[0]]
-        train_jobs(feed, jobs, c0.batch_size, c0.optimizer, T=T, device=device,
-                   chunk_order_seed=c0.seed, on_epoch=on_epoch, on_done=on_done)
+        with threads_for(device, c0.batch_size * dv * d * len(jobs)):
+            train_jobs(feed, jobs, c0.batch_size, c0.optimizer, T=T, device=device,
+                       chunk_order_seed=c0.seed, on_epoch=on_epoch, on_done=on_done)
     return results  # type: ignore[return-value]
+
+
+# Below this many multiply-adds per step, one thread beats a team: tiny matmuls gain nothing from
+# splitting, and a second thread that waits for a busy core makes every op wait with it.
+SMALL_STEP_MACS = 1 << 22
+
+
+@contextlib.contextmanager
+def threads_for(device, step_macs: int):
+    """Run small CPU problems single-threaded (torch's thread count is process-wide; restored after)."""
+    import torch
+
+    n = torch.get_num_threads()
+    small = device.type == "cpu" and step_macs < SMALL_STEP_MACS and n > 1
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(n)
 
 
 def _device(name: str):
@@ -233,7 +263,7 @@ def _mapping(c: FitConfig, st, W, b, U, e, history, extra: dict, ctx: dict, batc
         "vocab": ctx["vocab"],
         "cache": ctx["fingerprint"],
         "rows": {"usable": int(plan.usable), "used": int(st.n), "streamed": not plan.resident,
-                 "chunks": len(ctx["feed"])},
+                 "chunks": len(ctx["feed"]), "read_wait_s": round(ctx["feed"].read_wait_s, 4)},
         "standardization": {"tensors": ["mean", "std"], "form": "h(v) = W ((v - mean) / std) + b"},
         **extra,
         "history": history,

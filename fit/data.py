@@ -102,8 +102,10 @@ def plan_rows(cache: Cache, source: str, target: str, fractions, seed: int, byte
         chunk_rows = cache.n
     else:
         # Three chunks live at once: the one trained on, the one read ahead, the one being read.
-        density = len(rows) / cache.n
-        chunk_rows = max(1, int(memory_budget // (3 * bytes_per_row * max(density, 1e-9))))
+        # Chunks are file-row ranges sized by the density of usable rows (not of this fit's
+        # subset), so every fit on a cache and budget sees the same chunks, alone or in a sweep.
+        density = len(usable) / cache.n
+        chunk_rows = max(1, int(memory_budget // (3 * bytes_per_row * density)))
     return RowPlan(rows, ranks, len(usable), sizes, chunk_rows, cache.n)
 
 
@@ -114,27 +116,36 @@ class Chunk:
         self.v, self.c, self.ranks, self.rows = v, c, ranks, rows
 
 
-def read_chunk(cache: Cache, source: str, target: str, rows: np.ndarray, ranks: np.ndarray, device):
-    """Read rows of both encoders as float16, move them to the device, make them float32 there,
-    normalise the CLIP features and refuse NaN/Inf rows."""
-    import torch
+def read_arrays(cache: Cache, source: str, target: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of both encoders as float16 numpy arrays; NaN/Inf rows refused with the first row's id.
 
+    Numpy only: this runs in the reader thread, and torch ops there would contend with the trainer's
+    thread pool."""
     v16 = cache.image(source, rows, dtype=np.float16)
     c16 = cache.image(target, rows, dtype=np.float16)
+    for key, a in ((source, v16), (target, c16)):
+        bad = ~np.isfinite(a).all(axis=1)
+        if bad.any():
+            row = int(rows[int(np.flatnonzero(bad)[0])])
+            image_id = cache.f["images/ids"][row]
+            image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+            raise ZsError(f"{cache.path}: encoders/{key}/image has NaN/Inf in {int(bad.sum())} of the "
+                          f"rows read (first: row {row}, id {image_id!r}); "
+                          f"re-extract those images or mark them unreadable")
+    return v16, c16
+
+
+def to_device(v16: np.ndarray, c16: np.ndarray, rows: np.ndarray, ranks: np.ndarray, device,
+              cache_path, target: str) -> "Chunk":
+    """Float16 rows onto the device, float32 there; the CLIP rows L2-normalised."""
+    import torch
+
     v = torch.from_numpy(v16).to(device).float()
     c = torch.from_numpy(c16).to(device).float()
-    for key, t in ((source, v), (target, c)):
-        bad = ~torch.isfinite(t).all(dim=1)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            row = int(rows[i])
-            raise ZsError(f"{cache.path}: encoders/{key}/image has NaN/Inf in {int(bad.sum())} of the "
-                          f"rows read (first: row {row}, id {cache.f['images/ids'][row]!r}); "
-                          f"re-extract those images or mark them unreadable")
     norms = c.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
         row = int(rows[int((norms[:, 0] == 0).nonzero()[0, 0])])
-        raise ZsError(f"{cache.path}: encoders/{target}/image row {row} is all zeros; it cannot be "
+        raise ZsError(f"{cache_path}: encoders/{target}/image row {row} is all zeros; it cannot be "
                       f"L2-normalised (re-extract it or mark it unreadable)")
     c /= norms
     return Chunk(v, c, torch.from_numpy(ranks).to(device), rows)
@@ -157,10 +168,14 @@ class ChunkFeed:
     def __len__(self):
         return len(self.ranges)
 
-    def _read(self, cache: Cache, i: int) -> Chunk:
+    def _read(self, cache: Cache, i: int):
         a, b = self.ranges[i]
-        return read_chunk(cache, self.source, self.target, self.plan.rows[a:b], self.plan.ranks[a:b],
-                          self.device)
+        return read_arrays(cache, self.source, self.target, self.plan.rows[a:b])
+
+    def _chunk(self, i: int, arrays) -> Chunk:
+        a, b = self.ranges[i]
+        return to_device(*arrays, self.plan.rows[a:b], self.plan.ranks[a:b], self.device,
+                         self.cache_path, self.target)
 
     def passes(self, orders):
         import time
@@ -168,7 +183,7 @@ class ChunkFeed:
         if self.plan.resident:
             if self._resident is None:
                 with Cache(self.cache_path) as cache:
-                    self._resident = self._read(cache, 0)
+                    self._resident = self._chunk(0, self._read(cache, 0))
             for p, order in enumerate(orders):
                 for i in order:
                     yield p, i, self._resident
@@ -206,7 +221,8 @@ class ChunkFeed:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                p, i, arrays = item
+                yield p, i, self._chunk(i, arrays)
         finally:
             stop.set()
             t.join(timeout=10)
@@ -239,9 +255,12 @@ class Moments:
         self.shift_v = None
         self.shift_c = None
 
-    def add(self, chunk: Chunk, block: int = 16384) -> None:
+    BLOCK = 16384  # rows per product
+
+    def add(self, chunk: Chunk) -> None:
         import torch
 
+        block = self.BLOCK
         if self.shift_v is None:
             self.shift_v = chunk.v[: min(len(chunk.v), 4096)].mean(0)
             self.shift_c = chunk.c[: min(len(chunk.c), 4096)].mean(0)

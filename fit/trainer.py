@@ -190,18 +190,19 @@ def train_jobs(feed, jobs: list[Job], batch_size: int, optimizer: str, T=None, d
         for s in range(nsteps):
             act = [g for g in alive if g in perms and s * B < len(perms[g])]
             act_t = torch.tensor(act, device=dev)
-            idx = torch.zeros(len(act), B, dtype=torch.long, device=dev)
-            wts = torch.zeros(len(act), B, device=dev)
-            for i, g in enumerate(act):
-                part = perms[g][s * B:(s + 1) * B]
+            parts = [perms[g][s * B:(s + 1) * B] for g in act]
+            width = max(len(p) for p in parts)  # a last, partial batch is not padded to B
+            idx = torch.zeros(len(act), width, dtype=torch.long, device=dev)
+            wts = torch.zeros(len(act), width, device=dev)
+            for i, part in enumerate(parts):
                 idx[i, : len(part)] = part
                 wts[i, : len(part)] = 1.0
             full = len(act) == G
             sel = (lambda t: t) if full else (lambda t: t.index_select(0, act_t))  # noqa: E731
             flat = idx.view(-1)
-            x = (chunk.v.index_select(0, flat).view(len(act), B, -1) - sel(shift)[:, None, :]) \
+            x = (chunk.v.index_select(0, flat).view(len(act), width, -1) - sel(shift)[:, None, :]) \
                 * sel(scale)[:, None, :]
-            c = chunk.c.index_select(0, flat).view(len(act), B, -1)
+            c = chunk.c.index_select(0, flat).view(len(act), width, -1)
             if not zoom:
                 c = c * sel(out_scale)[:, None, None]
                 total, align = aligner_loss(sel(W), sel(b), x, c, wts)

@@ -38,10 +38,11 @@ WEIGHTS = "planted"
 VOCAB = "synth"
 TEMPLATES = ("a photo of a {c}.", "a picture of a {c}.", "an image of the {c}.", "a {c} in the wild.")
 BLOCK_ROWS = 32768
+OFFSET_SCALE = 3.0  # length of a class's private vision offset at mismatch 1, in vision-noise units
 
 # Defaults chosen so that the teacher is good but not perfect (~0.7-0.8 top-1 with 1,000 classes)
 # and a linear map from the vision features can nearly, but not trivially, reach it.
-DEFAULTS = dict(spread=5.0, clip_noise=2.0, gap=1.0, mismatch=1.0, cond=10.0, template_noise=0.3)
+DEFAULTS = dict(spread=5.0, clip_noise=2.0, gap=1.0, mismatch=2.0, cond=10.0, template_noise=0.3)
 
 
 def _unit(x, axis=-1):
@@ -87,7 +88,9 @@ class _World:
         qb, _ = torch.linalg.qr(torch.randn(latent, latent, generator=g, dtype=torch.float64))
         sv = torch.logspace(0, -math.log10(cond), min(dv, latent), dtype=torch.float64)
         self.A = (qa[:, : len(sv)] * sv) @ qb[:, : len(sv)].T * math.sqrt(ds)  # (dv, latent)
+        # per-class offsets: a random unit direction each, OFFSET_SCALE · kappa long (reference units)
         self.R = torch.randn(classes, dv, generator=g, dtype=torch.float64)
+        self.R *= OFFSET_SCALE / self.R.norm(dim=1, keepdim=True)
         self.mu_v = torch.randn(dv, generator=g, dtype=torch.float64)
         self.A32, self.S32 = self.A.float(), self.S.float()
         self.offsets32 = (self.mismatch * self.R).float()
@@ -122,7 +125,7 @@ def write_synth_world(
     classes: int = 1000,
     dv: int = 768,
     d: int = 512,
-    noise: float = 1.0,
+    noise: float = 0.7,
     seed: int = 0,
     spread: float | None = None,
     clip_noise: float | None = None,
