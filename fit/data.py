@@ -31,21 +31,27 @@ def resolve_encoders(cache: Cache, source: str | None, target: str | None) -> tu
         if key is not None and key not in encs:
             raise ZsError(f"{cache.path} has no encoder {key!r} ({role}); it has: {', '.join(encs)}")
     clips = [k for k, e in encs.items() if e.family == "clip"]
+    listing = ", ".join(f"{k} ({e.family})" for k, e in encs.items())
     if target is None:
         cands = [k for k in clips if k != source]
-        if len(cands) != 1:
-            raise ZsError(f"{cache.path}: cannot infer the CLIP target among {cands or 'no CLIP encoders'}"
-                          f"; name it with --target (encoders: {', '.join(encs)})")
+        if not cands:
+            other = f" other than the --source {source!r}" if source in clips else ""
+            raise ZsError(f"{cache.path} has no CLIP encoder{other} to map into; encoders: {listing}")
+        if len(cands) > 1:
+            raise ZsError(f"{cache.path} has several CLIP encoders; name the target with --target "
+                          f"(encoders: {listing})")
         target = cands[0]
     if encs[target].family != "clip":
         raise ZsError(f"--target {target!r} is a {encs[target].family} encoder; the target must be a "
                       f"CLIP encoder (family 'clip'): {', '.join(clips) or 'none in this cache'}")
     if source is None:
         cands = [k for k, e in encs.items() if e.family == "vision" and k != target]
-        if len(cands) != 1:
-            raise ZsError(f"{cache.path}: cannot infer the vision source among "
-                          f"{cands or 'no vision encoders'}; name it with --source "
-                          f"(encoders: {', '.join(encs)})")
+        if not cands:
+            raise ZsError(f"{cache.path} has no vision encoder to map from; name a --source "
+                          f"(encoders: {listing})")
+        if len(cands) > 1:
+            raise ZsError(f"{cache.path} has several vision encoders; name the source with --source "
+                          f"(encoders: {listing})")
         source = cands[0]
     if source == target:
         raise ZsError(f"--source and --target are both {source!r}; they must differ")

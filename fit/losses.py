@@ -9,7 +9,8 @@ that puts the terms on one scale. Batch means are weighted means over the non-pa
   L_align = ‖h(v) − ĉ‖² + ‖g(ĉ) − v‖²
   L_cycle = ‖g(h(v)) − v‖² + ‖h(g(ĉ)) − ĉ‖² + mean_k ‖h(g(t_k)) − t_k‖²
   L_kd    = τ² KL(softmax(ĉ Tᵀ/τ) ‖ softmax(n(h(v)) Tᵀ/τ))       (soft)
-          = CE(n(h(v)) Tᵀ/τ, argmax_k ĉ Tᵀ)                      (hard)
+          = τ² CE(n(h(v)) Tᵀ/τ, argmax_k ĉ Tᵀ)                   (hard)
+The hard variant carries τ² too, so one λ_kd gives both variants gradients of one scale.
 
 The text-cycle term is exact but computed from the text classifier's second moments
 S = mean_k t_k t_kᵀ and t̄ = mean_k t_k: with M = W U − I and r = W e + b,
@@ -75,7 +76,7 @@ def zoomshot_losses(W, b, U, e, x, c, w, T, S, tbar, lam_align, lam_cycle, lam_k
             rows.append(kl)
         if need_hard:
             tgt = t_logits.argmax(-1, keepdim=True)
-            ce = -log_ps.gather(-1, tgt)[..., 0]
+            ce = -log_ps.gather(-1, tgt)[..., 0] * (tau * tau)[:, None]
             rows.append(ce)
         if need_soft and need_hard:
             per_row = torch.where(soft_mask[:, None], rows[0], rows[1])

@@ -106,6 +106,100 @@ def extract_cmd(
 
 # ---------------------------------------------------------------- fit / synth --------------
 # (section owned by the fit stage)
+def _parse_bytes(text: str) -> int:
+    """'4G', '512M', '1.5GB', '300000000' -> bytes (K/M/G/T are powers of 1024)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        raise ZsError(f"--memory-budget {text!r} is not a size; write bytes or e.g. 512M, 4G")
+    n = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    if n < 1 << 20:
+        raise ZsError(f"--memory-budget {text!r} is under 1 MB; sizes are bytes unless suffixed (e.g. 512M, 4G)")
+    return n
+
+
+@command(name="fit")
+def fit_cmd(
+    cache: Path = typer.Option(..., "--cache", help="The training cache (zs-cache .h5)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Source (vision) encoder key; inferred when one."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target (CLIP) encoder key; inferred when one."),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="The target's text vocabulary (class names for "
+                                        "distillation), when it holds several."),
+    method: str = typer.Option("zoomshot", "--method", help="zoomshot | linear-aligner | ridge | procrustes."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: zoomshot 5, linear-aligner 6)."),
+    fraction: float = typer.Option(1.0, "--fraction", help="Seeded share of the usable rows to train on."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the row sample, the batch order and the init."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Mapping folder to write "
+                                       "(default: mappings/CACHE-METHOD)."),
+    lambda_align: float = typer.Option(1.0, "--lambda-align", help="Weight of L_align (0 turns it off)."),
+    lambda_cycle: float = typer.Option(0.1, "--lambda-cycle", help="Weight of L_cycle (0 turns it off)."),
+    lambda_kd: float = typer.Option(1000.0, "--lambda-kd", help="Weight of L_kd, the τ²-scaled distillation "
+                                    "(0 turns it off)."),
+    tau: float = typer.Option(0.03, "--tau", help="Distillation temperature τ."),
+    kd: str = typer.Option("soft", "--kd", help="Distillation target: soft (KL to the teacher's softmax) or "
+                           "hard (its argmax)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: zoomshot 4096, "
+                                             "linear-aligner 100)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, cosine-annealed to 0 "
+                                       "(default: zoomshot 3e-4 Adam, linear-aligner 0.01 SGD)."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam | sgd (default: per method)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (default: per method)."),
+    init: str = typer.Option("ridge", "--init", help="zoomshot start: ridge (closed form) or random."),
+    ridge_lambda: float = typer.Option(1e-3, "--ridge-lambda", help="Ridge penalty, relative to the "
+                                       "standardised feature variance."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    memory_budget: str = typer.Option("4G", "--memory-budget", help="Float32 rows held in memory at once; a "
+                                      "cache needing more is streamed in chunks (bytes, or 512M, 4G)."),
+):
+    """Fit a mapping from the source encoder's features into CLIP's space; write it to --out."""
+    from zoomshot.fit import FitConfig, fit_cache
+    from zoomshot.mapping import save_mapping
+
+    cfg = FitConfig(method=method, epochs=epochs, fraction=fraction, seed=seed, source=source, target=target,
+                    vocab=vocab, lambda_align=lambda_align, lambda_cycle=lambda_cycle, lambda_kd=lambda_kd,
+                    tau=tau, kd=kd, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                    weight_decay=weight_decay, init=init, ridge_lambda=ridge_lambda, device=device,
+                    memory_budget=_parse_bytes(memory_budget))
+    cfg.validate()
+    if not cache.is_file():
+        raise ZsError(f"no cache at {cache}")
+
+    def progress(rec: dict) -> None:
+        terms = ", ".join(f"{k} {rec[k]:.5g}" for k in ("align", "cycle", "kd") if rec.get(k))
+        typer.echo(f"epoch {rec['epoch']}/{rec['epochs']}: loss {rec['loss']:.5g}" + (f" ({terms})" if terms else ""))
+
+    m = fit_cache(cache, cfg, progress=progress)
+    out = out or Path("mappings") / f"{cache.stem}-{m.method}"
+    save_mapping(m, out)
+    r = m.run
+    typer.echo(f"wrote {out}: {r['method']} {r['source']['key']} -> {r['target']['key']}, "
+               f"{r['rows']['used']} rows{' (streamed)' if r['rows']['streamed'] else ''}, "
+               f"{r['epochs']} epochs, {r['wall_time_s']:.1f} s")
+
+
+@command(name="synth")
+def synth_cmd(
+    out: Path = typer.Option(..., "--out", help="Prefix: writes PREFIX-train.h5 and PREFIX-test.h5."),
+    rows: int = typer.Option(50_000, "--rows", help="Training rows."),
+    test_rows: int = typer.Option(10_000, "--test-rows", help="Test rows."),
+    classes: int = typer.Option(1000, "--classes", help="Classes in the world (and its vocabulary)."),
+    dv: int = typer.Option(768, "--dv", help="Vision feature dimension."),
+    d: int = typer.Option(512, "--d", help="CLIP embedding dimension."),
+    noise: float = typer.Option(0.7, "--noise", help="Vision-only noise (reference units; see zoomshot.synth)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the world and its samples."),
+    spread: Optional[float] = typer.Option(None, "--spread", help="Within-class spread shared by both encoders."),
+    clip_noise: Optional[float] = typer.Option(None, "--clip-noise", help="CLIP-only noise."),
+    mismatch: Optional[float] = typer.Option(None, "--mismatch", help="Per-class offsets only the vision "
+                                             "encoder has."),
+):
+    """Write a planted-world train/test cache pair whose teacher accuracy is known."""
+    from zoomshot.synth import write_synth_world
+
+    w = write_synth_world(out, rows=rows, test_rows=test_rows, classes=classes, dv=dv, d=d, noise=noise,
+                          seed=seed, spread=spread, clip_noise=clip_noise, mismatch=mismatch)
+    typer.echo(f"wrote {w['train']} ({rows} rows) and {w['test']} ({test_rows} rows); CLIP teacher top-1: "
+               f"train {100 * w['teacher_acc_train']:.2f}%, test {100 * w['teacher_acc_test']:.2f}%")
 
 
 # ---------------------------------------------------------------- evaluate / sweep ---------
