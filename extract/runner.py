@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,13 +134,9 @@ def _check_entry(entry: Path, ids: list[str], parsed) -> dict:
 
 
 def _build(spec: str, parsed, device: str):
-    import torch
-
     from zoomshot.encoders import build_encoder
 
-    if parsed.weights == "random":
-        # The same draw in every process, rerun and resume: the seed is a function of the spec.
-        torch.manual_seed(zlib.crc32(parsed.spec.encode()))
+    # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
     return build_encoder(spec, device=device)
 
 

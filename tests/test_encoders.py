@@ -67,15 +67,33 @@ def test_timm_random_and_local_weights_file(tmp_path):
     with torch.inference_mode():
         fa = a.encode_image(x)
     assert fa.shape == (2, a.dim)
+    # other weights than the random draw, so that equal outputs prove the file was loaded
+    state = {k: (v + 0.05 * torch.randn_like(v)) if v.is_floating_point() else v
+             for k, v in a.model.state_dict().items()}
+    a.model.load_state_dict(state)
+    with torch.inference_mode():
+        fa = a.encode_image(x)
     path = tmp_path / "test_vit.safetensors"
-    save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(path))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     b = build_encoder(f"timm:test_vit@{path}")
     assert b.weights == str(path.resolve())
     with torch.inference_mode():
         torch.testing.assert_close(b.encode_image(x), fa)
-    c = build_encoder("timm:test_vit@random")  # another random draw differs: the file really loaded
+
+
+def test_random_weights_are_one_draw_per_spec_and_leave_the_global_rng_alone():
+    x = torch.randn(2, 3, 160, 160)
+    torch.manual_seed(123)
+    a = build_encoder("timm:test_vit@random")
+    after_a = torch.rand(1)
+    torch.manual_seed(123)
+    b = build_encoder("timm:test_vit@random")
+    assert torch.equal(torch.rand(1), after_a)
+    torch.manual_seed(7)
+    c = build_encoder("timm:test_vit@random")
     with torch.inference_mode():
-        assert not torch.allclose(c.encode_image(x), fa)
+        fa = a.encode_image(x)
+        assert torch.equal(fa, b.encode_image(x)) and torch.equal(fa, c.encode_image(x))
 
 
 def test_open_clip_random_and_local_weights_file(tmp_path, tiny_clip):

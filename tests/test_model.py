@@ -220,21 +220,26 @@ def test_labels_from_cache_need_no_clip_model(world, monkeypatch):
     np.testing.assert_allclose(cos, cached_logits(world), atol=1e-3)
 
 
-def test_weights_override_and_random_weights_refused_without_it(world, tmp_path):
+def test_weights_override_and_random_weights_rebuild_the_same_draw(world, tmp_path):
     from zoomshot.mapping import load_mapping, save_mapping
 
     m = load_mapping(world.mapping)
     m.run["source"]["weights"] = "random"
     save_mapping(m, tmp_path / "random-source")
-    with pytest.raises(ZsError, match="weights='random'"):
-        zoomshot.load(tmp_path / "random-source")
-    fresh = zoomshot.load(tmp_path / "random-source", weights="random")
-    same = zoomshot.load(tmp_path / "random-source", weights=str(world.root / "test_vit.safetensors"))
     x = torch.randn(2, 3, 160, 160)
     with torch.inference_mode():
-        ref = zoomshot.load(world.mapping).embed(x)
+        ref = zoomshot.load(world.mapping).embed(x)  # the world's weights file holds the test_vit@random draw
+        torch.testing.assert_close(zoomshot.load(tmp_path / "random-source").embed(x), ref)
+        same = zoomshot.load(tmp_path / "random-source", weights=str(world.root / "test_vit.safetensors"))
         torch.testing.assert_close(same.embed(x), ref)
-        assert not torch.allclose(fresh.embed(x), ref, atol=1e-3)
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in load_file(str(world.root / "test_vit.safetensors")).items()}
+    save_file(state, str(tmp_path / "other.safetensors"))
+    with torch.inference_mode():
+        other = zoomshot.load(tmp_path / "random-source", weights=str(tmp_path / "other.safetensors")).embed(x)
+    assert not torch.allclose(other, ref, atol=1e-3)
 
 
 def test_errors_are_one_line(world, tmp_path):

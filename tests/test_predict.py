@@ -90,10 +90,16 @@ def test_bad_options_are_one_line_errors(world, args, needle):
     assert needle in r.output and "Traceback" not in r.output
 
 
-def test_weights_override_reaches_the_encoder(world, expected):
+def test_weights_override_reaches_the_encoder(world, expected, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in load_file(str(world.root / "test_vit.safetensors")).items()}
+    save_file(state, str(tmp_path / "other.safetensors"))
     args = [world.paths[0], "--mapping", world.mapping, "--from-cache", world.cache, "--json", "--top-k", "2"]
     same = run(*args, "--weights", world.root / "test_vit.safetensors")
-    other = run(*args, "--weights", "random")
+    other = run(*args, "--weights", tmp_path / "other.safetensors")
     assert same.exit_code == 0 and other.exit_code == 0, same.output + other.output
     want = [p for _, p in expected[str(world.paths[0])]]
     assert [t["prob"] for t in json.loads(same.output)["top"]] == pytest.approx(want, abs=1e-5)

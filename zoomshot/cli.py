@@ -376,7 +376,19 @@ def export_cmd(
 
 
 # ---------------------------------------------------------------- demo ---------------------
-# (section owned by the demo)
+@command(name="demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for images, caches, mappings, reports."),
+    pretrained: bool = typer.Option(False, "--pretrained",
+                                    help="Real weights (resnet50, clip_vit_b16) from the local hub cache "
+                                         "instead of random init."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    world_rows: int = typer.Option(20_000, "--world-rows", help="Training rows of the planted world."),
+):
+    """The whole pipeline, offline, on built-in data: extract, synth, fit, evaluate, sweep."""
+    from zoomshot.demo import run_demo
+
+    run_demo(out, pretrained=pretrained, device=device, world_rows=world_rows, progress=typer.echo)
 
 
 def main() -> None:

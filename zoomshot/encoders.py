@@ -7,7 +7,7 @@ Spec grammar (see ../shared/DESIGN.md):
   py:MODULE_OR_FILE.py:FACTORY  a user plug-in; FACTORY() returns an object with name, family,
                                 dim, preprocess, encode_image and (family "clip") encode_text
 each optionally followed by weights:
-  SPEC@random                   random initialisation (written into the cache as weights="random")
+  SPEC@random                   random initialisation, one fixed draw per spec (weights="random" in the cache)
   SPEC@/path/to/weights         a local weights file (safetensors, .pth, .bin)
 Without a suffix the library's default pretrained weights load, from the local hub cache when
 offline; if that fails the error says which suffix to use.
@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -133,14 +134,18 @@ class Encoder:
 
 def build_encoder(spec: str, device: str = "cpu") -> Encoder:
     """The one factory: a spec string -> an Encoder in eval mode on `device`."""
+    import torch
+
     parsed = parse_spec(spec)
-    if parsed.spec.startswith("timm:"):
-        enc = _build_timm(parsed)
-    elif parsed.spec.startswith("open_clip:"):
-        enc = _build_open_clip(parsed)
-    else:
-        enc = _build_plugin(parsed)
-    return enc.to(device)
+    builder = (_build_timm if parsed.spec.startswith("timm:")
+               else _build_open_clip if parsed.spec.startswith("open_clip:") else _build_plugin)
+    if parsed.weights != "random":
+        return builder(parsed).to(device)
+    # SPEC@random is one fixed draw, seeded by the spec: every process of a sharded run, every
+    # resume and every later rebuild (zoomshot.load, export) gets the same model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(parsed.spec.encode()))
+        return builder(parsed).to(device)
 
 
 def _versions(**extra) -> dict:

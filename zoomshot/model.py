@@ -34,13 +34,8 @@ def encoder_spec(role: dict, weights: str | None, role_name: str, option: str) -
     """The spec string that rebuilds a mapping's source or target encoder, with weights overridden.
     `option` says how the user overrides them, e.g. "weights={!r}" or "--weights {}".
 
-    A randomly initialised encoder cannot be rebuilt: a new random draw is a different model, so it
-    is only built when asked for explicitly."""
+    "random" weights rebuild the same model: build_encoder seeds SPEC@random by its spec."""
     chosen = weights if weights is not None else role.get("weights", "default")
-    if weights is None and chosen == "random":
-        raise ZsError(f"the mapping's {role_name} encoder {role['spec']!r} was randomly initialised and cannot be "
-                      f"rebuilt; pass {option.format('random')} to accept a new random draw, or "
-                      f"{option.format('/path/to/weights')}")
     return role["spec"] if chosen == "default" else f"{role['spec']}@{chosen}"
 
 
