@@ -9,8 +9,8 @@ A planted world is the ground truth for tests, the demo and the benchmarks. It i
   images/labels, classes/names, and a file attribute `synth` (JSON: parameters + teacher accuracy)
 
 How a world is made (d = CLIP dim, dv = vision dim, K classes, all directions random):
-  - an orthonormal basis splits CLIP space into a text-cone axis m_t, an image-cone axis m_i and a
-    semantic subspace S (d-2 dims). Class k has a semantic code u_k in S (unit norm on average).
+  - CLIP space splits into a text-cone axis m_t, an image-cone axis m_i and a semantic subspace S
+    (d-2 dims). Class k has a semantic code u_k in S (unit norm on average).
   - text prompt (k, j) = n(gap·m_t + u_k + template_noise); the cache stores the prompt-ensembled
     classifier. Images and texts sit in different cones: that is the modality gap.
   - image i of class y: semantics s_i = u_y + spread·ζ_i, CLIP image feature
@@ -73,14 +73,15 @@ class _World:
         self.gap_img = gap * math.sqrt(1 + self.spread ** 2 + self.clip_noise ** 2)
         g = torch.Generator().manual_seed(int(seed))
         self.gen = g
-        q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-        self.m_t, self.m_i, self.S = q[:, 0], q[:, 1], q[:, 2:]  # S: (d, ds)
+        # CLIP space in its own coordinates: axis 0 is the text cone m_t, axis 1 the image cone m_i,
+        # axes 2.. the semantic subspace S. (Any rotation of it is the same world for every method.)
         self.z = torch.randn(classes, ds, generator=g, dtype=torch.float64) / math.sqrt(ds)  # class codes
         # text prompts: text cone m_t, the class code, a little per-template noise
         T = len(TEMPLATES)
         tz = self.z[:, None, :] + template_noise * torch.randn(classes, T, ds, generator=g,
                                                                dtype=torch.float64) / math.sqrt(ds)
-        self.text = gap * self.m_t + tz @ self.S.T  # (K, T, d), normalised by the writer
+        self.text = torch.cat([torch.full((classes, T, 1), float(gap), dtype=torch.float64),
+                               torch.zeros(classes, T, 1, dtype=torch.float64), tz], 2)  # (K, T, d)
         # vision map: latent = [semantic coords (ds) ; nuisance (dn)]
         self.dn = max(dv - ds, 0)
         latent = ds + self.dn
@@ -92,21 +93,21 @@ class _World:
         self.R = torch.randn(classes, dv, generator=g, dtype=torch.float64)
         self.R *= OFFSET_SCALE / self.R.norm(dim=1, keepdim=True)
         self.mu_v = torch.randn(dv, generator=g, dtype=torch.float64)
-        self.A32, self.S32 = self.A.float(), self.S.float()
+        self.A32 = self.A.float()
         self.offsets32 = (self.mismatch * self.R).float()
         self.mu_v32 = self.mu_v.float()
-        self.m_i32 = self.m_i.float()
 
     def sample(self, labels: np.ndarray):
-        """CLIP image features (n, d) normalised and vision features (n, dv), float32 numpy."""
+        """CLIP image features (n, d) normalised and vision features (n, dv), float32 tensors."""
         import torch
 
         g = self.gen
         n = len(labels)
         y = torch.from_numpy(labels.astype(np.int64))
         zc = self.z.float()[y] + self.spread * torch.randn(n, self.ds, generator=g) / math.sqrt(self.ds)
-        c = zc @ self.S32.T + self.gap_img * self.m_i32
-        c += self.clip_noise * torch.randn(n, self.d, generator=g) / math.sqrt(self.d)
+        c = self.clip_noise * torch.randn(n, self.d, generator=g) / math.sqrt(self.d)
+        c[:, 1] += self.gap_img
+        c[:, 2:] += zc
         c /= c.norm(dim=1, keepdim=True).clamp_min(1e-12)
         lat = zc
         if self.dn:
@@ -115,7 +116,7 @@ class _World:
         v += self.offsets32[y]
         v += self.noise * torch.randn(n, self.dv, generator=g)
         v += self.mu_v32
-        return c.numpy(), v.numpy()
+        return c, v
 
 
 def write_synth_world(
@@ -136,6 +137,8 @@ def write_synth_world(
 ) -> dict:
     """Write PREFIX-train.h5 and PREFIX-test.h5 from one planted world; return their paths and the
     teacher's accuracy on each (also stored as the file attribute `synth`, JSON)."""
+    import torch
+
     from zoomshot.cache import CacheWriter, EncoderEntry, safe_key
     from zoomshot.fileutil import atomic_path
 
@@ -163,15 +166,16 @@ def write_synth_world(
                 w.add_encoder(EncoderEntry(vis_key, VISION_SPEC, "vision", dv, normalized=False,
                                            weights=WEIGHTS, preprocess={"synth": params}))
                 w.write_text(clip_key, VOCAB, names, list(TEMPLATES), world.text.numpy())
-                classifier = w.f[f"encoders/{clip_key}/text/{VOCAB}/classifier"][()]
+                classifier = torch.from_numpy(w.f[f"encoders/{clip_key}/text/{VOCAB}/classifier"][()])
                 for lo in range(0, n, BLOCK_ROWS):
                     lab = labels[lo:lo + BLOCK_ROWS]
                     c, v = world.sample(lab)
-                    w.write_rows(clip_key, lo, c)
-                    w.write_rows(vis_key, lo, v)
+                    c16 = c.half()
+                    w.write_rows(clip_key, lo, c16.numpy())
+                    w.write_rows(vis_key, lo, v.half().numpy())
                     # the teacher sees the features as stored (float16)
-                    c16 = c.astype(np.float16).astype(np.float32)
-                    correct += int(((c16 @ classifier.T).argmax(1) == lab).sum())
+                    pred = (c16.float() @ classifier.T).argmax(1).numpy()
+                    correct += int((pred == lab).sum())
                 acc = correct / n
                 w.f.attrs["synth"] = json.dumps({**params, "split": split, "teacher_acc": acc})
         out[split] = str(path)
