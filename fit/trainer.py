@@ -3,10 +3,12 @@
 Each mapping (a `Job`) keeps its own rows (rank < size), epochs, learning rate, loss weights and
 random stream (a generator seeded from its seed alone), so training it in a stack gives what
 training it alone gives, up to float rounding. Every step gathers each active job's batch from
-the chunk on the device by index (no collation), computes all jobs' losses with batched matmuls
-(torch.baddbmm over the stack), and updates the stacked weights with a hand-written, stacked
-SGD or Adam. Jobs whose epochs are done drop out of the stack; a job that has fewer rows in a
-chunk than another idles for the steps it lacks.
+the chunk on the device by index (no collation; jobs that draw the same batch share it and the
+teacher's targets for it), computes all jobs' losses over the stacked weights (one batched kernel
+on a GPU, one GEMM per job on a CPU: see losses._affine), and updates the stacked weights with a
+hand-written, stacked SGD or Adam. Jobs whose epochs are done drop out of the stack; a job that
+has fewer rows in a chunk than another idles for the steps it lacks; jobs whose batches differ in
+width (a last, partial batch) step in separate stacks, so nothing is padded.
 
 Schedule: cosine from lr to 0 over the job's steps. A job's loss history is its mean loss terms
 per epoch. A non-finite loss stops the fit with a ZsError naming the job and the epoch.
@@ -190,35 +192,29 @@ def train_jobs(feed, jobs: list[Job], batch_size: int, optimizer: str, T=None, d
         for s in range(nsteps):
             act = [g for g in alive if g in perms and s * B < len(perms[g])]
             act_t = torch.tensor(act, device=dev)
-            parts = [perms[g][s * B:(s + 1) * B] for g in act]
-            width = max(len(p) for p in parts)  # a last, partial batch is not padded to B
-            idx = torch.zeros(len(act), width, dtype=torch.long, device=dev)
-            wts = torch.zeros(len(act), width, device=dev)
-            for i, part in enumerate(parts):
-                idx[i, : len(part)] = part
-                wts[i, : len(part)] = 1.0
-            full = len(act) == G
-            sel = (lambda t: t) if full else (lambda t: t.index_select(0, act_t))  # noqa: E731
-            flat = idx.view(-1)
-            x = (chunk.v.index_select(0, flat).view(len(act), width, -1) - sel(shift)[:, None, :]) \
-                * sel(scale)[:, None, :]
-            c = chunk.c.index_select(0, flat).view(len(act), width, -1)
-            if not zoom:
-                c = c * sel(out_scale)[:, None, None]
-                total, align = aligner_loss(sel(W), sel(b), x, c, wts)
-                terms = torch.stack([total, align, torch.zeros_like(total), torch.zeros_like(total)], 1)
-            else:
-                total, align, cycle, kd = zoomshot_losses(
-                    sel(W), sel(b), sel(U) if need_inverse else None, sel(e) if need_inverse else None,
-                    x, c, wts, T, S, tbar, sel(lam_a), sel(lam_c), sel(lam_k), sel(tau),
-                    sel(soft_mask), need_inverse, need_kd, need_soft, need_hard)
-                terms = torch.stack([total, align, cycle, kd], 1)
-            total.sum().backward()
+            parts = {g: perms[g][s * B:(s + 1) * B] for g in act}
+            # Jobs step together in stacks of equal batch width, so a job's partial last batch is
+            # not padded to another's full one.
+            by_width: dict[int, list[int]] = {}
+            for g in act:
+                by_width.setdefault(len(parts[g]), []).append(g)
+            total_sum = 0.0
+            terms = torch.zeros(len(act), len(TERMS), device=dev)
+            for width, members in by_width.items():
+                sub_total, sub_terms = step_losses(
+                    members, parts, width, chunk, jobs, dev, G, zoom, need_inverse, need_kd, need_soft,
+                    need_hard, W, b, U if need_inverse else None, e if need_inverse else None, shift, scale,
+                    out_scale, lam_a, lam_c, lam_k, tau, soft_mask, T, S, tbar)
+                total_sum = total_sum + sub_total.sum()
+                where = torch.tensor([act.index(g) for g in members], device=dev)
+                terms.index_copy_(0, where, sub_terms.detach())
+            total = total_sum
+            total.backward()
             lrs = torch.tensor([_cosine(jobs[g].lr, jobs[g].steps_done, jobs[g].total_steps)
                                 for g in act], device=dev)
             opt.step(act_t, lrs)
             with torch.no_grad():
-                sums.index_add_(0, act_t, terms.detach().double())
+                sums.index_add_(0, act_t, terms.double())
             for g in act:
                 jobs[g].steps_done += 1
                 counts[g] += 1
@@ -243,6 +239,64 @@ def train_jobs(feed, jobs: list[Job], batch_size: int, optimizer: str, T=None, d
             sums.zero_()
             counts[:] = 0
     return jobs
+
+
+def step_losses(members, parts, width, chunk, jobs, dev, G, zoom, need_inverse, need_kd, need_soft,
+                need_hard, W, b, U, e, shift, scale, out_scale, lam_a, lam_c, lam_k, tau, soft_mask, T, S,
+                tbar):
+    """Losses (per job) of one step for the jobs in `members`, whose batches all have `width` rows.
+
+    Jobs with the same rows and seed draw the same batches (their generators are in step), so their
+    inputs and the teacher's targets are gathered and computed once and shared."""
+    import torch
+
+    from .losses import teacher_targets
+
+    n = len(members)
+    m_t = torch.tensor(members, device=dev)
+    sel = (lambda t: t) if n == G else (lambda t: t.index_select(0, m_t))  # noqa: E731
+    keys: dict[tuple, int] = {}
+    owner = []  # for each unique batch, the first job that draws it
+    for g in members:
+        k = (jobs[g].size, jobs[g].seed)
+        if k not in keys:
+            keys[k] = len(owner)
+            owner.append(g)
+    share = torch.tensor([keys[(jobs[g].size, jobs[g].seed)] for g in members], device=dev)
+    idx = torch.stack([parts[g] for g in owner]).view(-1)
+    wts = torch.ones(n, width, device=dev)
+    o_t = torch.tensor(owner, device=dev)
+    v_u = chunk.v.index_select(0, idx).view(len(owner), width, -1)
+    x_u = (v_u - shift.index_select(0, o_t)[:, None, :]) * scale.index_select(0, o_t)[:, None, :]
+    c_u = chunk.c.index_select(0, idx).view(len(owner), width, -1)
+    expand = (lambda t: t) if len(owner) == n else (lambda t: t.index_select(0, share))  # noqa: E731
+    x, c = expand(x_u), expand(c_u)
+    if not zoom:
+        c = c * sel(out_scale)[:, None, None]
+        total, align = aligner_loss(sel(W), sel(b), x, c, wts)
+        zero = torch.zeros_like(total)
+        return total, torch.stack([total, align, zero, zero], 1)
+    teacher = None
+    if need_kd:
+        # the teacher's targets depend on the batch and τ: one computation per (batch, τ)
+        tau_m = sel(tau)
+        pairs: dict[tuple, int] = {}
+        first = []
+        for i, g in enumerate(members):
+            k = (int(share[i]), float(tau_m[i]))
+            if k not in pairs:
+                pairs[k] = len(first)
+                first.append(i)
+        f_t = torch.tensor(first, device=dev)
+        t_u = teacher_targets(c_u.index_select(0, share.index_select(0, f_t)), T, tau_m.index_select(0, f_t),
+                              need_soft, need_hard)
+        pick = torch.tensor([pairs[(int(share[i]), float(tau_m[i]))] for i in range(n)], device=dev)
+        teacher = {k: (v if len(first) == n else v.index_select(0, pick)) for k, v in t_u.items()}
+    total, align, cycle, kd = zoomshot_losses(
+        sel(W), sel(b), sel(U) if need_inverse else None, sel(e) if need_inverse else None,
+        x, c, wts, T, S, tbar, sel(lam_a), sel(lam_c), sel(lam_k), sel(tau),
+        sel(soft_mask), need_inverse, need_kd, need_soft, need_hard, teacher=teacher)
+    return total, torch.stack([total, align, cycle, kd], 1)
 
 
 def _rows_per_chunk(feed, sizes_t):
