@@ -238,9 +238,13 @@ class Moments:
     """Sums over rows for standardisation and the closed-form methods, split by rank tier.
 
     Tier j holds the rows with sizes[j-1] <= rank < sizes[j]; a fit with size sizes[g] sums tiers
-    0..g. Features are shifted by a fixed vector before summing so float32 products stay exact
-    enough; `full=False` keeps only per-dimension sums (enough for standardisation).
+    0..g. Products and sums are float64, so the statistics (and the ridge start computed from
+    them) come out the same, to float32 precision, whichever other fits share the pass and however
+    the rows are chunked: a fit in a sweep starts exactly where it starts alone. `full=False` keeps
+    only per-dimension sums (enough for standardisation).
     """
+
+    BLOCK = 16384  # rows per product
 
     def __init__(self, sizes: list[int], dv: int, d: int, full: bool, device):
         import torch
@@ -258,35 +262,27 @@ class Moments:
             self.svv = torch.zeros(nt, dv, dv, **f64)
             self.svc = torch.zeros(nt, dv, d, **f64)
             self.scc = torch.zeros(nt, d, d, **f64)
-        self.shift_v = None
-        self.shift_c = None
-
-    BLOCK = 16384  # rows per product
 
     def add(self, chunk: Chunk) -> None:
         import torch
 
-        block = self.BLOCK
-        if self.shift_v is None:
-            self.shift_v = chunk.v[: min(len(chunk.v), 4096)].mean(0)
-            self.shift_c = chunk.c[: min(len(chunk.c), 4096)].mean(0)
         bounds = torch.tensor(self.bounds, device=chunk.ranks.device)
         tier = torch.bucketize(chunk.ranks, bounds, right=True)
         for j in range(len(self.bounds)):
             idx = (tier == j).nonzero()[:, 0]
-            for lo in range(0, len(idx), block):
-                sel = idx[lo:lo + block]
-                v = chunk.v[sel] - self.shift_v
-                c = chunk.c[sel] - self.shift_c
+            for lo in range(0, len(idx), self.BLOCK):
+                sel = idx[lo:lo + self.BLOCK]
+                v = chunk.v.index_select(0, sel).double()
+                c = chunk.c.index_select(0, sel).double()
                 self.n[j] += len(sel)
-                self.sv[j] += v.sum(0).double()
-                self.sc[j] += c.sum(0).double()
-                self.svv_diag[j] += (v * v).sum(0).double()
-                self.scc_diag[j] += (c * c).sum(0).double()
+                self.sv[j] += v.sum(0)
+                self.sc[j] += c.sum(0)
+                self.svv_diag[j] += (v * v).sum(0)
+                self.scc_diag[j] += (c * c).sum(0)
                 if self.full:
-                    self.svv[j] += (v.T @ v).double()
-                    self.svc[j] += (v.T @ c).double()
-                    self.scc[j] += (c.T @ c).double()
+                    self.svv[j] += v.T @ v
+                    self.svc[j] += v.T @ c
+                    self.scc[j] += c.T @ c
 
     def stats(self, size: int) -> "RowStats":
         """Means, std and (when full) centred covariances of the rows with rank < size."""
@@ -296,8 +292,7 @@ class Moments:
         mv, mc = cum(self.sv) / n, cum(self.sc) / n
         var_v = (cum(self.svv_diag) / n - mv * mv).clamp_min(0)
         var_c = (cum(self.scc_diag) / n - mc * mc).clamp_min(0)
-        st = RowStats(n=int(n), mean_v=mv + self.shift_v.double(), mean_c=mc + self.shift_c.double(),
-                      var_v=var_v, var_c=var_c)
+        st = RowStats(n=int(n), mean_v=mv, mean_c=mc, var_v=var_v, var_c=var_c)
         if self.full:
             st.cov_vv = cum(self.svv) / n - torch_outer(mv, mv)
             st.cov_vc = cum(self.svc) / n - torch_outer(mv, mc)

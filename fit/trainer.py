@@ -244,59 +244,72 @@ def train_jobs(feed, jobs: list[Job], batch_size: int, optimizer: str, T=None, d
 def step_losses(members, parts, width, chunk, jobs, dev, G, zoom, need_inverse, need_kd, need_soft,
                 need_hard, W, b, U, e, shift, scale, out_scale, lam_a, lam_c, lam_k, tau, soft_mask, T, S,
                 tbar):
-    """Losses (per job) of one step for the jobs in `members`, whose batches all have `width` rows.
+    """Losses (per job, in `members` order) of one step for jobs whose batches all have `width` rows.
 
     Jobs with the same rows and seed draw the same batches (their generators are in step), so their
-    inputs and the teacher's targets are gathered and computed once and shared."""
+    inputs and the teacher's targets are gathered and computed once and shared. On a GPU the jobs'
+    losses are one stacked computation; on a CPU one job at a time (views into the stacks), since
+    stacked element-wise work overflows the caches there and runs slower than job by job."""
     import torch
 
     from .losses import teacher_targets
 
-    n = len(members)
-    m_t = torch.tensor(members, device=dev)
-    sel = (lambda t: t) if n == G else (lambda t: t.index_select(0, m_t))  # noqa: E731
     keys: dict[tuple, int] = {}
-    owner = []  # for each unique batch, the first job that draws it
+    owner = []  # for each distinct batch, the first job that draws it
     for g in members:
-        k = (jobs[g].size, jobs[g].seed)
-        if k not in keys:
-            keys[k] = len(owner)
+        keys.setdefault((jobs[g].size, jobs[g].seed), len(owner))
+        if len(owner) < len(keys):
             owner.append(g)
-    share = torch.tensor([keys[(jobs[g].size, jobs[g].seed)] for g in members], device=dev)
+    share = [keys[(jobs[g].size, jobs[g].seed)] for g in members]
     idx = torch.stack([parts[g] for g in owner]).view(-1)
-    wts = torch.ones(n, width, device=dev)
     o_t = torch.tensor(owner, device=dev)
-    v_u = chunk.v.index_select(0, idx).view(len(owner), width, -1)
-    x_u = (v_u - shift.index_select(0, o_t)[:, None, :]) * scale.index_select(0, o_t)[:, None, :]
+    x_u = (chunk.v.index_select(0, idx).view(len(owner), width, -1) - shift.index_select(0, o_t)[:, None, :]) \
+        * scale.index_select(0, o_t)[:, None, :]
     c_u = chunk.c.index_select(0, idx).view(len(owner), width, -1)
-    expand = (lambda t: t) if len(owner) == n else (lambda t: t.index_select(0, share))  # noqa: E731
-    x, c = expand(x_u), expand(c_u)
-    if not zoom:
-        c = c * sel(out_scale)[:, None, None]
-        total, align = aligner_loss(sel(W), sel(b), x, c, wts)
-        zero = torch.zeros_like(total)
-        return total, torch.stack([total, align, zero, zero], 1)
-    teacher = None
-    if need_kd:
-        # the teacher's targets depend on the batch and τ: one computation per (batch, τ)
-        tau_m = sel(tau)
+    teacher_u, pick = None, None
+    if zoom and need_kd:  # the teacher's targets depend on the batch and τ: once per (batch, τ)
         pairs: dict[tuple, int] = {}
         first = []
         for i, g in enumerate(members):
-            k = (int(share[i]), float(tau_m[i]))
+            k = (share[i], float(tau[g]))
             if k not in pairs:
                 pairs[k] = len(first)
                 first.append(i)
-        f_t = torch.tensor(first, device=dev)
-        t_u = teacher_targets(c_u.index_select(0, share.index_select(0, f_t)), T, tau_m.index_select(0, f_t),
-                              need_soft, need_hard)
-        pick = torch.tensor([pairs[(int(share[i]), float(tau_m[i]))] for i in range(n)], device=dev)
-        teacher = {k: (v if len(first) == n else v.index_select(0, pick)) for k, v in t_u.items()}
-    total, align, cycle, kd = zoomshot_losses(
-        sel(W), sel(b), sel(U) if need_inverse else None, sel(e) if need_inverse else None,
-        x, c, wts, T, S, tbar, sel(lam_a), sel(lam_c), sel(lam_k), sel(tau),
-        sel(soft_mask), need_inverse, need_kd, need_soft, need_hard, teacher=teacher)
-    return total, torch.stack([total, align, cycle, kd], 1)
+        pick = [pairs[(share[i], float(tau[g]))] for i, g in enumerate(members)]
+        teacher_u = teacher_targets(c_u[[share[i] for i in first]], T,
+                                    tau[[members[i] for i in first]], need_soft, need_hard)
+
+    units = [members] if dev.type == "cuda" else [[g] for g in members]
+    totals, terms = [], []
+    for unit in units:
+        pos = [members.index(g) for g in unit]
+        if len(unit) == 1:  # views, no copies
+            g = unit[0]
+            sel = lambda t, g=g: t[g:g + 1]  # noqa: E731
+            x, c = x_u[share[pos[0]]:share[pos[0]] + 1], c_u[share[pos[0]]:share[pos[0]] + 1]
+            teacher = None if teacher_u is None else {
+                k: v[pick[pos[0]]:pick[pos[0]] + 1] for k, v in teacher_u.items()}
+        else:
+            u_t = torch.tensor(unit, device=dev)
+            sel = (lambda t: t) if len(unit) == G else (lambda t, u_t=u_t: t.index_select(0, u_t))  # noqa: E731
+            s_t = torch.tensor([share[i] for i in pos], device=dev)
+            x, c = x_u.index_select(0, s_t), c_u.index_select(0, s_t)
+            teacher = None if teacher_u is None else {
+                k: v.index_select(0, torch.tensor([pick[i] for i in pos], device=dev)) for k, v in teacher_u.items()}
+        wts = torch.ones(len(unit), width, device=dev)
+        if not zoom:
+            total, align = aligner_loss(sel(W), sel(b), x, c * sel(out_scale)[:, None, None], wts)
+            zero = torch.zeros_like(total)
+            totals.append(total)
+            terms.append(torch.stack([total, align, zero, zero], 1))
+            continue
+        total, align, cycle, kd = zoomshot_losses(
+            sel(W), sel(b), sel(U) if need_inverse else None, sel(e) if need_inverse else None,
+            x, c, wts, T, S, tbar, sel(lam_a), sel(lam_c), sel(lam_k), sel(tau),
+            sel(soft_mask), need_inverse, need_kd, need_soft, need_hard, teacher=teacher)
+        totals.append(total)
+        terms.append(torch.stack([total, align, cycle, kd], 1))
+    return torch.cat(totals), torch.cat(terms)
 
 
 def _rows_per_chunk(feed, sizes_t):
