@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tiny_models import (CLIP_PLUGIN, VISION_PLUGIN, folder_to_webdataset, make_flat_folder, make_image_folder,
-                         register_tiny_clip)
+from tiny_models import (CLIP_PLUGIN, RESIZABLE_PLUGIN_SRC, VISION_PLUGIN, folder_to_webdataset, make_flat_folder,
+                         make_image_folder, register_tiny_clip)
 from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, open_cache
 from zoomshot.cli import app
 from zoomshot.encoders import build_encoder
@@ -129,7 +129,7 @@ def test_plugins_from_a_test_file_flat_folder_and_custom_vocabulary(tmp_path):
 def test_mismatches_are_refused_through_extract(tmp_path, images):
     out = tmp_path / "c.h5"
     plugin = tmp_path / "plug.py"
-    plugin.write_text(PLUGIN_SRC.format(dim=8))
+    plugin.write_text(RESIZABLE_PLUGIN_SRC.format(dim=8))
     spec = f"py:{plugin}:make"
     assert zs("extract", "--images", images, "--encoder", spec, "--out", out, "--workers", 0).exit_code == 0
     # another image list
@@ -150,27 +150,13 @@ def test_mismatches_are_refused_through_extract(tmp_path, images):
     src = open_source(str(images))
     with CacheWriter(other, src.ids, src.labels, src.class_names) as w:
         w.add_encoder(EncoderEntry(key=safe_key(spec), spec=spec, family="vision", dim=8))
-    plugin.write_text(PLUGIN_SRC.format(dim=9))
+    plugin.write_text(RESIZABLE_PLUGIN_SRC.format(dim=9))
     res = zs("extract", "--images", images, "--encoder", spec, "--out", other)
     assert res.exit_code == 2 and "dim 8" in res.output and "9" in res.output
     assert len(res.output.strip().splitlines()) == 1
     with open_cache(other) as c:  # the refused run changed nothing
         assert c.encoder(safe_key(spec)).dim == 8 and not c.done(safe_key(spec)).any()
 
-
-PLUGIN_SRC = '''
-import torch
-from torchvision import transforms as T
-
-class P:
-    name, family, dim = "plug", "vision", {dim}
-    preprocess = T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor()])
-    def encode_image(self, x):
-        return x.mean(dim=(2, 3)).repeat(1, 3)[:, :self.dim]
-
-def make(weights="default"):
-    return P()
-'''
 
 
 def test_adding_an_encoder_keeps_the_first_and_a_finished_rerun_loads_no_model(tmp_path, images, monkeypatch):

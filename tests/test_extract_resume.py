@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tiny_models import CLIP_PLUGIN, make_image_folder
+from tiny_models import CLIP_PLUGIN, RESIZABLE_PLUGIN_SRC, make_image_folder
 from zoomshot.cache import CacheError, open_cache
 from zoomshot.cli import app
 from zoomshot.errors import ZsError
@@ -220,26 +220,13 @@ def test_second_writer_refused_by_the_library_too(tmp_path, images):
 
 def test_resuming_with_a_changed_encoder_is_refused(tmp_path, images):
     plugin = tmp_path / "plug.py"
-    plugin.write_text(PLUGIN_SRC.format(dim=8))
+    plugin.write_text(RESIZABLE_PLUGIN_SRC.format(dim=8))
     cfg = ExtractConfig(out=str(tmp_path / "c.h5"), encoders=[f"py:{plugin}:make"], images=str(images),
                         batch_size=4, shard_rows=6, workers=0, progress=False)
     join_killed(start_child(cfg, "batch_written:2"))
-    plugin.write_text(PLUGIN_SRC.format(dim=9))
+    plugin.write_text(RESIZABLE_PLUGIN_SRC.format(dim=9))
     with pytest.raises(CacheError, match="dim=8"):
         extract(cfg)
-    plugin.write_text(PLUGIN_SRC.format(dim=8))
+    plugin.write_text(RESIZABLE_PLUGIN_SRC.format(dim=8))
     assert extract(cfg).entry_written
 
-
-PLUGIN_SRC = '''
-from torchvision import transforms as T
-
-class P:
-    name, family, dim = "plug", "vision", {dim}
-    preprocess = T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor()])
-    def encode_image(self, x):
-        return x.mean(dim=(2, 3)).repeat(1, 3)[:, :self.dim]
-
-def make(weights="default"):
-    return P()
-'''

@@ -25,6 +25,21 @@ CLIP_PLUGIN = f"py:{THIS_FILE}:tiny_clip"
 CORRUPT_KINDS = ("truncated", "empty", "notimage")
 
 
+# A plug-in source whose dim a test can change between runs (to provoke a mismatch refusal).
+RESIZABLE_PLUGIN_SRC = '''
+from torchvision import transforms as T
+
+class P:
+    name, family, dim = "plug", "vision", {dim}
+    preprocess = T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor()])
+    def encode_image(self, x):
+        return x.mean(dim=(2, 3)).repeat(1, 3)[:, :self.dim]
+
+def make(weights="default"):
+    return P()
+'''
+
+
 # ------------------------------------------------------------------------------ images ---------
 def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] | None = None) -> bytes:
     """A deterministic image with class-free structure (gradients plus noise), 32-64 px a side."""
