@@ -4,9 +4,9 @@ Each mapping (a `Job`) keeps its own rows (rank < size), epochs, learning rate, 
 random stream (a generator seeded from its seed alone), so training it in a stack gives what
 training it alone gives, up to float rounding. Every step gathers each active job's batch from
 the chunk on the device by index (no collation; jobs that draw the same batch share it and the
-teacher's targets for it), computes all jobs' losses over the stacked weights (one batched kernel
-on a GPU, one GEMM per job on a CPU: see losses._affine), and updates the stacked weights with a
-hand-written, stacked SGD or Adam. Jobs whose epochs are done drop out of the stack; a job that
+teacher's targets for it), computes all jobs' losses over the stacked weights (one batched
+computation on a GPU; job by job over views of the stacks on a CPU, where that is faster: see
+step_losses), and updates the stacked weights with a hand-written, stacked SGD or Adam. Jobs whose epochs are done drop out of the stack; a job that
 has fewer rows in a chunk than another idles for the steps it lacks; jobs whose batches differ in
 width (a last, partial batch) step in separate stacks, so nothing is padded.
 
@@ -271,11 +271,11 @@ def step_losses(members, parts, width, chunk, jobs, dev, G, zoom, need_inverse, 
         pairs: dict[tuple, int] = {}
         first = []
         for i, g in enumerate(members):
-            k = (share[i], float(tau[g]))
+            k = (share[i], jobs[g].tau)
             if k not in pairs:
                 pairs[k] = len(first)
                 first.append(i)
-        pick = [pairs[(share[i], float(tau[g]))] for i, g in enumerate(members)]
+        pick = [pairs[(share[i], jobs[g].tau)] for i, g in enumerate(members)]
         teacher_u = teacher_targets(c_u[[share[i] for i in first]], T,
                                     tau[[members[i] for i in first]], need_soft, need_hard)
 
