@@ -22,6 +22,15 @@ from __future__ import annotations
 TERMS = ("loss", "align", "cycle", "kd")
 
 
+# Batched kernels over the stack (baddbmm/bmm): on by default on a GPU. Tests switch them on for the
+# CPU to check that path's arithmetic without a GPU.
+FORCE_BATCHED = False
+
+
+def batched_kernels(device) -> bool:
+    return FORCE_BATCHED or getattr(device, "type", device) == "cuda"
+
+
 def _affine(bias, x, Wt):
     """bias[:, None, :] + x @ Wt for each mapping of the stack: (G, B, n) @ (G, n, m) -> (G, B, m).
 
@@ -29,7 +38,7 @@ def _affine(bias, x, Wt):
     than its batched GEMM at these shapes (measured: bench/sweep.py)."""
     import torch
 
-    if x.is_cuda:
+    if batched_kernels(x.device):
         return torch.baddbmm(bias[:, None, :], x, Wt)
     if x.shape[0] == 1:
         return torch.addmm(bias[0], x[0], Wt[0])[None]
@@ -40,7 +49,7 @@ def _matmul(A, B):
     """A @ B per mapping of the stack, batched on a GPU, one GEMM each on a CPU."""
     import torch
 
-    if A.is_cuda:
+    if batched_kernels(A.device):
         return torch.bmm(A, B)
     if A.shape[0] == 1:
         return (A[0] @ B[0])[None]

@@ -252,7 +252,7 @@ def step_losses(members, parts, width, chunk, jobs, dev, G, zoom, need_inverse, 
     stacked element-wise work overflows the caches there and runs slower than job by job."""
     import torch
 
-    from .losses import teacher_targets
+    from .losses import batched_kernels, teacher_targets
 
     keys: dict[tuple, int] = {}
     owner = []  # for each distinct batch, the first job that draws it
@@ -279,7 +279,7 @@ def step_losses(members, parts, width, chunk, jobs, dev, G, zoom, need_inverse, 
         teacher_u = teacher_targets(c_u[[share[i] for i in first]], T,
                                     tau[[members[i] for i in first]], need_soft, need_hard)
 
-    units = [members] if dev.type == "cuda" else [[g] for g in members]
+    units = [members] if batched_kernels(dev) else [[g] for g in members]
     totals, terms = [], []
     for unit in units:
         pos = [members.index(g) for g in unit]

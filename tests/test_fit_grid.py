@@ -81,3 +81,16 @@ def test_streamed_grid_batched_equals_sequential(world):
     for m, c in zip(batched, cfgs):
         assert m.run["rows"]["streamed"]
         _close(m, fit_cache(world["train"], c))
+
+
+def test_the_gpu_path_stacked_kernels_agree(world, monkeypatch):
+    """The path a GPU takes (one batched kernel per term over the stack), run on the CPU."""
+    import zoomshot.fit.losses as losses
+
+    cfgs = [FitConfig(epochs=e, fraction=f, batch_size=256, kd=kd) for e, f, kd in
+            [(1, 0.5, "soft"), (2, 0.5, "hard"), (2, 1.0, "soft")]]
+    per_job = fit_configs(world["train"], cfgs)
+    monkeypatch.setattr(losses, "FORCE_BATCHED", True)
+    stacked = fit_configs(world["train"], cfgs)
+    for a, b in zip(per_job, stacked):
+        _close(a, b)
