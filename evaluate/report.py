@@ -16,7 +16,8 @@ import numpy as np
 from zoomshot.fileutil import write_text_atomic
 
 CSV_COLUMNS = [
-    "mapping", "dataset", "cache", "vocab", "classes", "encoder", "target", "method", "epochs",
+    "mapping", "dataset", "cache", "vocab", "classes", "encoder", "weights", "target", "target_weights",
+    "method", "epochs",
     "fraction", "seed", "train_cache", "rows_total", "rows_scored", "rows_unreadable",
     "rows_not_done", "rows_unlabelled", "acc1", "acc5", "mean_per_class_recall", "agreement",
     "clip_share", "gap_centroid_distance", "gap_mean_cosine",
@@ -54,14 +55,18 @@ def dataset_labels(records: list[dict]) -> dict[str, str]:
 
 
 def row_label(rec: dict) -> str:
-    return f"CLIP {rec['encoder']}" if rec["mapping"] is None else rec.get("mapping_name") or rec["mapping"]
+    if rec["mapping"] is not None:
+        return rec.get("mapping_name") or rec["mapping"]
+    # a CLIP row at random (or local-file) weights must not read as the pretrained model
+    w = rec.get("weights", "default")
+    return f"CLIP {rec['encoder']}" + ("" if w == "default" else f" @{w}")
 
 
 def best_per_method(records: list[dict]) -> dict[tuple[str, str], dict]:
     """The record with the highest acc1 per (method row, cache); CLIP rows are keyed by encoder."""
     best: dict[tuple[str, str], dict] = {}
     for r in records:
-        row = f"CLIP {r['encoder']}" if r["mapping"] is None else r["method"]
+        row = row_label(r) if r["mapping"] is None else r["method"]
         acc = r["metrics"].get("acc1")
         have = best.get((row, r["cache"]))
         if have is None or (acc is not None and acc > (have["metrics"].get("acc1") or -1)):
