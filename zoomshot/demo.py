@@ -84,7 +84,8 @@ def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device:
         say("The shape-image cache used real pretrained weights; the planted world is synthetic by design.")
     else:
         say("What is real and what is not: the shape-image step ran real architectures with RANDOM weights "
-            "(no download here), so its accuracies are chance-level and only show the pipeline works; the "
+            "(no download here), so its accuracies say nothing about real encoders and only show the pipeline "
+            "works; the "
             "fit/evaluate/sweep numbers come from a PLANTED world whose teacher accuracy is known by "
             "construction. Run `zs demo --pretrained` (weights from the local hub cache) for real encoders.")
     return res
