@@ -57,8 +57,12 @@ class ScoreAccumulator:
             reference_pred: np.ndarray | None = None) -> np.ndarray:
         """Score one batch; returns its top-1 predictions. reference_pred < 0 means 'no reference'."""
         feats = normalize_rows(features)
-        self.feature_sum += feats.sum(axis=0, dtype=np.float64)
-        logits = feats @ normalize_rows(classifier).T  # feats are unit rows already
+        return self.add_logits(feats, feats @ normalize_rows(classifier).T, labels, reference_pred)
+
+    def add_logits(self, unit_features: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+                   reference_pred: np.ndarray | None = None) -> np.ndarray:
+        """`add` for a batch whose L2-normalised features and cosine logits are already computed."""
+        self.feature_sum += unit_features.sum(axis=0, dtype=np.float64)
         pred = logits.argmax(axis=1)
         labels = np.asarray(labels, np.int64)
         right = pred == labels

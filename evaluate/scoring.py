@@ -15,11 +15,12 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from zoomshot.cache import STATUS_OK, Cache, EncoderEntry, TextVocab, open_cache
-from zoomshot.mapping import Mapping, load_mapping
+from zoomshot.mapping import Mapping, load_mapping, stack_forward
 
-from .metrics import ScoreAccumulator, text_centroid
+from .metrics import ScoreAccumulator, normalize_rows, text_centroid
 
 CHUNK_ROWS = 16384
+STACK_LOGITS = 1 << 24  # float32 logits per stacked block (64 MiB)
 
 
 def _norm_name(s: str) -> str:
@@ -215,11 +216,15 @@ class EvalSet:
                 (m, t, ScoreAccumulator(len(t.vocab.names), t.entry.dim)))
         records = []
         for key, group in by_source.items():
+            # Mappings of one source into one target are scored together: one matmul maps the
+            # features through all of them, one more gives every mapping's logits.
+            by_target: dict[int, list] = {}
+            for item in group:
+                by_target.setdefault(id(item[1]), []).append(item)
             for rows, feats in self.chunks(key):
                 labels = self.labels[rows]
-                for m, t, acc in group:
-                    acc.add(m.forward(feats), labels, t.vocab.classifier,
-                            t.pred[rows] if t.pred is not None else None)
+                for stack in by_target.values():
+                    self._score_stack(stack, rows, feats, labels)
             for m, t, acc in group:
                 metrics = acc.metrics(text_centroid(t.vocab.classifier))
                 ref = t.reference["metrics"]["acc1"] if t.reference else None
@@ -227,6 +232,19 @@ class EvalSet:
                 records.append(self._record(m, t, self.encoders[key], metrics, self.account(key), acc,
                                             per_class))
         return records
+
+    def _score_stack(self, stack: list, rows: np.ndarray, feats: np.ndarray, labels: np.ndarray) -> None:
+        t = stack[0][1]
+        classifier = normalize_rows(t.vocab.classifier)
+        k, n_maps = len(classifier), len(stack)
+        step = max(1, STACK_LOGITS // (n_maps * k))  # bounds the (rows, mappings, classes) block
+        for lo in range(0, len(rows), step):
+            hi = min(lo + step, len(rows))
+            z = stack_forward([m for m, _, _ in stack], feats[lo:hi])
+            logits = (z.reshape(-1, z.shape[2]) @ classifier.T).reshape(hi - lo, n_maps, k)
+            ref = t.pred[rows[lo:hi]] if t.pred is not None else None
+            for i, (_, _, acc) in enumerate(stack):
+                acc.add_logits(z[:, i], logits[:, i], labels[lo:hi], ref)
 
     def _record(self, m: Mapping | None, t: ClipTarget, entry: EncoderEntry, metrics: dict,
                 account: RowAccount, acc: ScoreAccumulator, per_class: bool) -> dict:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from zoomshot.cli import app
 from zoomshot.evaluate import evaluate, write_report, zero_shot_logits
 from zoomshot.evaluate.report import CSV_COLUMNS
-from zoomshot.mapping import load_mapping
+from zoomshot.mapping import load_mapping, save_mapping
 
 runner = CliRunner()
 
@@ -273,3 +273,32 @@ def test_source_with_no_written_rows_is_a_stated_skip(tmp_path):
     assert records == []
     assert "no rows to score for source 'toy:vision' (0 unreadable, 20 not written, 0 unlabelled of 20)" \
         == skipped[0]["reason"]
+
+
+def test_mappings_scored_together_equal_each_scored_alone(tmp_path):
+    """Mappings of one source and target run as one stacked matmul; the records must not change."""
+    from zoomshot.mapping import stack_forward
+
+    w = make_world(tmp_path / "w.h5", n=60)
+    rng = np.random.default_rng(3)
+    dirs = []
+    for i in range(3):
+        W = np.asarray(w["W"]) + 0.3 * rng.normal(size=np.shape(w["W"]))
+        m = make_mapping(tmp_path / f"m{i}", W, mean=w["offset"], seed=i, save=False)
+        m.std = rng.uniform(0.5, 2.0, size=m.std.shape).astype(np.float32)
+        m.b = rng.normal(size=m.b.shape).astype(np.float32)
+        dirs.append(str(save_mapping(m, tmp_path / f"m{i}")))
+    ms = [load_mapping(d) for d in dirs]
+    v = rng.normal(size=(5, ms[0].W.shape[1])).astype(np.float32)
+    z = stack_forward(ms, v)
+    for i, m in enumerate(ms):
+        np.testing.assert_allclose(z[:, i], m.forward(v), atol=1e-5)
+    together, _ = evaluate(dirs, [w["path"]])
+    alone = [r for d in dirs for r in evaluate([d], [w["path"]])[0] if r["mapping"] is not None]
+    together = [r for r in together if r["mapping"] is not None]
+    assert len(together) == 3
+    for a, b in zip(together, alone):
+        assert a["mapping"] == b["mapping"]
+        assert a["metrics"]["acc1"] == b["metrics"]["acc1"] and a["metrics"]["agreement"] == b["metrics"]["agreement"]
+        assert a["metrics"]["modality_gap"] == pytest.approx(b["metrics"]["modality_gap"], rel=1e-6)
+    assert len({r["metrics"]["acc1"] for r in together}) > 1  # the three mappings really differ

@@ -92,6 +92,20 @@ class Mapping:
         return next(k for k, e in encoders.items() if e.spec == self.source["spec"])
 
 
+def stack_forward(mappings: list[Mapping], v: np.ndarray) -> np.ndarray:
+    """Map features (N, dv) through several mappings of one source and one target dim with one
+    matmul: (N, M, d), each row L2-normalised. The standardisation is folded into W and b."""
+    v = np.asarray(v, np.float32)
+    ws, bs = [], []
+    for m in mappings:
+        w = m.W / m.std
+        ws.append(w)
+        bs.append(m.b - w @ m.mean)
+    z = (v @ np.concatenate(ws).T + np.concatenate(bs)).reshape(len(v), len(mappings), -1)
+    z /= np.linalg.norm(z, axis=2, keepdims=True).clip(1e-12)
+    return z
+
+
 def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     """Write a mapping folder atomically: it appears complete or not at all."""
     from safetensors.numpy import save_file
