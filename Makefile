@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/fit.py
 	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/evaluate.py
 
 clean:
 	rm -rf $(VENV) demo-out build *.egg-info
