@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 import zlib
@@ -211,6 +212,15 @@ def register_open_clip_config(name: str, cfg: dict) -> None:
     open_clip.add_model_config(d)
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def _build_open_clip(parsed: ParsedSpec) -> Encoder:
     import open_clip
     import torch
@@ -229,12 +239,19 @@ def _build_open_clip(parsed: ParsedSpec) -> Encoder:
                           f"{', one of: ' + ', '.join(tags) if tags else ''}), or @/path/to/weights, or @random")
     else:
         pretrained = parsed.weights
+    # open_clip warns on the root logger that no weights were loaded: @random asked for exactly that.
+    quiet = _DropMessage("No pretrained weights loaded") if parsed.weights == "random" else None
+    if quiet:
+        logging.getLogger().addFilter(quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except Exception as e:
         if parsed.weights == "default":
             raise _offline_hint(parsed, e) from None
         raise ZsError(f"could not load {parsed.spec!r} with weights {parsed.weights!r}: {str(e).splitlines()[0][:300]}") from None
+    finally:
+        if quiet:
+            logging.getLogger().removeFilter(quiet)
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch)
     pcfg = open_clip.get_model_preprocess_cfg(model)
