@@ -30,9 +30,8 @@ LOGIT_SCALE = 100.0
 TEXT_BATCH = 256
 
 
-def encoder_spec(role: dict, weights: str | None, role_name: str, option: str) -> str:
+def encoder_spec(role: dict, weights: str | None) -> str:
     """The spec string that rebuilds a mapping's source or target encoder, with weights overridden.
-    `option` says how the user overrides them, e.g. "weights={!r}" or "--weights {}".
 
     "random" weights rebuild the same model: build_encoder seeds SPEC@random by its spec."""
     chosen = weights if weights is not None else role.get("weights", "default")
@@ -137,7 +136,7 @@ class ZeroShotClassifier(nn.Module):
     def text_encoder(self):
         """The mapping's target CLIP encoder (built once; weights from run.json or `text_weights`)."""
         if self._text_encoder is None:
-            spec = encoder_spec(self.run["target"], self.text_weights, "target (CLIP)", "text_weights={0!r} (--text-weights {0})")
+            spec = encoder_spec(self.run["target"], self.text_weights)
             enc = _build(spec, str(self.device), "target (CLIP)")
             if enc.family != "clip" or enc.dim != self.mapping.out_features:
                 raise ZsError(f"the mapping's target {enc.spec!r} is a {enc.family} encoder of dim {enc.dim}; "
@@ -250,7 +249,7 @@ def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str
     weights: the vision encoder's weights ("default", "random" or a local file) instead of the
     ones in run.json; text_weights: the same for the CLIP text tower `set_labels` uses."""
     m = load_mapping(mapping_dir)
-    spec = encoder_spec(m.source, weights, "source (vision)", "weights={0!r} (--weights {0})")
+    spec = encoder_spec(m.source, weights)
     encoder = _build(spec, device, "source (vision)")
     clf = ZeroShotClassifier(encoder, m, logit_scale=logit_scale, text_weights=text_weights)
     return clf.to(device).eval()

@@ -134,7 +134,7 @@ def text_query_embedding(mapping: Mapping, query: str, text_weights: str | None 
 
     from zoomshot.model import _build, encoder_spec
 
-    spec = encoder_spec(mapping.target, text_weights, "target (CLIP)", "--text-weights {}")
+    spec = encoder_spec(mapping.target, text_weights)
     enc = _build(spec, device, "target (CLIP)")
     if enc.family != "clip":
         raise ZsError(f"the mapping's target {enc.spec!r} is not a CLIP encoder; it has no text tower")
