@@ -20,12 +20,14 @@ from typing import Sequence
 
 import numpy as np
 
+from .metrics import normalize_rows
+
 SEARCH_CHUNK = 8192
 
 
 def _normalized(x) -> np.ndarray:
-    x = np.ascontiguousarray(x, np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    """L2-normalised float32 rows, C-contiguous as faiss needs them."""
+    return np.ascontiguousarray(normalize_rows(x))
 
 
 def _flat_index(feats: np.ndarray):
@@ -141,6 +143,7 @@ def add_retrieval_metrics(es, records: list[dict], mappings: list) -> None:
     from .scoring import mapping_id
 
     by_id = {mapping_id(m): m for m in mappings}
+    by_key: dict[str, list] = {}  # records on one encoder's features share one read of them
     for rec in records:
         m = by_id.get(rec["mapping"]) if rec["mapping"] is not None else None
         if m is not None:
@@ -148,9 +151,12 @@ def add_retrieval_metrics(es, records: list[dict], mappings: list) -> None:
         else:
             target = next(t for t in es.targets.values() if t.entry.spec == rec["encoder"])
             key = target.key
+        by_key.setdefault(key, []).append((rec, m, target))
+    for key, group in by_key.items():
         parts = list(es.chunks(key))
         rows = np.concatenate([r for r, _ in parts])
         feats = np.concatenate([f for _, f in parts])
-        if m is not None:
-            feats = m.forward(feats)
-        rec["metrics"].update(retrieval_metrics(feats, es.labels[rows], target.vocab.classifier))
+        labels = es.labels[rows]
+        for rec, m, target in group:
+            mapped = m.forward(feats) if m is not None else feats
+            rec["metrics"].update(retrieval_metrics(mapped, labels, target.vocab.classifier))
