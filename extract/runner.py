@@ -22,7 +22,8 @@ from zoomshot.errors import ZsError
 from zoomshot.sources import ImageSource, open_source, subset_fraction
 
 from . import distributed as D
-from .devices import DECODERS, DevicePrefetcher, gpu_decode, make_forward, resolve_device, tensor_transform, to_host
+from .devices import (DECODERS, DevicePrefetcher, autocast_dtype, gpu_decode, make_forward, resolve_device,
+                      tensor_transform, to_host)
 from .layout import Layout
 from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
 from .progress import Progress
@@ -101,10 +102,15 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         raise ZsError(f"--decode {cfg.decode!r}: choose from {', '.join(DECODERS)}")
     if not cfg.encoders:
         raise ZsError("give at least one --encoder SPEC")
+    if cfg.shard_rows is not None and cfg.shard_rows < 1:
+        raise ZsError(f"--shard-rows must be at least 1, got {cfg.shard_rows}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise ZsError(f"--workers must be 0 (decode in this process) or more, got {cfg.workers}")
     if Path(cfg.out).suffix not in (".h5", ".hdf5"):
         raise ZsError(f"--out {cfg.out}: a cache file name ends in .h5")
     procs = D.from_environment(cfg.num_shards, cfg.shard_index)
     device = resolve_device(cfg.device, procs.local_rank)
+    autocast_dtype(cfg.precision, device)  # refuse a bad --precision before any file is written
     if cfg.decode == "gpu" and not device.startswith("cuda"):
         raise ZsError("--decode gpu needs a CUDA device; use --decode cpu")
     D.init_group(procs, device)
@@ -242,8 +248,6 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
 
 def _write_vocabularies(enc, vocabs, layout: Layout, device: str) -> None:
     import torch
-
-    from .devices import autocast_dtype
 
     dtype = autocast_dtype("auto", device)
     for v in vocabs:

@@ -248,3 +248,15 @@ def test_gpu_only_options_are_refused_on_cpu(tmp_path, images):
     res = zs("extract", "--images", images, "--encoder", VIT, "--out", tmp_path / "c.h5", "--decode", "gpu",
              "--device", "cpu")
     assert res.exit_code == 2 and "CUDA" in res.output
+
+
+@pytest.mark.parametrize("option, value, message", [("--shard-rows", 0, "--shard-rows must be at least 1"),
+                                                    ("--shard-rows", -3, "--shard-rows must be at least 1"),
+                                                    ("--workers", -1, "--workers must be 0"),
+                                                    ("--precision", "fp8", "--precision 'fp8'")])
+def test_bad_numbers_are_refused_before_any_file_is_written(tmp_path, images, option, value, message):
+    out = tmp_path / "c.h5"
+    res = zs("extract", "--images", images, "--encoder", VIT, "--out", out, option, value)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "c.shards").exists()
