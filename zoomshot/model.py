@@ -25,6 +25,7 @@ from torch import nn
 
 from zoomshot.errors import ZsError
 from zoomshot.mapping import Mapping, load_mapping
+from zoomshot.sources import IMAGE_EXTENSIONS
 
 LOGIT_SCALE = 100.0
 TEXT_BATCH = 256
@@ -256,16 +257,13 @@ def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str
 
 
 # ------------------------------------------------------------------------------ predict -------
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-
-
 def list_images(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, str | None]]:
     """(path, problem) per image: files as given, folders searched recursively for image files
     (sorted); a missing path or an empty folder comes back with its problem."""
     out: list[tuple[Path, str | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
             out += [(f, None) for f in found] or [(p, "folder holds no image files")]
         elif p.is_file():
             out.append((p, None))
