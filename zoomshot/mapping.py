@@ -110,20 +110,21 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     """Write a mapping folder atomically: it appears complete or not at all."""
     from safetensors.numpy import save_file
 
+    from zoomshot.fileutil import atomic_path
+
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    tensors = {"W": mapping.W, "b": mapping.b, "mean": mapping.mean, "std": mapping.std}
-    if mapping.U is not None:
-        tensors.update(U=mapping.U, e=mapping.e)
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
-    run = {"format": MAPPING_FORMAT, "format_version": MAPPING_VERSION, **mapping.run}
-    (tmp / RUN_FILE).write_text(json.dumps(run, indent=2, default=_json_default))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        if tmp.exists():  # left by a crashed run of this pid
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        tensors = {"W": mapping.W, "b": mapping.b, "mean": mapping.mean, "std": mapping.std}
+        if mapping.U is not None:
+            tensors.update(U=mapping.U, e=mapping.e)
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
+        run = {"format": MAPPING_FORMAT, "format_version": MAPPING_VERSION, **mapping.run}
+        (tmp / RUN_FILE).write_text(json.dumps(run, indent=2, default=_json_default))
+        if out.exists():  # os.replace does not replace a non-empty folder
+            shutil.rmtree(out)
     mapping.path = out
     return out
 
