@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoomshot.cache import STR, CacheError
+from zoomshot.cache import STR, CacheError, _strs
 from zoomshot.fileutil import atomic_path, write_text_atomic
 
 MANIFEST_FORMAT = "zs-shards"
@@ -129,11 +129,8 @@ class Layout:
 
     def read_images(self) -> tuple[list[str], np.ndarray, list[str] | None]:
         with h5py.File(self.images_path, "r") as f:
-            ids = [x.decode() if isinstance(x, bytes) else str(x) for x in f["ids"][()]]
-            names = None
-            if "class_names" in f:
-                names = [x.decode() if isinstance(x, bytes) else str(x) for x in f["class_names"][()]]
-            return ids, f["labels"][()], names
+            names = _strs(f["class_names"]) if "class_names" in f else None
+            return _strs(f["ids"]), f["labels"][()], names
 
     # -- encoders -------------------------------------------------------------------------------
     def write_encoder_attrs(self, key: str, attrs: dict) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, STR, CacheError, chunk_rows
+from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, STR, CacheError, _strs, chunk_rows
 
 from .faults import fault_point
 
@@ -147,7 +147,6 @@ def read_shard_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         with h5py.File(path, "r") as f:
             if not bool(f.attrs.get("complete", False)):
                 raise CacheError(f"{path} is not marked complete")
-            errs = [x.decode() if isinstance(x, bytes) else str(x) for x in f["errors"][()]]
-            return f["done"][()], f["status"][()], errs
+            return f["done"][()], f["status"][()], _strs(f["errors"])
     except OSError as e:
         raise CacheError(f"shard file {path} does not read back ({e}); delete it and rerun zs extract") from None
