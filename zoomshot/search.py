@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoomshot.cache import _s, open_cache
 from zoomshot.errors import ZsError
 from zoomshot.mapping import Mapping, load_mapping
 
@@ -46,12 +47,8 @@ class SearchResult:
     kind: str  # "flat" or "ivf"
 
 
-def _text(x) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
-
-
 def cache_state_fingerprint(cache, source_key: str, rows: np.ndarray) -> str:
-    created = _text(cache.f.attrs.get("created", ""))
+    created = _s(cache.f.attrs.get("created", ""))
     h = hashlib.sha256()
     h.update(json.dumps({"created": created, "n": cache.n, "source": source_key}).encode())
     h.update(np.ascontiguousarray(rows, np.int64).tobytes())
@@ -158,8 +155,6 @@ def search_cache(cache_path: str | os.PathLike, mapping_dir: str | os.PathLike, 
                  vocab_query: bool = False, vocab: str | None = None, text_weights: str | None = None,
                  ivf_threshold: int = IVF_THRESHOLD) -> SearchResult:
     """The top_k cache images for a text query (see the module docstring)."""
-    from zoomshot.cache import open_cache
-
     if top_k < 1:
         raise ZsError(f"--top-k must be at least 1 (got {top_k})")
     if not query.strip():
@@ -176,5 +171,5 @@ def search_cache(cache_path: str | os.PathLike, mapping_dir: str | os.PathLike, 
         scores, rows = index.search(q, min(top_k, index.ntotal))
         found = [(float(s), int(row)) for s, row in zip(scores[0], rows[0]) if row >= 0]
         ids, labels = cache.f["images/ids"], cache.f["images/labels"]
-        hits = [Hit(r + 1, s, row, _text(ids[row]), int(labels[row])) for r, (s, row) in enumerate(found)]
+        hits = [Hit(r + 1, s, row, _s(ids[row]), int(labels[row])) for r, (s, row) in enumerate(found)]
     return SearchResult(hits, path, built, "ivf" if hasattr(index, "nlist") else "flat")
