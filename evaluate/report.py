@@ -168,6 +168,19 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
     return "\n".join(lines)
 
 
+def check_out_dir(out_dir) -> Path:
+    """out_dir as a Path; a ZsError when a file stands where it or a folder above it would be."""
+    from zoomshot.errors import ZsError
+
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ZsError(f"--out {out} cannot be a folder: {p} is a file")
+            break
+    return out
+
+
 def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap: bool = False) -> dict:
     """Write results.json, results.csv, skipped.json, report.md and the plots into out_dir.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from zoomshot.errors import ZsError
 
-from .report import dataset_labels, read_results, row_label, write_report
+from .report import check_out_dir, dataset_labels, read_results, row_label, write_report
 from .scoring import evaluate, record_key
 
 
@@ -26,6 +26,7 @@ def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | N
     for c in caches:
         if not Path(c).is_file():
             raise ZsError(f"no cache at {c}")
+    check_out_dir(out_dir)
     earlier = read_results(out_dir) if skip_existing else []
     skip = {record_key(r) for r in earlier}
     new, skipped = evaluate(list(mappings), list(caches), vocab=vocab, skip=skip, per_class=per_class,

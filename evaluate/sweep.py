@@ -10,7 +10,7 @@ from typing import Any, Callable
 from zoomshot.errors import ZsError
 from zoomshot.mapping import Mapping, save_mapping
 
-from .report import write_report
+from .report import check_out_dir, write_report
 from .scoring import EvalSet, _resolved, _unique, mapping_id
 
 
@@ -81,7 +81,7 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
     # closed-form methods have no epochs: one cell per fraction
     n_cells = sum(len(cfg.fractions) * (1 if METHOD_DEFAULTS[m]["epochs"] == 0 else len(cfg.epochs))
                   for m in methods)
-    out = Path(cfg.out_dir)
+    out = check_out_dir(cfg.out_dir)
     records: list[dict] = []
     skipped: list[dict] = []
     saved: list[str] = []

@@ -302,3 +302,10 @@ def test_mappings_scored_together_equal_each_scored_alone(tmp_path):
         assert a["metrics"]["acc1"] == b["metrics"]["acc1"] and a["metrics"]["agreement"] == b["metrics"]["agreement"]
         assert a["metrics"]["modality_gap"] == pytest.approx(b["metrics"]["modality_gap"], rel=1e-6)
     assert len({r["metrics"]["acc1"] for r in together}) > 1  # the three mappings really differ
+
+
+def test_cli_evaluate_out_that_is_a_file_is_one_line_error(world, tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    res = runner.invoke(app, ["evaluate", "--cache", world["path"], "--out", str(tmp_path / "taken" / "rep")])
+    assert res.exit_code == 2, res.output
+    assert "is a file" in res.stderr and len(res.stderr.strip().splitlines()) == 1

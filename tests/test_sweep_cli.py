@@ -141,3 +141,12 @@ def test_real_sweep_on_a_planted_world(tmp_path):
     assert best > 0.5 * world["teacher_acc_test"]  # a fitted map recovers much of the teacher
     assert all(r["metrics"]["agreement"] is not None for r in cells)
     assert (out / "heatmap.png").is_file()
+
+
+def test_sweep_out_that_is_a_file_is_a_one_line_error_before_fitting(grid_world):
+    w = grid_world
+    (w["dir"] / "taken").write_text("not a folder")
+    res = runner.invoke(app, ["sweep", "--cache", w["train"]["path"], "--eval", w["evals"][0]["path"],
+                              "--epochs", "1", "--fractions", "0.5", "--out", str(w["dir"] / "taken")])
+    assert res.exit_code == 2 and "is a file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and w["calls"] == []
