@@ -135,7 +135,7 @@ class CacheWriter:
             self.f = h5py.File(self.path, "a")
         except OSError as e:
             raise CacheError(f"cannot open {self.path} for writing: {e}") from None
-        if exists and FORMAT in (_s(self.f.attrs.get("format", "")),):
+        if exists and _s(self.f.attrs.get("format", "")) == FORMAT:
             _check_version(self.f, self.path)
             have = _strs(self.f["images/ids"])
             if have != [str(i) for i in ids]:
@@ -279,6 +279,7 @@ class Cache:
             if name not in self.f:
                 raise CacheError(f"{self.path} lacks {name}")
         self.n = int(self.f["images/ids"].shape[0])
+        self._sources_ok: set[str] = set()  # encoder keys whose shard files all opened
 
     # -- images ---------------------------------------------------------------------------
     @property
@@ -361,7 +362,7 @@ class Cache:
     def _check_sources(self, ds, key: str) -> None:
         # HDF5 fills the rows of a missing or unopenable source file with the fill value, silently:
         # check every shard file once, so such rows never pass for features.
-        if not ds.is_virtual or key in getattr(self, "_sources_ok", set()):
+        if not ds.is_virtual or key in self._sources_ok:
             return
         missing, unreadable = [], []
         for name in sorted({vs.file_name for vs in ds.virtual_sources()}):
@@ -379,7 +380,7 @@ class Cache:
         if unreadable:
             raise CacheError(f"{self.path}: encoders/{key}/image has corrupt shard files (they do not open): "
                              f"{', '.join(unreadable)}")
-        self.__dict__.setdefault("_sources_ok", set()).add(key)
+        self._sources_ok.add(key)
 
     def _read_error(self, ds, key: str, err: OSError) -> str:
         """Which file a failed read came from: a virtual dataset's read error does not say."""
