@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from zoomshot.cache import EncoderEntry, safe_key
+from zoomshot.cache import FAMILIES, EncoderEntry, safe_key
 from zoomshot.errors import ZsError, did_you_mean
 
 # Registries as data: alias -> (spec, family, what it is).
@@ -181,8 +181,6 @@ def _build_timm(parsed: ParsedSpec) -> Encoder:
         else:
             # timm's own loader drops the classifier and adapts the checkpoint, as for hub weights.
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": parsed.weights}, **kwargs)
-    except ZsError:
-        raise
     except Exception as e:  # hub unreachable, checkpoint mismatch: both user-fixable
         if parsed.weights == "default":
             raise _offline_hint(parsed, e) from None
@@ -306,7 +304,7 @@ def _build_plugin(parsed: ParsedSpec) -> Encoder:
         missing.append("encode_text")
     if missing:
         raise ZsError(f"plug-in {parsed.spec!r} returned an object without {', '.join(missing)}")
-    if family not in ("clip", "vision"):
+    if family not in FAMILIES:
         raise ZsError(f"plug-in {parsed.spec!r} has family {family!r}; expected 'clip' or 'vision'")
     model = obj if hasattr(obj, "to") else getattr(obj, "model", obj)
     config = getattr(obj, "preprocess_config", {"library": "py", "name": str(obj.name)})
