@@ -39,8 +39,7 @@ def make_images(root: Path, n: int, size=(384, 288)) -> Path:
     return root
 
 
-def model_only(spec: str, images: Path, batch_size: int, device: str, precision: str = "auto",
-               decoded=None) -> tuple[float, list]:
+def model_only(spec: str, images: Path, batch_size: int, device: str, precision: str = "auto") -> float:
     """Images/s of the forward alone on tensors decoded and preprocessed beforehand."""
     import torch
 
@@ -61,7 +60,7 @@ def model_only(spec: str, images: Path, batch_size: int, device: str, precision:
         for b in batches:
             fwd(b).cpu()
         _sync(device)
-    return len(x) / (time.perf_counter() - t), batches
+    return len(x) / (time.perf_counter() - t)
 
 
 def _sync(device: str) -> None:
@@ -112,7 +111,7 @@ def main(argv=None) -> None:
         both = both_loop = float("inf")
         for _ in range(args.repeat):
             for spec in (a, b):
-                ref[spec] = max(ref[spec], model_only(spec, images, args.batch_size, "cpu")[0])
+                ref[spec] = max(ref[spec], model_only(spec, images, args.batch_size, "cpu"))
                 s, w = run_extract([spec], images, tmp / "one.h5", **kw)
                 e2e[spec] = max(e2e[spec], s.images_per_s)
                 wall[spec] = min(wall[spec], w)
@@ -132,7 +131,7 @@ def main(argv=None) -> None:
             gpu = tmp / "gpu-images"
             make_images(gpu, args.gpu_images)
             spec = "timm:vit_base_patch16_224@random"
-            ref, _ = model_only(spec, gpu, 256, "cuda", "bf16")
+            ref = model_only(spec, gpu, 256, "cuda", "bf16")
             print(f"\nGPU {torch.cuda.get_device_name()}: {spec}, {args.gpu_images} JPEGs, batch 256, bf16 autocast, "
                   f"channels_last\n  model-only forward: {ref:.0f} img/s")
             for decode in ("cpu", "gpu"):

@@ -9,8 +9,8 @@ A rerun finds final shards, resumes partial ones from their done rows, and recom
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,13 +139,6 @@ def _check_entry(entry: Path, ids: list[str], parsed) -> dict:
     return {k: (e, k in complete) for k, e in encs.items()}
 
 
-def _build(spec: str, parsed, device: str):
-    from zoomshot.encoders import build_encoder
-
-    # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
-    return build_encoder(spec, device=device)
-
-
 def _encoder_attrs(enc) -> dict:
     e = enc.entry()
     return {"spec": e.spec, "family": e.family, "dim": int(e.dim), "normalized": bool(e.normalized),
@@ -153,7 +146,7 @@ def _encoder_attrs(enc) -> dict:
 
 
 def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSummary:
-    from zoomshot.encoders import parse_spec
+    from zoomshot.encoders import build_encoder, parse_spec
 
     t0 = time.perf_counter()
     source: ImageSource = subset_fraction(open_source(cfg.images, cfg.dataset, cfg.root, cfg.split),
@@ -194,7 +187,8 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
             finals = layout.final_shards(p.key, m)
             if all(finals[s] for s in mine) and not text_pending(p.key, attrs["family"]):
                 continue
-        enc = _build(spec, p, device)
+        # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
+        enc = build_encoder(spec, device=device)
         have = in_entry.get(p.key)
         if have is not None and (have[0].dim, have[0].family) != (enc.dim, enc.family):
             raise CacheError(f"{layout.entry}: encoders/{p.key} has dim {have[0].dim} ({have[0].family}), "
@@ -256,10 +250,9 @@ def _write_vocabularies(enc, vocabs, layout: Layout, device: str) -> None:
             continue
 
         def encode(texts):
-            with torch.inference_mode():
-                if dtype is not None:
-                    with torch.autocast(device.split(":")[0], dtype=dtype):
-                        return enc.encode_text(texts).float().cpu().numpy()
+            autocast = (torch.autocast(device.split(":")[0], dtype=dtype) if dtype is not None
+                        else contextlib.nullcontext())
+            with torch.inference_mode(), autocast:
                 return enc.encode_text(texts).float().cpu().numpy()
 
         save_text(path, v, embed_vocabulary(encode, v, enc.dim))
@@ -325,7 +318,3 @@ def _gpu_tensors(item, tensor_tfs, device):
     good = [img for img in imgs if img is not None]
     tensors = [torch.stack([tf(img) for img in good]) if good else None for tf in tensor_tfs]
     return ok, errors, tensors
-
-
-def print_summary(s: ExtractSummary, stream=None) -> None:
-    print(s.text(), file=stream or sys.stderr)

@@ -30,9 +30,6 @@ class ShardProgress:
     def complete(self, key: str) -> bool:
         return self.final.get(key, 0) == self.shards
 
-    def unfinished(self) -> list[str]:
-        return [k for k in self.final if not self.complete(k)]
-
 
 def shard_progress(layout: Layout, m: Manifest) -> ShardProgress:
     p = ShardProgress(m.shards)

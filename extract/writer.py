@@ -34,8 +34,6 @@ class ShardWriterThread:
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.open: dict[tuple[str, int], ShardFile] = {}
-        self.finalized: list[tuple[str, int]] = []
-        self.rows_written = 0
         self.thread = threading.Thread(target=self._run, name="zs-shard-writer", daemon=True)
         self.thread.start()
 
@@ -72,11 +70,9 @@ class ShardWriterThread:
             sf = ShardFile.open(self.layout.shard_path(r.key, r.shard), a, b, r.key, spec, dim)
             self.open[(r.key, r.shard)] = sf
         sf.write(r.start, r.stop, r.feats(), r.ok, r.errors)
-        self.rows_written += r.stop - r.start
         if r.stop == sf.stop:
             sf.finalize()
             del self.open[(r.key, r.shard)]
-            self.finalized.append((r.key, r.shard))
 
     def close(self) -> None:
         """Wait for every queued write; partial shards stay on disk for a rerun to resume."""
