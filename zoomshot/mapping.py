@@ -67,6 +67,12 @@ class Mapping:
             z /= np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
         return z
 
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W / std, b - (W / std) mean) in float32, folded in float64: h(v) = W' v + b'."""
+        w = self.W.astype(np.float64) / self.std.astype(np.float64)[None, :]
+        b = self.b.astype(np.float64) - w @ self.mean.astype(np.float64)
+        return w.astype(np.float32), b.astype(np.float32)
+
     def mismatch(self, encoders: dict) -> str | None:
         """Why this mapping cannot be used with a cache's encoders (a dict key -> EncoderEntry), or None.
 
@@ -96,11 +102,7 @@ def stack_forward(mappings: list[Mapping], v: np.ndarray) -> np.ndarray:
     """Map features (N, dv) through several mappings of one source and one target dim with one
     matmul: (N, M, d), each row L2-normalised. The standardisation is folded into W and b."""
     v = np.asarray(v, np.float32)
-    ws, bs = [], []
-    for m in mappings:
-        w = m.W / m.std
-        ws.append(w)
-        bs.append(m.b - w @ m.mean)
+    ws, bs = zip(*(m.folded() for m in mappings))
     z = (v @ np.concatenate(ws).T + np.concatenate(bs)).reshape(len(v), len(mappings), -1)
     z /= np.linalg.norm(z, axis=2, keepdims=True).clip(1e-12)
     return z

@@ -50,12 +50,11 @@ def _build(spec: str, device: str, role_name: str):
 
 def fold_mapping(mapping: Mapping) -> nn.Linear:
     """One nn.Linear computing W ((v - mean) / std) + b."""
-    W = mapping.W.astype(np.float64) / mapping.std.astype(np.float64)[None, :]
-    b = mapping.b.astype(np.float64) - W @ mapping.mean.astype(np.float64)
+    W, b = mapping.folded()
     lin = nn.Linear(W.shape[1], W.shape[0])
     with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(W.astype(np.float32)))
-        lin.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+        lin.weight.copy_(torch.from_numpy(W))
+        lin.bias.copy_(torch.from_numpy(b))
     return lin
 
 
