@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from zoomshot.cache import FORMAT, STATUS_OK, CacheError, CacheWriter, EncoderEntry, _s, _strs
+from zoomshot.cache import Cache, CacheError, CacheWriter, EncoderEntry, _strs, open_cache
 from zoomshot.fileutil import atomic_path
 
 from .faults import fault_point
@@ -59,9 +59,7 @@ def write_entry(layout: Layout, m: Manifest, require: list[str]) -> bool:
                     raise CacheError(f"{layout.shard_path(key, s)} holds {len(d)} rows, the layout says {b - a}")
                 done[a:b] = d
                 status[a:b] = np.maximum(status[a:b], st)
-                for i, e in enumerate(er):
-                    if e and not errors[a + i]:
-                        errors[a + i] = e
+                _keep_first_errors(errors, a, er)
             per_key[key] = done
         old = _open_old_entry(layout, ids)
         try:
@@ -72,14 +70,11 @@ def write_entry(layout: Layout, m: Manifest, require: list[str]) -> bool:
                     for key in keys:
                         _write_encoder(w, encs, layout, m, key, per_key[key])
                     if old is not None:
-                        for key in old.get("encoders", {}):
+                        for key in old.encoders:
                             if key not in encs:
-                                old.copy(old[f"encoders/{key}"], encs, name=key)
-                        status = np.maximum(status, old["images/status"][()])
-                        old_err = _strs(old["images/errors"]) if "images/errors" in old else []
-                        for i, e in enumerate(old_err):
-                            if e and not errors[i]:
-                                errors[i] = e
+                                old.f.copy(old.f[f"encoders/{key}"], encs, name=key)
+                        status = np.maximum(status, old.status)
+                        _keep_first_errors(errors, 0, old.errors)
                     w.f["images/status"][...] = status
                     w.f["images/errors"][...] = np.array(errors, dtype=object)
                 finally:
@@ -91,17 +86,21 @@ def write_entry(layout: Layout, m: Manifest, require: list[str]) -> bool:
         return True
 
 
-def _open_old_entry(layout: Layout, ids: list[str]) -> h5py.File | None:
+def _keep_first_errors(errors: list[str], offset: int, new: list[str]) -> None:
+    """Fill errors[offset:] from new where a row has no reason yet (the first reason found wins)."""
+    for i, e in enumerate(new):
+        if e and not errors[offset + i]:
+            errors[offset + i] = e
+
+
+def _open_old_entry(layout: Layout, ids: list[str]) -> Cache | None:
     if not layout.entry.exists():
         return None
-    f = h5py.File(layout.entry, "r")
-    if _s(f.attrs.get("format", "")) != FORMAT:
-        f.close()
-        raise CacheError(f"{layout.entry} exists and is not a zs-cache file; write to another --out")
-    if _strs(f["images/ids"]) != ids:
-        f.close()
+    old = open_cache(layout.entry)  # refuses a file that is not a readable zs-cache of this version
+    if old.ids != ids:
+        old.close()
         raise CacheError(f"{layout.entry} holds a different image list than its shards; write to another --out")
-    return f
+    return old
 
 
 def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest, key: str, done: np.ndarray):

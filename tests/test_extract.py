@@ -260,3 +260,25 @@ def test_bad_numbers_are_refused_before_any_file_is_written(tmp_path, images, op
     assert res.exit_code == 2 and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "c.shards").exists()
+
+
+def test_an_encoder_another_tool_wrote_is_kept_when_extract_adds_one(tmp_path, images):
+    from zoomshot.cache import CacheWriter, EncoderEntry
+    from zoomshot.sources import open_source
+
+    out = tmp_path / "c.h5"
+    src = open_source(str(images))
+    row = next(i for i, k in enumerate(src.ids) if k.startswith("dog/"))  # a readable image
+    feats = np.random.default_rng(0).normal(size=(len(src), 4)).astype(np.float16)
+    with CacheWriter(out, src.ids, src.labels, src.class_names) as w:
+        w.add_encoder(EncoderEntry(key="other", spec="other", family="vision", dim=4))
+        w.write_rows("other", 0, feats)
+        w.mark_unreadable([row], ["judged unreadable by the other tool"])
+    s = extract(ExtractConfig(out=str(out), encoders=[VIT], images=str(images), workers=0, progress=False))
+    assert s.entry_written
+    with open_cache(out) as c:
+        assert set(c.encoders) == {"other", "timm_test_vit"}
+        np.testing.assert_array_equal(c.image("other").astype(np.float16), feats)
+        assert c.status[row] == STATUS_UNREADABLE and c.errors[row] == "judged unreadable by the other tool"
+        bad = [i for i, e in enumerate(c.errors) if e and i != row]
+        assert len(bad) == 3 and all(c.status[i] == STATUS_UNREADABLE for i in bad)
