@@ -112,3 +112,26 @@ def test_cli_cache_info(cache_path, tmp_path):
     assert "10 rows, 1 unreadable" in r.output and "7/10 rows done" in r.output
     r = CliRunner().invoke(app, ["cache", "info", str(tmp_path / "nope.h5")])
     assert r.exit_code == 2 and "error: no cache at" in r.output
+
+
+def test_refused_new_cache_leaves_no_file_and_foreign_hdf5_is_refused(tmp_path):
+    with pytest.raises(CacheError, match="unique"):
+        CacheWriter(tmp_path / "dup.h5", ["a", "a"])
+    with pytest.raises(CacheError, match="labels has shape"):
+        CacheWriter(tmp_path / "lab.h5", ["a", "b"], labels=[0])
+    assert not (tmp_path / "dup.h5").exists() and not (tmp_path / "lab.h5").exists()
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["images/x"] = 1
+    with pytest.raises(CacheError, match="not a zs-cache file"):
+        CacheWriter(foreign, ["a"])
+    with h5py.File(foreign, "r") as f:
+        assert list(f["images"]) == ["x"]  # untouched
+
+
+def test_unwritable_output_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = CliRunner().invoke(app, ["synth", "--out", str(blocker / "sub" / "w"), "--rows", "10", "--test-rows", "5",
+                                 "--classes", "3", "--dv", "4", "--d", "4"])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output

@@ -129,30 +129,36 @@ class CacheWriter:
         class_names: Sequence[str] | None = None,
     ):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         exists = self.path.exists()
+        if not exists:
+            # check the image list before anything is written, so a refusal leaves no file behind
+            _check_new_images(ids, labels)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.f = h5py.File(self.path, "a")
         except OSError as e:
             raise CacheError(f"cannot open {self.path} for writing: {e}") from None
-        if exists and _s(self.f.attrs.get("format", "")) == FORMAT:
+        if not exists:
+            self._create(ids, labels, class_names)
+            return
+        try:
+            if _s(self.f.attrs.get("format", "")) != FORMAT:
+                raise CacheError(f"{self.path} exists and is not a zs-cache file; choose another --out")
             _check_version(self.f, self.path)
             have = _strs(self.f["images/ids"])
             if have != [str(i) for i in ids]:
-                self.f.close()
                 raise CacheError(
                     f"{self.path} holds a different image list ({len(have)} rows) than this run "
                     f"({len(ids)} rows); use another --out or the same images, fraction and seed"
                 )
-            self.n = len(have)
-        else:
-            self._create(ids, labels, class_names)
+        except CacheError:
+            self.f.close()
+            raise
+        self.n = len(have)
 
     def _create(self, ids, labels, class_names) -> None:
         f = self.f
         n = len(ids)
-        if len(set(ids)) != n:
-            raise CacheError("image ids must be unique")
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["zoomshot_version"] = __version__
@@ -160,8 +166,6 @@ class CacheWriter:
         img = f.require_group("images")
         img.create_dataset("ids", data=np.array([str(i) for i in ids], dtype=object), dtype=STR)
         lab = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
-        if lab.shape != (n,):
-            raise CacheError(f"labels has shape {lab.shape}, expected ({n},)")
         img.create_dataset("labels", data=lab)
         img.create_dataset("status", data=np.zeros(n, np.uint8))
         img.create_dataset("errors", data=np.array([""] * n, dtype=object), dtype=STR)
@@ -250,6 +254,14 @@ class CacheWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _check_new_images(ids, labels) -> None:
+    n = len(ids)
+    if len(set(ids)) != n:
+        raise CacheError("image ids must be unique")
+    if labels is not None and np.shape(labels) != (n,):
+        raise CacheError(f"labels has shape {np.shape(labels)}, expected ({n},)")
 
 
 def _check_version(f: h5py.File, path) -> None:

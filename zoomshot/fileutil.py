@@ -6,12 +6,17 @@ import os
 import shutil
 from pathlib import Path
 
+from zoomshot.errors import ZsError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary sibling path; on success rename it onto `path`, on failure remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ZsError(f"cannot write {path}: {e.strerror or e}") from None
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
