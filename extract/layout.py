@@ -32,6 +32,8 @@ import numpy as np
 from zoomshot.cache import STR, CacheError, _strs
 from zoomshot.fileutil import atomic_path, write_text_atomic
 
+from .shardfile import partial_of
+
 MANIFEST_FORMAT = "zs-shards"
 MANIFEST_VERSION = 1
 DEFAULT_SHARD_ROWS = 10_000
@@ -82,7 +84,7 @@ class Layout:
         return self.root / key / f"{s:05d}.h5"
 
     def partial_path(self, key: str, s: int) -> Path:
-        return self.root / key / f"{s:05d}.h5.partial"
+        return partial_of(self.shard_path(key, s))
 
     def text_path(self, key: str, vocab: str) -> Path:
         return self.root / key / "text" / f"{vocab}.h5"

@@ -31,12 +31,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def partial_of(final: Path) -> Path:
+    """The name a shard has while it is written."""
+    return Path(str(final) + ".partial")
+
+
 class ShardFile:
     """An open partial shard. Use `resume_point` first, then `open` to append."""
 
     def __init__(self, final: Path, f: h5py.File):
         self.final = Path(final)
-        self.partial = Path(str(final) + ".partial")
+        self.partial = partial_of(final)
         self.f = f
         self.start = int(f.attrs["start"])
         self.stop = int(f.attrs["stop"])
@@ -57,7 +62,7 @@ class ShardFile:
         final = Path(final)
         if final.exists():
             return stop
-        partial = Path(str(final) + ".partial")
+        partial = partial_of(final)
         if not partial.exists():
             return start
         try:
@@ -82,7 +87,7 @@ class ShardFile:
     def open(cls, final: Path, start: int, stop: int, key: str, spec: str, dim: int) -> "ShardFile":
         """Open the partial shard for appending, creating it when absent."""
         final = Path(final)
-        partial = Path(str(final) + ".partial")
+        partial = partial_of(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists():
             return cls(final, h5py.File(partial, "a", rdcc_nbytes=CHUNK_CACHE_BYTES))
