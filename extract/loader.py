@@ -54,6 +54,7 @@ class PreprocessGroups:
 
     def __init__(self, encoders):
         self.transforms: list = []
+        self.keys: list[str] = []  # the first encoder of each group, to name the group
         self.group_of: dict[str, int] = {}
         seen: dict[str, int] = {}
         for enc in encoders:
@@ -63,6 +64,7 @@ class PreprocessGroups:
                 self.group_of[enc.key] = seen[sig]
                 continue
             self.transforms.append(enc.preprocess)
+            self.keys.append(enc.key)
             self.group_of[enc.key] = len(self.transforms) - 1
             if sig is not None:
                 seen[sig] = self.group_of[enc.key]

@@ -265,7 +265,7 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
     groups = PreprocessGroups(encoders.values())
     gpu = cfg.decode == "gpu"
     dataset = DecodedBatches(source, batches, [] if gpu else groups.transforms, gpu=gpu)
-    tensor_tfs = ([tensor_transform(t, k) for k, t in zip(encoders, groups.transforms)] if gpu else None)
+    tensor_tfs = [tensor_transform(t, k) for k, t in zip(groups.keys, groups.transforms)] if gpu else None
     workers = default_workers(device) if cfg.workers is None else cfg.workers
     workers = min(workers, len(batches))
     loader = torch.utils.data.DataLoader(
