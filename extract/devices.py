@@ -191,6 +191,8 @@ def _gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
 
     from zoomshot.sources import decode_rgb
 
+    from .loader import decode_failure
+
     out: list = [None] * len(raw)
     errors = [""] * len(raw)
     jpeg_idx = [i for i, r in enumerate(raw) if r is not None and r.dim() == 1]
@@ -210,7 +212,7 @@ def _gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
                 try:
                     img = pil_to_tensor(decode_rgb(d.numpy().tobytes())).to(device)
                 except Exception as e:
-                    errors[i] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                    errors[i] = decode_failure(e)
                     continue
             out[i] = img.float().div_(255)
     for i, r in enumerate(raw):

@@ -42,7 +42,8 @@ def plan_batches(shard_bounds: dict[int, tuple[int, int]], resume: dict[str, dic
     return out
 
 
-def _reason(e: BaseException) -> str:
+def decode_failure(e: BaseException) -> str:
+    """The one-line reason stored for an image that does not decode."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if type(e).__name__ == "UnidentifiedImageError":
         text = "not an image in a format PIL reads"
@@ -106,7 +107,7 @@ class DecodedBatches:
                     for lst, x in zip(per_group, outs):
                         lst.append(x)
             except Exception as e:  # any decoder failure marks the row unreadable; the run goes on
-                errors[j] = _reason(e)
+                errors[j] = decode_failure(e)
                 if self.gpu:
                     raw.append(None)
                 continue

@@ -233,6 +233,8 @@ def test_gpu_decode_path_pieces_match_the_pil_path_on_cpu(images):
     ok = raw["ok"] & np.array([i is not None for i in imgs])
     assert ok.tolist() == cpu["ok"].tolist()
     assert all(errs[j] or raw["errors"][j] for j in np.flatnonzero(~ok))
+    fallback = [j for j in np.flatnonzero(~ok) if raw["ok"][j]]  # JPEG bytes that failed in decode_jpeg and PIL
+    assert fallback and all(errs[j] == cpu["errors"][j] for j in fallback)  # told as the CPU path tells them
     tf = tensor_transform(enc.preprocess, "timm_test_vit")
     x = torch.stack([tf(i) for i in imgs if i is not None])
     assert x.shape == cpu["tensors"][0].shape
