@@ -64,3 +64,21 @@ def test_bad_options_are_one_line_errors(world, tmp_path, args, words):
 def test_missing_cache_is_a_one_line_error(tmp_path):
     res = runner.invoke(app, ["fit", "--cache", str(tmp_path / "none.h5"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "no cache at" in res.stderr
+
+
+def test_out_that_is_a_file_or_a_foreign_folder_is_refused_before_fitting(world, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("keep me too")
+    for out, words in ((afile, "is a file"), (precious, "holds no mapping"), (afile / "sub", "is a file")):
+        res = runner.invoke(app, ["fit", "--cache", world["train"], "--method", "ridge", "--out", str(out)])
+        assert res.exit_code == 2 and words in res.stderr, res.output
+        assert "epoch" not in res.output  # refused before any fitting
+    assert afile.read_text() == "keep me" and (precious / "thesis.tex").read_text() == "keep me too"
+    ok = tmp_path / "m"
+    for _ in range(2):  # an earlier mapping folder is replaced
+        res = runner.invoke(app, ["fit", "--cache", world["train"], "--method", "ridge", "--out", str(ok)])
+        assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in ok.iterdir()) == ["mapping.safetensors", "run.json"]

@@ -154,7 +154,7 @@ def fit_cmd(
 ):
     """Fit a mapping from the source encoder's features into CLIP's space; write it to --out."""
     from zoomshot.fit import FitConfig, fit_cache
-    from zoomshot.mapping import save_mapping
+    from zoomshot.mapping import check_mapping_out, save_mapping
 
     cfg = FitConfig(method=method, epochs=epochs, fraction=fraction, seed=seed, source=source, target=target,
                     vocab=vocab, lambda_align=lambda_align, lambda_cycle=lambda_cycle, lambda_kd=lambda_kd,
@@ -164,13 +164,13 @@ def fit_cmd(
     cfg.validate()
     if not cache.is_file():
         raise ZsError(f"no cache at {cache}")
+    out = check_mapping_out(out or Path("mappings") / f"{cache.stem}-{cfg.method}")  # before the fit
 
     def progress(rec: dict) -> None:
         terms = ", ".join(f"{k} {rec[k]:.5g}" for k in ("align", "cycle", "kd") if rec.get(k))
         typer.echo(f"epoch {rec['epoch']}/{rec['epochs']}: loss {rec['loss']:.5g}" + (f" ({terms})" if terms else ""))
 
     m = fit_cache(cache, cfg, progress=progress)
-    out = out or Path("mappings") / f"{cache.stem}-{m.method}"
     save_mapping(m, out)
     r = m.run
     typer.echo(f"wrote {out}: {r['method']} {r['source']['key']} -> {r['target']['key']}, "

@@ -108,13 +108,32 @@ def stack_forward(mappings: list[Mapping], v: np.ndarray) -> np.ndarray:
     return z
 
 
+def check_mapping_out(out_dir: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output path that is a file or a folder other than a mapping:
+    saving replaces an earlier mapping folder, and nothing else."""
+    out = Path(out_dir)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise MappingError(f"--out {out} is a file; give a folder for the mapping")
+        if any(out.iterdir()) and not (out / RUN_FILE).is_file():
+            raise MappingError(f"--out {out} is a folder that holds no mapping; saving would replace it, "
+                               f"so give a new or empty folder, or an earlier mapping folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MappingError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    return out
+
+
 def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
-    """Write a mapping folder atomically: it appears complete or not at all."""
+    """Write a mapping folder atomically: it appears complete or not at all. An existing folder is
+    replaced only when it is empty or a mapping (see `check_mapping_out`)."""
     from safetensors.numpy import save_file
 
     from zoomshot.fileutil import atomic_path
 
-    out = Path(out_dir)
+    out = check_mapping_out(out_dir)
     with atomic_path(out) as tmp:
         if tmp.exists():  # left by a crashed run of this pid
             shutil.rmtree(tmp)
