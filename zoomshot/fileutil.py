@@ -10,9 +10,12 @@ from zoomshot.errors import ZsError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary sibling path; on success rename it onto `path`, on failure remove it."""
+def atomic_path(path: str | os.PathLike, folder: bool = False):
+    """Yield a temporary sibling path; on success rename it onto `path`, on failure remove it.
+    For a file (folder=False), an existing folder at `path` is refused before any work."""
     path = Path(path)
+    if not folder and path.is_dir():
+        raise ZsError(f"cannot write {path}: it is a folder; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -20,7 +23,10 @@ def atomic_path(path: str | os.PathLike):
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise ZsError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -134,7 +134,7 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     from zoomshot.fileutil import atomic_path
 
     out = check_mapping_out(out_dir)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, folder=True) as tmp:
         if tmp.exists():  # left by a crashed run of this pid
             shutil.rmtree(tmp)
         tmp.mkdir()
