@@ -87,6 +87,11 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
     saved: list[str] = []
     eval_sets = [EvalSet(p, cfg.vocab, preload=True) for p in _unique(cfg.eval_caches, _resolved)]
     try:
+        usable = [t for es in eval_sets for t in es.targets.values() if t.problem is None and t.vocab is not None]
+        if not usable:  # refuse before fitting anything, as `zs evaluate` refuses "nothing to report"
+            reasons = "; ".join(f"{es.name}: {t.problem or 'no vocabulary'}" for es in eval_sets
+                                for t in es.targets.values()) or "no CLIP encoder in any --eval cache"
+            raise ZsError(f"no --eval cache can score a mapping ({reasons})")
         for es in eval_sets:
             for t in es.targets.values():
                 if t.problem is None and t.vocab is not None and es.has_image_features(t.key):

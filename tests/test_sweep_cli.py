@@ -150,3 +150,12 @@ def test_sweep_out_that_is_a_file_is_a_one_line_error_before_fitting(grid_world)
                               "--epochs", "1", "--fractions", "0.5", "--out", str(w["dir"] / "taken")])
     assert res.exit_code == 2 and "is a file" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and w["calls"] == []
+
+
+def test_sweep_whose_eval_caches_cannot_score_is_refused_before_fitting(grid_world):
+    w = grid_world
+    res = runner.invoke(app, ["sweep", "--cache", w["train"]["path"], "--eval", w["evals"][0]["path"],
+                              "--vocab", "nosuchvocab", "--epochs", "1", "--fractions", "0.5",
+                              "--out", str(w["dir"] / "sw")])
+    assert res.exit_code == 2 and "no --eval cache can score a mapping" in res.stderr, res.output
+    assert "nosuchvocab" in res.stderr and w["calls"] == [] and not (w["dir"] / "sw" / "results.json").exists()
