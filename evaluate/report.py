@@ -11,9 +11,8 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 
-from zoomshot.fileutil import write_text_atomic
+from zoomshot.fileutil import json_default, write_text_atomic
 
 CSV_COLUMNS = [
     "mapping", "dataset", "cache", "vocab", "classes", "encoder", "weights", "target", "target_weights",
@@ -22,18 +21,6 @@ CSV_COLUMNS = [
     "rows_not_done", "rows_unlabelled", "acc1", "acc5", "mean_per_class_recall", "agreement",
     "clip_share", "gap_centroid_distance", "gap_mean_cosine",
 ]
-
-
-def _json_default(x):
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def csv_row(rec: dict) -> dict:
@@ -191,7 +178,7 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
 
-    write_text_atomic(out / "results.json", json.dumps(list(records), indent=2, default=_json_default))
+    write_text_atomic(out / "results.json", json.dumps(list(records), indent=2, default=json_default))
     paths["results.json"] = str(out / "results.json")
 
     buf = io.StringIO()
@@ -202,7 +189,7 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
     write_text_atomic(out / "results.csv", buf.getvalue())
     paths["results.csv"] = str(out / "results.csv")
 
-    write_text_atomic(out / "skipped.json", json.dumps(list(skipped), indent=2, default=_json_default))
+    write_text_atomic(out / "skipped.json", json.dumps(list(skipped), indent=2, default=json_default))
     paths["skipped.json"] = str(out / "skipped.json")
 
     plots = write_plots(records, out, labels=dataset_labels(records), heatmap=heatmap) if records else {}

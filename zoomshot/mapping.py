@@ -131,7 +131,7 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     replaced only when it is empty or a mapping (see `check_mapping_out`)."""
     from safetensors.numpy import save_file
 
-    from zoomshot.fileutil import atomic_path
+    from zoomshot.fileutil import atomic_path, json_default
 
     out = check_mapping_out(out_dir)
     with atomic_path(out, folder=True) as tmp:
@@ -143,21 +143,11 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
             tensors.update(U=mapping.U, e=mapping.e)
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
         run = {"format": MAPPING_FORMAT, "format_version": MAPPING_VERSION, **mapping.run}
-        (tmp / RUN_FILE).write_text(json.dumps(run, indent=2, default=_json_default))
+        (tmp / RUN_FILE).write_text(json.dumps(run, indent=2, default=json_default))
         if out.exists():  # os.replace does not replace a non-empty folder
             shutil.rmtree(out)
     mapping.path = out
     return out
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def load_mapping(path: str | os.PathLike) -> Mapping:
