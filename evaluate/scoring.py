@@ -83,16 +83,9 @@ class EvalSet:
         name, t.problem = self._choose_vocab(key, vocab)
         if name is None:
             return t
-        t.vocab = self._text(key, name)
+        t.vocab = self.cache.text(key, name, embeddings=False)
         t.problem = self._label_problem(t.vocab)
         return t
-
-    def _text(self, key: str, vocab: str) -> TextVocab:
-        """A vocabulary's names, templates and classifier, without its (large) per-prompt embeddings."""
-        g = self.cache.f[f"encoders/{key}/text/{vocab}"]
-        strs = [x.decode() if isinstance(x, bytes) else str(x) for x in g["names"][()]]
-        temps = [x.decode() if isinstance(x, bytes) else str(x) for x in g["templates"][()]]
-        return TextVocab(vocab, strs, temps, None, g["classifier"][()].astype(np.float32))
 
     def _choose_vocab(self, key: str, vocab: str | None) -> tuple[str | None, str | None]:
         have = self.cache.vocabularies(key)
@@ -109,7 +102,7 @@ class EvalSet:
         if classes is not None:
             for same in (lambda a, b: a == b,
                          lambda a, b: [_norm_name(x) for x in a] == [_norm_name(x) for x in b]):
-                match = [v for v in have if same(self._text(key, v).names, classes)]
+                match = [v for v in have if same(self.cache.text(key, v, embeddings=False).names, classes)]
                 if match:
                     return match[0], None
         return None, (f"{where} has vocabularies {', '.join(have)} and none has this cache's class "

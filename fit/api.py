@@ -195,7 +195,7 @@ def _text(cache: Cache, target: str, vocab: str | None, cfgs):
         raise ZsError(f"{cache.path}: the CLIP encoder {target!r} has no text vocabulary, which "
                       f"zoomshot's distillation and text-cycle losses need; extract with --vocab "
                       f"NAME, or use --method ridge|linear-aligner|procrustes")
-    tv = cache.text(target, vocab)
+    tv = cache.text(target, vocab, embeddings=False)
     T = torch.from_numpy(tv.classifier.astype(np.float32))
     if not torch.isfinite(T).all():
         raise ZsError(f"{cache.path}: encoders/{target}/text/{tv.name}/classifier has NaN/Inf values")

@@ -59,6 +59,9 @@ def test_reader_api(cache_path):
         np.testing.assert_array_equal(c.image("v", rows), allv[rows])
         t = c.text("c")
         assert t.names == ["a", "b", "c"] and t.templates == ["a {c}.", "the {c}"]
+        light = c.text("c", embeddings=False)
+        assert light.emb is None and light.names == t.names
+        np.testing.assert_array_equal(light.classifier, t.classifier)
         np.testing.assert_allclose(np.linalg.norm(t.classifier, axis=1), 1, rtol=1e-5)
         # the classifier is ensembled from the float32 embeddings, before their float16 rounding on disk
         np.testing.assert_allclose(t.classifier, ensemble_classifier(t.emb), atol=1e-3)

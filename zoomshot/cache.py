@@ -95,7 +95,7 @@ class TextVocab:
     name: str
     names: list[str]
     templates: list[str]
-    emb: np.ndarray  # (K, T, dim) float16, L2-normalised per prompt
+    emb: np.ndarray | None  # (K, T, dim) float16, L2-normalised per prompt; None when not read
     classifier: np.ndarray  # (K, dim) float32, prompt-ensembled
 
 
@@ -412,8 +412,9 @@ class Cache:
         g = self.f.get(f"encoders/{key}/text")
         return list(g) if g is not None else []
 
-    def text(self, key: str, vocab: str | None = None) -> TextVocab:
-        """A vocabulary of CLIP encoder KEY; with vocab None, the only one there is."""
+    def text(self, key: str, vocab: str | None = None, embeddings: bool = True) -> TextVocab:
+        """A vocabulary of CLIP encoder KEY; with vocab None, the only one there is. With
+        embeddings=False the (K, T, dim) per-prompt embeddings are not read (emb is None)."""
         have = self.vocabularies(key)
         if vocab is None:
             if len(have) != 1:
@@ -424,7 +425,7 @@ class Cache:
             raise CacheError(f"{self.path}: encoders/{key} has no vocabulary {vocab!r}; "
                              f"it has: {', '.join(have) or 'none'}")
         g = self.f[f"encoders/{key}/text/{vocab}"]
-        return TextVocab(vocab, _strs(g["names"]), _strs(g["templates"]), g["emb"][()],
+        return TextVocab(vocab, _strs(g["names"]), _strs(g["templates"]), g["emb"][()] if embeddings else None,
                          g["classifier"][()].astype(np.float32))
 
     # -- summary --------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def cache_classifier(cache_path: str | os.PathLike, target: dict, vocab: str | N
         if e.dim != target["dim"] or e.weights != target.get("weights", e.weights):
             raise ZsError(f"{cache_path}: CLIP encoder {e.spec!r} has dim {e.dim} and weights {e.weights!r}; "
                           f"the mapping's target has dim {target['dim']} and weights {target.get('weights')!r}")
-        tv = c.text(e.key, vocab)
+        tv = c.text(e.key, vocab, embeddings=False)
         return tv.names, tv.classifier
 
 
