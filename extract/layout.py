@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoomshot.cache import STR, CacheError, _strs
+from zoomshot.cache import STR, CacheError, _strs, shard_dir
 from zoomshot.fileutil import atomic_path, write_text_atomic
 
 from .shardfile import partial_of
@@ -41,11 +41,6 @@ DEFAULT_SHARD_ROWS = 10_000
 
 class LockedError(CacheError):
     """Another process is writing the same part of the same cache."""
-
-
-def shard_dir(entry: Path) -> Path:
-    entry = Path(entry)
-    return entry.with_name(entry.stem + ".shards")
 
 
 @dataclass

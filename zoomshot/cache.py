@@ -483,14 +483,19 @@ def open_cache(path: str | os.PathLike) -> Cache:
     return Cache(path)
 
 
+def shard_dir(entry: str | os.PathLike) -> Path:
+    """NAME.shards/ beside the entry file NAME.h5: where extraction writes its shard files."""
+    entry = Path(entry)
+    return entry.with_name(entry.stem + ".shards")
+
+
 def shard_report(entry: str | os.PathLike, skip_complete: set[str] = frozenset()) -> list[str]:
     """Lines on unfinished extractions in NAME.shards/ beside an entry file (see zoomshot.extract.layout).
 
     An encoder folder counts its final shards (`NNNNN.h5`) against the manifest's shard count and
     its partial ones (`NNNNN.h5.partial`); complete encoders in skip_complete are not reported.
     """
-    entry = Path(entry)
-    root = entry.with_name(entry.stem + ".shards")
+    root = shard_dir(entry)
     man = root / "manifest.json"
     if not man.exists():
         return []
