@@ -9,27 +9,11 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
+from zoomshot.devices import resolve_device  # noqa: F401  (the one home of `auto`; re-exported)
 from zoomshot.errors import ZsError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODERS = ("cpu", "gpu")
-
-
-def resolve_device(device: str, local_rank: int = 0) -> str:
-    """`auto` -> cuda:LOCAL_RANK when CUDA is there, else cpu; `cuda` under torchrun -> cuda:LOCAL_RANK."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ZsError(f"--device {device}: CUDA is not available here; use --device cpu")
-        if device == "cuda":
-            device = f"cuda:{local_rank % torch.cuda.device_count()}"
-        torch.cuda.set_device(torch.device(device))
-    elif device not in ("cpu", "mps"):
-        raise ZsError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
-    return device
 
 
 def autocast_dtype(precision: str, device: str):

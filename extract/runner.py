@@ -72,6 +72,7 @@ class ExtractSummary:
     entry_written: bool
     cache_unreadable: int | None = None  # in the whole cache, when the entry was written
     unfinished: dict[str, str] = field(default_factory=dict)
+    device: str = ""  # what --device resolved to
 
     def text(self) -> str:
         first, last, total = self.shards
@@ -79,7 +80,8 @@ class ExtractSummary:
                  f"encoders {', '.join(self.encoders)}"
                  + (f", {self.cache_unreadable} unreadable" if self.cache_unreadable is not None else "")]
         lines.append(f"this process: shards {first}..{last - 1} of {total}, decoded {self.decoded} images "
-                     f"({self.unreadable} unreadable), {self.images_per_s:.1f} images/s, {self.seconds:.1f}s in all; "
+                     f"({self.unreadable} unreadable), {self.images_per_s:.1f} images/s on {self.device or '?'}, "
+                     f"{self.seconds:.1f}s in all; "
                      f"computed rows: " + ", ".join(f"{k} {v}" for k, v in self.computed.items())
                      if last > first else f"this process: no shards (there are {total})")
         for k, why in self.unfinished.items():
@@ -237,7 +239,7 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
     return ExtractSummary(out=layout.entry, rows=m.rows, encoders=keys, shards=(first, last, m.shards),
                           computed=computed, decoded=decoded, unreadable=unreadable, seconds=seconds,
                           images_per_s=decoded / loop_seconds if loop_seconds > 0 else 0.0, entry_written=written,
-                          cache_unreadable=cache_bad, unfinished=unfinished)
+                          cache_unreadable=cache_bad, unfinished=unfinished, device=device)
 
 
 def _write_vocabularies(enc, vocabs, layout: Layout, device: str) -> None:

@@ -55,7 +55,7 @@ class FitConfig:
     ridge_lambda: float = 1e-3  # ridge penalty, relative to the (standardised) feature variance
     la_variance: float = 4.5  # linear-aligner: per-entry variance each side is scaled to
     # resources
-    device: str = "cpu"
+    device: str = "auto"  # zoomshot.devices.resolve_device: CUDA when present
     memory_budget: int = 4 << 30  # bytes of float32 training rows held in memory at once
 
     def resolved(self) -> "FitConfig":

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from zoomshot.devices import DEVICE_HELP
 from zoomshot.errors import ZsError
 
 app = typer.Typer(
@@ -77,7 +78,7 @@ def extract_cmd(
     vocab: List[str] = typer.Option([], "--vocab", help="Vocabulary for CLIP encoders: built-in name, 'classes' "
                                     "or FILE.json (repeatable; default: the source's classes, else imagenet1k)."),
     batch_size: int = typer.Option(64, "--batch-size"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default from the core count)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A torchvision dataset read from --root "
                                           "(cifar10, cifar100, stl10, food101, pets, flowers102, caltech101, dtd, "
@@ -148,7 +149,7 @@ def fit_cmd(
     init: str = typer.Option("ridge", "--init", help="zoomshot start: ridge (closed form) or random."),
     ridge_lambda: float = typer.Option(1e-3, "--ridge-lambda", help="Ridge penalty, relative to the "
                                        "standardised feature variance."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     memory_budget: str = typer.Option("4G", "--memory-budget", help="Float32 rows held in memory at once; a "
                                       "cache needing more is streamed in chunks (bytes, or 512M, 4G)."),
 ):
@@ -256,7 +257,7 @@ def sweep_cmd(
     source: Optional[str] = typer.Option(None, "--source", help="Source (vision) encoder key; inferred when one."),
     target: Optional[str] = typer.Option(None, "--target", help="Target (CLIP) encoder key; inferred when one."),
     seed: int = typer.Option(0, "--seed", help="Seed for the row sample and initialisation."),
-    device: str = typer.Option("cpu", "--device", help="Device to fit on (cpu, cuda, cuda:1, ...)."),
+    device: str = typer.Option("auto", "--device", help="Device to fit on: " + DEVICE_HELP),
 ):
     """Fit every epochs × fractions (× method) cell and evaluate each; write the report and a heatmap."""
     from zoomshot.evaluate.sweep import SweepConfig, parse_list, run_sweep
@@ -294,7 +295,7 @@ def predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image instead of a table."),
     weights: Optional[str] = typer.Option(None, "--weights", help=_WEIGHTS_HELP),
     text_weights: Optional[str] = typer.Option(None, "--text-weights", help=_TEXT_WEIGHTS_HELP),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
 ):
     """Classify images zero-shot with a mapping: top-k labels and probabilities per image.
@@ -340,12 +341,13 @@ def search_cmd(
     text_weights: Optional[str] = typer.Option(None, "--text-weights", help=_TEXT_WEIGHTS_HELP),
     ivf_threshold: int = typer.Option(100_000, "--ivf-threshold", help="Above this many rows the index is IVF "
                                       "(approximate) instead of exact."),
+    device: str = typer.Option("auto", "--device", help="Where CLIP's text tower embeds the query: " + DEVICE_HELP),
 ):
     """Text-to-image search over a cache's mapped image features (a faiss index saved beside the cache)."""
     from zoomshot.search import search_cache
 
     res = search_cache(cache, mapping, query, top_k=top_k, vocab_query=vocab_query, vocab=vocab,
-                       text_weights=text_weights, ivf_threshold=ivf_threshold)
+                       text_weights=text_weights, ivf_threshold=ivf_threshold, device=device)
     typer.echo(f"index: {res.index_path} ({'built' if res.built else 'reused'}, {res.kind})", err=True)
     typer.echo(f"{'rank':>4}  {'score':>7}  id")
     for h in res.hits:
@@ -382,7 +384,7 @@ def demo_cmd(
     pretrained: bool = typer.Option(False, "--pretrained",
                                     help="Real weights (resnet50, clip_vit_b16) from the local hub cache "
                                          "instead of random init."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     world_rows: int = typer.Option(20_000, "--world-rows", help="Training rows of the planted world."),
 ):
     """The whole pipeline, offline, on built-in data: extract, synth, fit, evaluate, sweep."""

@@ -242,12 +242,15 @@ def parse_labels(text: str) -> list[str]:
     return check_labels([x for x in text.split(",")] if text.strip() else [])
 
 
-def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str = "cpu",
+def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str = "auto",
          text_weights: str | None = None, logit_scale: float = LOGIT_SCALE) -> ZeroShotClassifier:
     """A zero-shot classifier from a mapping folder (see the module docstring).
 
     weights: the vision encoder's weights ("default", "random" or a local file) instead of the
     ones in run.json; text_weights: the same for the CLIP text tower `set_labels` uses."""
+    from zoomshot.devices import resolve_device
+
+    device = resolve_device(device)  # "auto": CUDA when present
     m = load_mapping(mapping_dir)
     spec = encoder_spec(m.source, weights)
     encoder = _build(spec, device, "source (vision)")

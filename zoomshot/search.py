@@ -153,7 +153,7 @@ def vocab_query_embedding(mapping: Mapping, cache_path, query: str, vocab: str |
 
 def search_cache(cache_path: str | os.PathLike, mapping_dir: str | os.PathLike, query: str, top_k: int = 10,
                  vocab_query: bool = False, vocab: str | None = None, text_weights: str | None = None,
-                 ivf_threshold: int = IVF_THRESHOLD) -> SearchResult:
+                 ivf_threshold: int = IVF_THRESHOLD, device: str = "auto") -> SearchResult:
     """The top_k cache images for a text query (see the module docstring)."""
     if top_k < 1:
         raise ZsError(f"--top-k must be at least 1 (got {top_k})")
@@ -165,7 +165,9 @@ def search_cache(cache_path: str | os.PathLike, mapping_dir: str | os.PathLike, 
         if vocab_query:
             q = vocab_query_embedding(mapping, cache_path, query, vocab)
         else:
-            q = text_query_embedding(mapping, query, text_weights)
+            from zoomshot.devices import resolve_device
+
+            q = text_query_embedding(mapping, query, text_weights, resolve_device(device))
         q = np.asarray(q, np.float32)[None, :]
         q /= max(float(np.linalg.norm(q)), 1e-12)
         scores, rows = index.search(q, min(top_k, index.ntotal))
