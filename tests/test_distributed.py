@@ -62,7 +62,7 @@ def test_torchrun_two_cpu_processes_equal_one_process(tmp_path, images, single):
     assert "shards 0..0 of 2" in res.stderr and "shards 1..1 of 2" in res.stderr
     lay = Layout(out)
     assert lay.read_manifest().shards == 2
-    assert sorted(p.name for p in (lay.root / "timm_test_vit").glob("*.h5")) == ["00000.h5", "00001.h5"]
+    assert sorted(p.name for p in (lay.root / "test_vit").glob("*.h5")) == ["00000.h5", "00001.h5"]
     assert_same_features(out, single)
 
 

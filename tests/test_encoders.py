@@ -42,7 +42,10 @@ def test_parse_weights_suffix(tmp_path):
     w.write_bytes(b"x")
     assert parse_spec("resnet50@random").weights == "random"
     assert parse_spec(f"timm:resnet18@{w}").weights == str(w.resolve())
-    assert parse_spec("timm:resnet18.a1_in1k").key == "timm_resnet18.a1_in1k"
+    assert parse_spec("timm:resnet18.a1_in1k").key == "resnet18"  # the alias of that spec
+    assert parse_spec("timm:resnet18.tv_in1k").key == "resnet18"
+    assert parse_spec("open_clip:ViT-B-16:laion2b_s34b_b88k").key == "ViT-B-16"
+    assert parse_spec("open_clip:ViT-B-16:openai").key == "clip_vit_b16"
 
 
 @pytest.mark.parametrize("bad,needle", [
@@ -137,7 +140,7 @@ def test_plugin_from_file(tmp_path):
             return object()
     '''))
     e = build_encoder(f"py:{f}:make")
-    assert (e.family, e.dim, e.key) == ("vision", 5, e.key)
+    assert (e.family, e.dim, e.key) == ("vision", 5, "mine")  # the plug-in's name, never its path
     assert e.encode_image(torch.zeros(2, 3, 4, 4)).shape == (2, 5)
     with pytest.raises(ZsError, match="without name"):
         build_encoder(f"py:{f}:broken")

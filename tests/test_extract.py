@@ -64,19 +64,19 @@ def test_round_trip_two_encoders_follow_the_cache_contract(tmp_path, images, cli
         assert all(c.status[i] == STATUS_UNREADABLE and c.errors[i] for i in bad)
         assert all(not c.errors[i] for i in range(12) if i not in bad)
         encs = c.encoders
-        assert set(encs) == {"timm_test_vit", "open_clip_tiny-clip"}
-        vit, clip = encs["timm_test_vit"], encs["open_clip_tiny-clip"]
+        assert set(encs) == {"test_vit", "tiny-clip"}
+        vit, clip = encs["test_vit"], encs["tiny-clip"]
         assert (vit.family, vit.weights, vit.normalized, vit.spec) == ("vision", "random", False, "timm:test_vit")
         assert (clip.family, clip.dim, clip.normalized) == ("clip", 16, True)
         assert vit.preprocess["library"] == "timm" and "torch" in vit.versions
         good = sorted(set(range(12)) - bad)
-        assert c.usable_rows("timm_test_vit", "open_clip_tiny-clip").tolist() == good
-        assert c.f["encoders/timm_test_vit/image"].is_virtual
-        assert c.f["encoders/timm_test_vit/image"].dtype == np.float16
-        fv = c.image("timm_test_vit")
-        fc = c.image("open_clip_tiny-clip")
+        assert c.usable_rows("test_vit", "tiny-clip").tolist() == good
+        assert c.f["encoders/test_vit/image"].is_virtual
+        assert c.f["encoders/test_vit/image"].dtype == np.float16
+        fv = c.image("test_vit")
+        fc = c.image("tiny-clip")
         assert np.isnan(fv[sorted(bad)]).all() and not np.isnan(fv[good]).any()
-        t = c.text("open_clip_tiny-clip", "classes")
+        t = c.text("tiny-clip", "classes")
         assert t.names == ["cat", "dog", "fish"] and t.templates == default_templates()
         assert t.emb.shape == (3, len(default_templates()), 16) and t.classifier.shape == (3, 16)
     # Features are the encoder's own outputs for those images (float16 on disk).
@@ -102,7 +102,7 @@ def test_several_encoders_decode_each_image_once(tmp_path, images, monkeypatch, 
     s = extract(ExtractConfig(out=str(tmp_path / "c.h5"), encoders=[VIT, clip_spec, VISION_PLUGIN],
                               images=str(images), batch_size=5, workers=0, progress=False))
     assert len(calls) == 12 and s.decoded == 12
-    assert s.computed == {"timm_test_vit": 9, "open_clip_tiny-clip": 9, s.encoders[2]: 9}
+    assert s.computed == {"test_vit": 9, "tiny-clip": 9, s.encoders[2]: 9}
 
 
 def test_plugins_from_a_test_file_flat_folder_and_custom_vocabulary(tmp_path):
@@ -143,19 +143,19 @@ def test_mismatches_are_refused_through_extract(tmp_path, images):
     res = zs("extract", "--images", images, "--encoder", VIT, "--out", tmp_path / "x.txt")
     assert res.exit_code == 2 and ".h5" in res.output
     # A cache another tool wrote (CacheWriter) with this key at dim 8, no rows yet; the plug-in now gives 9.
-    from zoomshot.cache import CacheWriter, EncoderEntry, safe_key
+    from zoomshot.cache import CacheWriter, EncoderEntry
     from zoomshot.sources import open_source
 
     other = tmp_path / "other.h5"
     src = open_source(str(images))
     with CacheWriter(other, src.ids, src.labels, src.class_names) as w:
-        w.add_encoder(EncoderEntry(key=safe_key(spec), spec=spec, family="vision", dim=8))
+        w.add_encoder(EncoderEntry(key="plug", spec=spec, family="vision", dim=8))  # the plug-in's name
     plugin.write_text(RESIZABLE_PLUGIN_SRC.format(dim=9))
     res = zs("extract", "--images", images, "--encoder", spec, "--out", other)
     assert res.exit_code == 2 and "dim 8" in res.output and "9" in res.output
     assert len(res.output.strip().splitlines()) == 1
     with open_cache(other) as c:  # the refused run changed nothing
-        assert c.encoder(safe_key(spec)).dim == 8 and not c.done(safe_key(spec)).any()
+        assert c.encoder("plug").dim == 8 and not c.done("plug").any()
 
 
 
@@ -167,9 +167,9 @@ def test_adding_an_encoder_keeps_the_first_and_a_finished_rerun_loads_no_model(t
         before = c.image(first.encoders[0])
     s = extract(ExtractConfig(out=str(out), encoders=[VISION_PLUGIN, VIT], images=str(images), workers=0,
                               progress=False))
-    assert s.computed == {first.encoders[0]: 0, "timm_test_vit": 9}
+    assert s.computed == {first.encoders[0]: 0, "test_vit": 9}
     with open_cache(out) as c:
-        assert set(c.encoders) == {first.encoders[0], "timm_test_vit"}
+        assert set(c.encoders) == {first.encoders[0], "test_vit"}
         np.testing.assert_array_equal(c.image(first.encoders[0]), before)
 
     import zoomshot.encoders
@@ -200,7 +200,7 @@ def test_webdataset_gives_the_same_features_as_the_folder(tmp_path, images):
     with open_cache(tmp_path / "f.h5") as f, open_cache(tmp_path / "w.h5") as w:
         assert w.ids == [i.rsplit(".", 1)[0] for i in f.ids]
         assert w.labels.tolist() == f.labels.tolist() and w.status.tolist() == f.status.tolist()
-        np.testing.assert_array_equal(w.image("timm_test_vit"), f.image("timm_test_vit"))
+        np.testing.assert_array_equal(w.image("test_vit"), f.image("test_vit"))
 
 
 def test_dataset_option_reads_a_local_copy_and_names_its_vocabulary(tmp_path):
@@ -235,7 +235,7 @@ def test_gpu_decode_path_pieces_match_the_pil_path_on_cpu(images):
     assert all(errs[j] or raw["errors"][j] for j in np.flatnonzero(~ok))
     fallback = [j for j in np.flatnonzero(~ok) if raw["ok"][j]]  # JPEG bytes that failed in decode_jpeg and PIL
     assert fallback and all(errs[j] == cpu["errors"][j] for j in fallback)  # told as the CPU path tells them
-    tf = tensor_transform(enc.preprocess, "timm_test_vit")
+    tf = tensor_transform(enc.preprocess, "test_vit")
     x = torch.stack([tf(i) for i in imgs if i is not None])
     assert x.shape == cpu["tensors"][0].shape
     with torch.inference_mode():
@@ -279,7 +279,7 @@ def test_an_encoder_another_tool_wrote_is_kept_when_extract_adds_one(tmp_path, i
     s = extract(ExtractConfig(out=str(out), encoders=[VIT], images=str(images), workers=0, progress=False))
     assert s.entry_written
     with open_cache(out) as c:
-        assert set(c.encoders) == {"other", "timm_test_vit"}
+        assert set(c.encoders) == {"other", "test_vit"}
         np.testing.assert_array_equal(c.image("other").astype(np.float16), feats)
         assert c.status[row] == STATUS_UNREADABLE and c.errors[row] == "judged unreadable by the other tool"
         bad = [i for i, e in enumerate(c.errors) if e and i != row]

@@ -164,7 +164,7 @@ def test_paused_writer_refuses_a_second_then_resumes_after_sigkill(tmp_path, ima
     assert "being written by another zs extract" in res.output and len(res.output.strip().splitlines()) == 1
     os.kill(p.pid, signal.SIGKILL)
     join_killed(p)
-    assert rows_already_written(out)["timm_test_vit"] > 0
+    assert rows_already_written(out)["test_vit"] > 0
     res = runner.invoke(app, ["cache", "info", str(out)])
     assert res.exit_code == 2 and "unfinished" in res.output and "partial" in res.output
     extract(config(out, images))
@@ -174,35 +174,35 @@ def test_paused_writer_refuses_a_second_then_resumes_after_sigkill(tmp_path, ima
 def test_unfinished_shards_are_reported_not_read_as_features(tmp_path, images, reference):
     out = copy_cache(reference[0], tmp_path)
     lay = Layout(out)
-    os.replace(lay.shard_path("timm_test_vit", 1), lay.partial_path("timm_test_vit", 1))
+    os.replace(lay.shard_path("test_vit", 1), lay.partial_path("test_vit", 1))
     res = runner.invoke(app, ["cache", "info", str(out)])
     assert res.exit_code == 0
     assert "missing shard files" in res.output and "2 of 3 shards final, 1 partial" in res.output
     with open_cache(out) as c, pytest.raises(CacheError, match="missing shard files"):
-        c.image("timm_test_vit")
+        c.image("test_vit")
     extract(config(out, images))  # a rerun redoes the shard (its partial file is whole: resumes at its end)
     assert_same_cache(out, reference[0])
 
 
 def test_a_flipped_byte_in_a_shard_is_reported_naming_the_file(tmp_path, images, reference):
     out = copy_cache(reference[0], tmp_path)
-    shard = Layout(out).shard_path("timm_test_vit", 2)
+    shard = Layout(out).shard_path("test_vit", 2)
     with h5py.File(shard) as f:
         where = f["image"].id.get_chunk_info(0).byte_offset + 10
     data = bytearray(shard.read_bytes())
     data[where] ^= 0xFF
     shard.write_bytes(bytes(data))
     with open_cache(out) as c:
-        c.image(f"{next(k for k in c.encoders if k != 'timm_test_vit')}")  # the other encoder still reads
+        c.image(f"{next(k for k in c.encoders if k != 'test_vit')}")  # the other encoder still reads
         with pytest.raises(CacheError) as e:
-            c.image("timm_test_vit")
+            c.image("test_vit")
     assert str(shard) in str(e.value) and "corrupt" in str(e.value)
     # a shard whose header is destroyed does not open at all
     data = bytearray(shard.read_bytes())
     data[:64] = b"\0" * 64
     shard.write_bytes(bytes(data))
     with open_cache(out) as c, pytest.raises(CacheError, match="corrupt shard files"):
-        c.image("timm_test_vit", rows=np.arange(3))
+        c.image("test_vit", rows=np.arange(3))
 
 
 def test_second_writer_refused_by_the_library_too(tmp_path, images):

@@ -1,6 +1,6 @@
 """The encoder registry: spec strings -> encoders with one interface.
 
-Spec grammar (see ../shared/DESIGN.md):
+Spec grammar (docs/design.md, "Encoder specs"):
   ALIAS                         a short name from ALIASES (`zs encoders` lists them)
   timm:NAME[.TAG]               any timm model, pooled features (num_classes=0)
   open_clip:ARCH[:PRETRAINED]   any open_clip model (image and text towers)
@@ -11,9 +11,15 @@ each optionally followed by weights:
   SPEC@/path/to/weights         a local weights file (safetensors, .pth, .bin)
 Without a suffix the library's default pretrained weights load, from the local hub cache when
 offline; if that fails the error says which suffix to use.
+
+The key (the cache's `encoders/KEY`, shown in every report) is short, stable and portable: an
+alias, or a spec equal to an alias's, gives the alias; `timm:NAME[.TAG]` gives NAME and
+`open_clip:ARCH[:TAG]` ARCH (sanitised); `py:` gives the plug-in's own `name`. A key never holds a
+path or the weights; the spec (and the cache's `weights` attribute) keep those.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -58,7 +64,26 @@ class ParsedSpec:
 
     @property
     def key(self) -> str:
-        return self.alias or safe_key(self.spec)
+        return self.alias or spec_key(self.spec, self.weights)
+
+
+_ALIAS_OF_SPEC = {spec: alias for alias, (spec, _, _) in ALIASES.items()}
+
+
+def spec_key(spec: str, weights: str = "default") -> str:
+    """The encoder key of a canonical spec (see the module docstring); `py:` asks the plug-in."""
+    if spec in _ALIAS_OF_SPEC:
+        return _ALIAS_OF_SPEC[spec]
+    if spec.startswith("timm:"):
+        return safe_key(spec[len("timm:"):].split(".")[0])
+    if spec.startswith("open_clip:"):
+        arch = spec[len("open_clip:"):]
+        if arch.startswith("hf-hub:"):
+            arch = arch[len("hf-hub:"):].partition(":")[0].rstrip("/").rsplit("/", 1)[-1]
+        return safe_key(arch.partition(":")[0])
+    if spec.startswith("py:"):
+        return safe_key(str(_plugin_object(ParsedSpec(spec, None, spec, weights)).name))
+    return safe_key(spec)
 
 
 def parse_spec(raw: str) -> ParsedSpec:
@@ -140,13 +165,22 @@ def build_encoder(spec: str, device: str = "cpu") -> Encoder:
     parsed = parse_spec(spec)
     builder = (_build_timm if parsed.spec.startswith("timm:")
                else _build_open_clip if parsed.spec.startswith("open_clip:") else _build_plugin)
-    if parsed.weights != "random":
+    with _seeded(parsed):
         return builder(parsed).to(device)
-    # SPEC@random is one fixed draw, seeded by the spec: every process of a sharded run, every
-    # resume and every later rebuild (zoomshot.load, export) gets the same model.
+
+
+@contextlib.contextmanager
+def _seeded(parsed: ParsedSpec):
+    """SPEC@random is one fixed draw, seeded by the spec: every process of a sharded run, every
+    resume and every later rebuild (zoomshot.load, export) gets the same model."""
+    if parsed.weights != "random":
+        yield
+        return
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(parsed.spec.encode()))
-        return builder(parsed).to(device)
+        yield
 
 
 def _versions(**extra) -> dict:
@@ -292,12 +326,30 @@ def _load_plugin_factory(target: str, factory: str) -> Callable:
     return fn
 
 
+# A plug-in's key is its `name`, known only once its factory ran: the object made to learn the key
+# waits here for the build that follows (so the factory runs once per spec and weights).
+_PLUGIN_OBJECTS: dict[tuple[str, str], Any] = {}
+
+
+def _plugin_object(parsed: ParsedSpec, take: bool = False):
+    file = Path(parsed.spec[len("py:"):].rpartition(":")[0]).expanduser()
+    k = (parsed.spec, parsed.weights, file.stat().st_mtime_ns if file.is_file() else None)  # an edited file is new
+    if k not in _PLUGIN_OBJECTS:
+        target, sep, factory = parsed.spec[len("py:"):].rpartition(":")
+        if not sep or not target or not factory:
+            raise ZsError(f"plug-in spec {parsed.spec!r} must be py:MODULE_OR_FILE.py:FACTORY")
+        fn = _load_plugin_factory(target, factory)
+        with _seeded(parsed):
+            obj = fn() if parsed.weights == "default" else fn(weights=parsed.weights)
+        missing = [a for a in ("name", "family", "dim", "preprocess", "encode_image") if not hasattr(obj, a)]
+        if missing:
+            raise ZsError(f"plug-in {parsed.spec!r} returned an object without {', '.join(missing)}")
+        _PLUGIN_OBJECTS[k] = obj
+    return _PLUGIN_OBJECTS.pop(k) if take else _PLUGIN_OBJECTS[k]
+
+
 def _build_plugin(parsed: ParsedSpec) -> Encoder:
-    target, sep, factory = parsed.spec[len("py:"):].rpartition(":")
-    if not sep or not target or not factory:
-        raise ZsError(f"plug-in spec {parsed.spec!r} must be py:MODULE_OR_FILE.py:FACTORY")
-    fn = _load_plugin_factory(target, factory)
-    obj = fn() if parsed.weights == "default" else fn(weights=parsed.weights)
+    obj = _plugin_object(parsed, take=True)
     missing = [a for a in ("name", "family", "dim", "preprocess", "encode_image") if not hasattr(obj, a)]
     family = getattr(obj, "family", None)
     if family == "clip" and not hasattr(obj, "encode_text"):
