@@ -20,7 +20,8 @@ class EvaluateResult:
 
 
 def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | None = None,
-                 per_class: bool = False, skip_existing: bool = False, retrieval: bool = False) -> EvaluateResult:
+                 per_class: bool = False, skip_existing: bool = False, retrieval: bool = False,
+                 progress: bool = True) -> EvaluateResult:
     if not caches:
         raise ZsError("give at least one --cache to evaluate on")
     for c in caches:
@@ -30,7 +31,7 @@ def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | N
     earlier = read_results(out_dir) if skip_existing else []
     skip = {record_key(r) for r in earlier}
     new, skipped = evaluate(list(mappings), list(caches), vocab=vocab, skip=skip, per_class=per_class,
-                            retrieval=retrieval)
+                            retrieval=retrieval, progress=progress)
     if not new and not earlier:
         reasons = "; ".join(f"{Path(s['mapping']).name} on {Path(s['cache']).name}: {s['reason']}"
                             for s in skipped[:3])

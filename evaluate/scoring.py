@@ -65,8 +65,10 @@ class EvalSet:
     """One evaluation cache opened for scoring. `preload` keeps each encoder's scored features in
     memory after the first read (for sweeps that score many mappings on the same cache)."""
 
-    def __init__(self, path: str | os.PathLike, vocab: str | None = None, preload: bool = False):
+    def __init__(self, path: str | os.PathLike, vocab: str | None = None, preload: bool = False,
+                 progress: bool = False):
         self.path = str(path)
+        self.progress = progress  # a progress bar for reads of more than one chunk
         self.name = Path(path).stem
         self.cache: Cache = open_cache(path)
         self.preload = preload
@@ -151,9 +153,14 @@ class EvalSet:
             self._features[key] = self.cache.image(key, rows)
             yield from self.chunks(key)
             return
-        for lo in range(0, len(rows), CHUNK_ROWS):
-            part = rows[lo:lo + CHUNK_ROWS]
-            yield part, self.cache.image(key, part)
+        from zoomshot.progress import progress_bar
+
+        with progress_bar(len(rows), f"evaluate {self.name} {key}", unit="row",
+                          enabled=self.progress and len(rows) > CHUNK_ROWS) as bar:
+            for lo in range(0, len(rows), CHUNK_ROWS):
+                part = rows[lo:lo + CHUNK_ROWS]
+                yield part, self.cache.image(key, part)
+                bar.update(len(part))
 
     def has_image_features(self, key: str) -> bool:
         return self.account(key).counts["scored"] > 0
@@ -290,20 +297,21 @@ def _unique(items, key):
 
 def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None = None,
              skip: set | None = None, per_class: bool = False,
-             retrieval: bool = False) -> tuple[list[dict], list[dict]]:
+             retrieval: bool = False, progress: bool = False) -> tuple[list[dict], list[dict]]:
     """Score every mapping on every evaluation cache whose encoders match, plus one CLIP reference
     record per CLIP encoder with image features in each cache.
 
     Returns (records, skipped): skipped pairs are dicts with mapping, cache and reason. Records
     whose `record_key` is in `skip` are neither computed nor returned. With `retrieval`, each
-    record's metrics also get k-NN accuracy and text-to-image recall (`retrieval.py`)."""
+    record's metrics also get k-NN accuracy and text-to-image recall (`retrieval.py`). With
+    `progress`, reading a cache of more than one chunk shows a progress bar on stderr."""
     skip = skip or set()
     ms = _unique([m if isinstance(m, Mapping) else load_mapping(m) for m in mappings],
                  lambda m: _resolved(mapping_id(m)))
     records: list[dict] = []
     skipped: list[dict] = []
     for path in _unique([str(c) for c in caches], _resolved):
-        with EvalSet(path, vocab) as es:
+        with EvalSet(path, vocab, progress=progress) as es:
             first = len(records)
             todo = []
             for m in ms:

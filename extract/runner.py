@@ -19,6 +19,7 @@ import numpy as np
 
 from zoomshot.cache import STATUS_OK, CacheError, open_cache
 from zoomshot.errors import ZsError
+from zoomshot.progress import progress_bar
 from zoomshot.sources import ImageSource, open_source, subset_fraction
 
 from . import distributed as D
@@ -26,7 +27,6 @@ from .devices import (DECODERS, DevicePrefetcher, autocast_dtype, gpu_decode, ma
                       tensor_transform, to_host)
 from .layout import Layout
 from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
-from .progress import Progress
 from .shardfile import ShardFile
 from .stitch import shard_progress, write_entry
 from .text import embed_vocabulary, resolve_vocabularies, save_text, stored_digest
@@ -275,8 +275,8 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
         pin_memory=cuda, prefetch_factor=4 if workers else None, persistent_workers=False)
     forwards = {k: make_forward(e, device, cfg.precision, cfg.channels_last, cfg.compile) for k, e in encoders.items()}
     rows_total = sum(b.stop - b.start for b in batches)
-    progress = Progress(rows_total, label=f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
-                        enabled=cfg.progress and procs.local_rank == 0)
+    progress = progress_bar(rows_total, f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
+                            enabled=cfg.progress and procs.local_rank == 0)
     batches_iter = DevicePrefetcher(iter(loader), device)  # forks the decode workers before the writer thread starts
     writer = ShardWriterThread(layout, m, {k: (e.spec, e.dim) for k, e in encoders.items()})
     decoded = unreadable = 0

@@ -222,12 +222,14 @@ def evaluate_cmd(
                                        "and compute only the missing ones."),
     retrieval: bool = typer.Option(False, "--retrieval", help="Also leave-one-out k-NN accuracy and text-to-image "
                                    "recall@1/5/10 (faiss; holds each scored encoder's features in memory)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar (shown for caches of more than one chunk)."),
 ):
     """Score mappings (and CLIP itself) zero-shot on evaluation caches; write a report."""
     from zoomshot.evaluate.run import run_evaluate, summary_lines
 
     res = run_evaluate([str(m) for m in mapping], [str(c) for c in cache], out, vocab=vocab,
-                       per_class=per_class, skip_existing=skip_existing, retrieval=retrieval)
+                       per_class=per_class, skip_existing=skip_existing, retrieval=retrieval,
+                       progress=not quiet)
     _print_skipped(res.skipped)
     if res.kept:
         typer.echo(f"kept {res.kept} records already in {out / 'results.json'}")
