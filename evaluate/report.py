@@ -2,13 +2,20 @@
 
 Every file is written to a temporary name and renamed, so a reader never finds a half-written one.
 In the tables, datasets (evaluation caches) are columns; CLIP, each method (its best mapping)
-and each mapping are rows.
+and each mapping are rows. Records evaluated with `--per-class` add per-class recall tables to
+report.md and `per_class.csv` (one row per record and class); with `--retrieval`, the k-NN and
+text-to-image recall metrics become columns of results.csv and a table of report.md.
+
+results.json keeps every record as computed (full paths and specs). The cells of results.csv and
+report.md are portable: encoders appear by key, weights files and paths by a short relative form,
+so a report reads the same on every machine and never shows an absolute path.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 
@@ -23,10 +30,48 @@ CSV_COLUMNS = [
 ]
 
 
-def csv_row(rec: dict) -> dict:
+RETRIEVAL_PREFIXES = ("knn", "t2i_")
+
+
+def retrieval_columns(records: list[dict]) -> list[str]:
+    """The retrieval metrics some record has (`--retrieval`), in order of appearance."""
+    return list(dict.fromkeys(k for r in records for k in r["metrics"] if k.startswith(RETRIEVAL_PREFIXES)))
+
+
+def portable_path(p) -> str | None:
+    """A path for a report cell: as given when relative, else relative to the working folder
+    when under it, else its last two parts — never an absolute path."""
+    if p is None:
+        return None
+    p = str(p)
+    if not os.path.isabs(p):
+        return p
+    try:
+        rel = os.path.relpath(p)
+    except ValueError:  # another drive
+        rel = ".."
+    return rel if not rel.startswith("..") else str(Path(*Path(p).parts[-2:]))
+
+
+def portable_weights(w) -> str | None:
+    """default / random as they are; a local weights file by its file name."""
+    return w if w in (None, "default", "random") else Path(str(w)).name
+
+
+def encoder_label(rec: dict, role: str = "encoder") -> str:
+    """An encoder as report cells show it: its key (records before keys were stored: the spec)."""
+    return rec.get(f"{role}_key") or rec.get(role)
+
+
+def csv_row(rec: dict, extra: list[str] = ()) -> dict:
     m, rows = rec["metrics"], rec.get("rows") or {}
     gap = m.get("modality_gap") or {}
     row = {k: rec.get(k) for k in CSV_COLUMNS}
+    row.update(mapping=portable_path(rec.get("mapping")), cache=portable_path(rec.get("cache")),
+               train_cache=portable_path(rec.get("train_cache")), encoder=encoder_label(rec),
+               target=encoder_label(rec, "target"), weights=portable_weights(rec.get("weights")),
+               target_weights=portable_weights(rec.get("target_weights")))
+    row.update({k: m.get(k) for k in extra})
     row.update({f"rows_{k}": rows.get(k) for k in ("total", "scored", "unreadable", "not_done", "unlabelled")})
     row.update({k: m.get(k) for k in ("acc1", "acc5", "mean_per_class_recall", "agreement", "clip_share")})
     row["gap_centroid_distance"] = gap.get("centroid_distance")
@@ -43,10 +88,10 @@ def dataset_labels(records: list[dict]) -> dict[str, str]:
 
 def row_label(rec: dict) -> str:
     if rec["mapping"] is not None:
-        return rec.get("mapping_name") or rec["mapping"]
+        return rec.get("mapping_name") or portable_path(rec["mapping"])
     # a CLIP row at random (or local-file) weights must not read as the pretrained model
     w = rec.get("weights", "default")
-    return f"CLIP {rec['encoder']}" + ("" if w == "default" else f" @{w}")
+    return f"CLIP {encoder_label(rec)}" + ("" if w == "default" else f" @{portable_weights(w)}")
 
 
 def best_per_method(records: list[dict]) -> dict[tuple[str, str], dict]:
@@ -120,7 +165,7 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
         body = []
         for mid, per_cache in by_mapping.items():
             r0 = next(iter(per_cache.values()))
-            setup = [row_label(r0), r0["method"], r0["encoder"], _fmt(r0.get("train_cache") and
+            setup = [row_label(r0), r0["method"], encoder_label(r0), _fmt(r0.get("train_cache") and
                                                                       Path(r0["train_cache"]).name),
                      _fmt(r0.get("epochs")), _fmt(r0.get("fraction")), _fmt(r0.get("seed"))]
             body.append(setup + [_pct(per_cache[p]["metrics"].get("acc1")) if p in per_cache else "–"
@@ -147,12 +192,62 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
                          "share of CLIP", "gap distance", "gap mean cos", "rows scored", "rows left out"],
                         body) + [""]
 
+    extra = retrieval_columns(records)
+    if extra:
+        lines += ["## Retrieval", "",
+                  "knn20_acc: leave-one-out 20-NN accuracy on the evaluation cache; t2i_recall@K: share of "
+                  "classes whose text embedding finds an image of the class among the top K.", ""]
+        body = [[cols[r["cache"]], row_label(r)] + [_pct(r["metrics"].get(k)) for k in extra]
+                for r in records if any(k in r["metrics"] for k in extra)]
+        lines += _table(["dataset", "row"] + extra, body) + [""]
+
+    lines += per_class_tables(records, cols)
+
     if skipped:
         lines += ["## Skipped pairs", ""]
-        lines += [f"- `{s['mapping']}` on `{s['cache']}`: {s['reason']}" for s in skipped] + [""]
+        lines += [f"- `{portable_path(s['mapping'])}` on `{portable_path(s['cache'])}`: {s['reason']}"
+                  for s in skipped] + [""]
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({Path(p).name})" for name, p in plots.items()] + [""]
     return "\n".join(lines)
+
+
+def per_class_tables(records: list[dict], cols: dict[str, str]) -> list[str]:
+    """Markdown: per evaluation cache, one row per class and one recall column per record."""
+    lines: list[str] = []
+    for path, label in cols.items():
+        recs = [r for r in records if r["cache"] == path and r.get("per_class")]
+        if not recs:
+            continue
+        if not lines:
+            lines += ["## Per-class recall", "", "Recall in % per class (images of the class predicted as "
+                      "it); support is the number of scored images of the class.", ""]
+        lines += [f"### {label}", ""]
+        classes = recs[0]["per_class"]
+        body = [[c["class"], str(c["support"])] + [_pct(r["per_class"][i]["recall"]) if i < len(r["per_class"])
+                                                   else "–" for r in recs] for i, c in enumerate(classes)]
+        lines += _table(["class", "support"] + [row_label(r) for r in recs], body) + [""]
+    return lines
+
+
+PER_CLASS_COLUMNS = ["dataset", "row", "mapping", "class", "support", "correct", "recall"]
+
+
+def per_class_csv(records: list[dict]) -> str | None:
+    """per_class.csv: one row per (record, class) of the records that have a per-class table."""
+    recs = [r for r in records if r.get("per_class")]
+    if not recs:
+        return None
+    cols = dataset_labels(records)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=PER_CLASS_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in recs:
+        for c in r["per_class"]:
+            w.writerow({"dataset": cols[r["cache"]], "row": row_label(r), "mapping": portable_path(r["mapping"]) or "",
+                        "class": c["class"], "support": c["support"], "correct": c["correct"],
+                        "recall": "" if c["recall"] is None else c["recall"]})
+    return buf.getvalue()
 
 
 def check_out_dir(out_dir) -> Path:
@@ -168,10 +263,21 @@ def check_out_dir(out_dir) -> Path:
     return out
 
 
-def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap: bool = False) -> dict:
-    """Write results.json, results.csv, skipped.json, report.md and the plots into out_dir.
+REPORT_FORMATS = ("clip_benchmark",)
+
+
+def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap: bool = False,
+                 formats: tuple[str, ...] | list[str] = ()) -> dict:
+    """Write results.json, results.csv, skipped.json, report.md and the plots into out_dir (plus
+    per_class.csv when records have per-class tables, and for `formats` "clip_benchmark" one
+    clip_benchmark JSON per (dataset, model) under out_dir/clip_benchmark/).
 
     Returns {name: path} of the files written."""
+    from zoomshot.errors import ZsError
+
+    bad = [f for f in formats if f not in REPORT_FORMATS]
+    if bad:
+        raise ZsError(f"--format {bad[0]!r}: choose from {', '.join(REPORT_FORMATS)}")
     from .plots import write_plots
 
     out = Path(out_dir)
@@ -182,12 +288,23 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
     paths["results.json"] = str(out / "results.json")
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    extra = retrieval_columns(records)
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + extra, lineterminator="\n")
     w.writeheader()
     for r in records:
-        w.writerow(csv_row(r))
+        w.writerow(csv_row(r, extra))
     write_text_atomic(out / "results.csv", buf.getvalue())
     paths["results.csv"] = str(out / "results.csv")
+
+    per_class = per_class_csv(records)
+    if per_class is not None:
+        write_text_atomic(out / "per_class.csv", per_class)
+        paths["per_class.csv"] = str(out / "per_class.csv")
+
+    if "clip_benchmark" in formats:
+        from .clip_benchmark import write_clip_benchmark
+
+        paths.update(write_clip_benchmark(records, out / "clip_benchmark"))
 
     write_text_atomic(out / "skipped.json", json.dumps(list(skipped), indent=2, default=json_default))
     paths["skipped.json"] = str(out / "skipped.json")

@@ -21,13 +21,18 @@ class EvaluateResult:
 
 def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | None = None,
                  per_class: bool = False, skip_existing: bool = False, retrieval: bool = False,
-                 progress: bool = True) -> EvaluateResult:
+                 progress: bool = True, formats: tuple[str, ...] = ()) -> EvaluateResult:
     if not caches:
         raise ZsError("give at least one --cache to evaluate on")
     for c in caches:
         if not Path(c).is_file():
             raise ZsError(f"no cache at {c}")
     check_out_dir(out_dir)
+    from .report import REPORT_FORMATS
+
+    for f in formats:
+        if f not in REPORT_FORMATS:  # before any work
+            raise ZsError(f"--format {f!r}: choose from {', '.join(REPORT_FORMATS)}")
     earlier = read_results(out_dir) if skip_existing else []
     skip = {record_key(r) for r in earlier}
     new, skipped = evaluate(list(mappings), list(caches), vocab=vocab, skip=skip, per_class=per_class,
@@ -38,7 +43,7 @@ def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | N
         raise ZsError("nothing to report: no mapping fits any cache and no cache has CLIP image features "
                       f"with a usable vocabulary{' (' + reasons + ')' if reasons else ''}")
     records = earlier + new
-    paths = write_report(records, out_dir, skipped)
+    paths = write_report(records, out_dir, skipped, formats=formats)
     return EvaluateResult(records, new, len(earlier), skipped, paths)
 
 

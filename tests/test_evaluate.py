@@ -163,10 +163,10 @@ def test_report_from_two_mappings_on_two_caches(tmp_path):
     per_method = md.split("## Top-1 accuracy per method")[1].split("##")[0]
     table = [line for line in per_method.splitlines() if line.startswith("|")]
     assert table[0].split("|")[2:4] == [" dataA ", " dataB "]
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["CLIP toy:clip @random", "zoomshot", "linear-aligner"]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["CLIP toy_clip @random", "zoomshot", "linear-aligner"]
     every = md.split("## Every mapping")[1].split("##")[0]
-    assert "| map_a | zoomshot | toy:vision | train.h5 | 5 | 0.1 | 0 |" in every
-    assert "| map_b | linear-aligner | toy:vision | train.h5 | 6 | 0.2 | 0 |" in every
+    assert "| map_a | zoomshot | toy_vision | train.h5 | 5 | 0.1 | 0 |" in every
+    assert "| map_b | linear-aligner | toy_vision | train.h5 | 6 | 0.2 | 0 |" in every
 
 
 def test_mismatched_pairs_are_skipped_with_a_reason(tmp_path):

@@ -223,13 +223,15 @@ def evaluate_cmd(
     retrieval: bool = typer.Option(False, "--retrieval", help="Also leave-one-out k-NN accuracy and text-to-image "
                                    "recall@1/5/10 (faiss; holds each scored encoder's features in memory)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar (shown for caches of more than one chunk)."),
+    format_: List[str] = typer.Option([], "--format", help="Also write another tool's format: clip_benchmark "
+                                      "(one JSON per dataset and model in OUT/clip_benchmark/, for its `build`)."),
 ):
     """Score mappings (and CLIP itself) zero-shot on evaluation caches; write a report."""
     from zoomshot.evaluate.run import run_evaluate, summary_lines
 
     res = run_evaluate([str(m) for m in mapping], [str(c) for c in cache], out, vocab=vocab,
                        per_class=per_class, skip_existing=skip_existing, retrieval=retrieval,
-                       progress=not quiet)
+                       progress=not quiet, formats=tuple(format_))
     _print_skipped(res.skipped)
     if res.kept:
         typer.echo(f"kept {res.kept} records already in {out / 'results.json'}")
@@ -241,7 +243,9 @@ def evaluate_cmd(
             typer.echo(f"retrieval {r['dataset']} {r['mapping_name'] or 'CLIP'}: "
                        + ", ".join(f"{k} {'–' if v is None else f'{100 * v:.1f}'}" for k, v in m.items()
                                    if k.startswith(("knn", "t2i_"))))
-    typer.echo(f"wrote {', '.join(Path(p).name for p in res.paths.values())} to {out}")
+    cb = [p for p in res.paths if p.startswith("clip_benchmark/")]
+    names = [Path(p).name for k, p in res.paths.items() if not k.startswith("clip_benchmark/")]
+    typer.echo(f"wrote {', '.join(names)}{f' and {len(cb)} clip_benchmark JSON files' if cb else ''} to {out}")
 
 
 @command(name="sweep")

@@ -1,0 +1,73 @@
+"""Evaluation records as clip_benchmark result files, so our rows join a clip_benchmark table.
+
+clip_benchmark (LAION-AI/CLIP_benchmark) writes one JSON per (dataset, model) evaluation,
+`{"dataset", "model", "pretrained", "task", "metrics": {...}, "language"}`, and its `build`
+command merges a set of them into one CSV (a row per file: the metrics, then the other keys, plus
+`model_fullname` = model + " " + pretrained). We write the same keys with the metrics it reports
+for zero-shot classification (acc1, acc5, mean_per_class_recall), so `clip_benchmark build` takes
+our files next to its own unchanged.
+
+Names: `dataset` is the evaluation vocabulary when it is a built-in one (built-in names are
+clip_benchmark's: cifar10, imagenet1k, ...), else the cache's file stem. A CLIP reference row is
+the CLIP model itself: `model` its open_clip architecture and `pretrained` its tag (so it lines up
+with clip_benchmark's own row of that model), or its encoder key and weights. A mapping row is
+`model` = source encoder key + "+" + method and `pretrained` = the mapping's folder name.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from zoomshot.fileutil import write_text_atomic
+
+TASK = "zeroshot_classification"
+METRICS = ("acc1", "acc5", "mean_per_class_recall")
+
+
+def _weights_name(w) -> str:
+    return w if w in (None, "default", "random") else Path(str(w)).name
+
+
+def model_and_pretrained(rec: dict) -> tuple[str, str]:
+    """(model, pretrained) of a record, as clip_benchmark names them (see the module docstring)."""
+    if rec["mapping"] is None:
+        spec, w = rec.get("target") or rec["encoder"], rec.get("weights", "default")
+        if spec.startswith("open_clip:") and w == "default":
+            arch, _, tag = spec[len("open_clip:"):].partition(":")
+            if not arch.startswith("hf-hub:"):
+                return arch, tag or "default"
+        return rec.get("encoder_key") or spec, _weights_name(w)
+    return f"{rec.get('encoder_key') or rec['encoder']}+{rec['method']}", rec.get("mapping_name") or Path(rec["mapping"]).name
+
+
+def dataset_name(rec: dict) -> str:
+    from zoomshot.vocab import builtin_vocabularies
+
+    return rec["vocab"] if rec.get("vocab") in builtin_vocabularies() else rec["dataset"]
+
+
+def clip_benchmark_record(rec: dict) -> dict:
+    model, pretrained = model_and_pretrained(rec)
+    return {"dataset": dataset_name(rec), "model": model, "pretrained": pretrained, "task": TASK,
+            "metrics": {k: rec["metrics"].get(k) for k in METRICS}, "language": "en"}
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+\-]+", "_", s).strip("_") or "x"
+
+
+def write_clip_benchmark(records: list[dict], out_dir) -> dict[str, str]:
+    """One `{dataset}_{pretrained}_{model}_en_zeroshot_classification.json` per record (clip_benchmark's
+    default output template) in out_dir; returns {relative name: path}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    for rec in records:
+        cb = clip_benchmark_record(rec)
+        name = f"{_slug(cb['dataset'])}_{_slug(cb['pretrained'])}_{_slug(cb['model'])}_en_{TASK}.json"
+        if f"clip_benchmark/{name}" in paths:  # the same dataset stem from two folders
+            name = f"{_slug(rec['dataset'])}-{len(paths)}_{name}"
+        write_text_atomic(out / name, json.dumps(cb))
+        paths[f"clip_benchmark/{name}"] = str(out / name)
+    return paths
