@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,webdataset]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,webdataset,parquet]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -39,6 +39,8 @@ class ExtractConfig:
     out: str
     encoders: list[str]
     images: str | None = None
+    image_column: str | None = None  # parquet input: the image column (default by layout)
+    label_column: str | None = None  # parquet input: the label column
     dataset: str | None = None
     root: str | None = None
     split: str | None = None
@@ -151,7 +153,8 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
     from zoomshot.encoders import build_encoder, parse_spec
 
     t0 = time.perf_counter()
-    source: ImageSource = subset_fraction(open_source(cfg.images, cfg.dataset, cfg.root, cfg.split),
+    source: ImageSource = subset_fraction(open_source(cfg.images, cfg.dataset, cfg.root, cfg.split,
+                                                        cfg.image_column, cfg.label_column),
                                           cfg.fraction, cfg.seed)
     if len(source) == 0:
         raise ZsError(f"{source.description} holds no images")

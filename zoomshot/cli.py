@@ -70,7 +70,12 @@ def encoders_cmd():
 @command(name="extract")
 def extract_cmd(
     images: Optional[str] = typer.Option(None, "--images", help="ImageFolder tree, flat folder, .txt/.csv list "
-                                         "(path[,label]) or WebDataset tars ('data/shard-{00000..00099}.tar')."),
+                                         "(path[,label]), WebDataset tars ('data/shard-{00000..00099}.tar') or "
+                                         "parquet files ('data/*.parquet')."),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="Parquet: the image column (default: "
+                                               "jpg/png/webp as img2dataset writes, else image as Hugging Face does)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Parquet: the label column (default: "
+                                               "label, when there is one)."),
     encoder: List[str] = typer.Option(..., "--encoder", help="Encoder spec (repeat for several; see `zs encoders`)."),
     out: Path = typer.Option(..., "--out", help="Cache file, e.g. cache/NAME.h5 (shards go to cache/NAME.shards/)."),
     fraction: float = typer.Option(1.0, "--fraction", help="Seeded random subset, stratified when labelled."),
@@ -97,7 +102,8 @@ def extract_cmd(
     from zoomshot.extract.runner import ExtractConfig, extract
 
     summary = extract(ExtractConfig(
-        out=str(out), encoders=list(encoder), images=images, dataset=dataset, root=root, split=split,
+        out=str(out), encoders=list(encoder), images=images, image_column=image_column,
+        label_column=label_column, dataset=dataset, root=root, split=split,
         fraction=fraction, seed=seed, vocabs=list(vocab), batch_size=batch_size, device=device, workers=workers,
         precision=precision, decode=decode, compile=compile, num_shards=num_shards, shard_index=shard_index,
         shard_rows=shard_rows, progress=not quiet))

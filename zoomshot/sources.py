@@ -2,8 +2,9 @@
 
 `open_source` recognises an ImageFolder tree (class subfolders give labels and class names), a
 flat folder (no labels), a text/CSV file list (`path[,label]`), WebDataset tar shards
-(`data/shard-{00000..00099}.tar`; a `cls` member gives the label) and, through `--dataset`,
-a local copy of a torchvision dataset. Every source lists its images in a deterministic order
+(`data/shard-{00000..00099}.tar`; a `cls` member gives the label), parquet files with image
+bytes (`data/*.parquet`, img2dataset's and Hugging Face datasets' layouts) and, through
+`--dataset`, a local copy of a torchvision dataset. Every source lists its images in a deterministic order
 (sorted ids) without decoding anything; `ImageSource.read(i)` returns the raw bytes of image i
 (or a PIL image for array-backed datasets) and `decode_rgb` turns that into a PIL RGB image,
 raising on truncated, empty or non-image data so the caller can record the row as unreadable.
@@ -250,41 +251,47 @@ def list_source(list_file: str | os.PathLike) -> ImageSource:
 
 # ------------------------------------------------------------------------------ WebDataset -----
 def expand_braces(pattern: str) -> list[str]:
-    """`a-{000..002}.tar` -> a-000.tar, a-001.tar, a-002.tar; `{x,y}` lists work too."""
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if not m:
-        return [pattern]
-    body = m.group(1)
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
-        step = 1 if int(hi) >= int(lo) else -1
-        choices = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
-    else:
-        choices = body.split(",")
-    head, tail = pattern[: m.start()], pattern[m.end():]
-    return [x for c in choices for x in expand_braces(head + c + tail)]
+    """`a-{000..002}.tar` -> a-000.tar, a-001.tar, a-002.tar; `{x,y}` lists work too (braceexpand,
+    which the webdataset package uses for its shard lists)."""
+    try:
+        from braceexpand import braceexpand
+    except ImportError:
+        if "{" not in pattern:
+            return [pattern]
+        raise SourceError("brace patterns need the braceexpand package: pip install 'zoomshot[webdataset]'") from None
+    return list(braceexpand(pattern))
 
 
 def _split_member(name: str) -> tuple[str, str]:
-    """WebDataset convention: key = path up to the first dot of the file name, ext = the rest."""
-    d, base = os.path.split(name)
-    if "." not in base:
-        return name, ""
-    stem, ext = base.split(".", 1)
-    return (f"{d}/{stem}" if d else stem), ext.lower()
+    """WebDataset's convention (webdataset.tariterators.base_plus_ext): key = the path up to the
+    first dot of the file name, ext = the rest, lower-cased."""
+    try:
+        from webdataset.tariterators import base_plus_ext
+    except ImportError:
+        raise SourceError("reading WebDataset tars needs the webdataset package: "
+                          "pip install 'zoomshot[webdataset]'") from None
+    key, ext = base_plus_ext(name)
+    return (name, "") if key is None else (key, ext.lower())
+
+
+def _expand_shards(pattern: str, what: str) -> list[str]:
+    """Brace patterns and globs -> the existing files, in order; one-line errors otherwise."""
+    files = [t for p in expand_braces(pattern) for t in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
+    if not files:
+        raise SourceError(f"{pattern} matches no {what} files")
+    missing = [t for t in files if not Path(t).is_file()]
+    if missing:
+        raise SourceError(f"{what} shard {missing[0]} does not exist"
+                          + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return files
 
 
 def webdataset_source(pattern: str) -> ImageSource:
-    """Samples of uncompressed WebDataset tar shards (brace pattern or glob); the sample key is the image id."""
-    tars = [t for p in expand_braces(pattern) for t in (sorted(glob.glob(p)) if glob.has_magic(p) else [p])]
-    if not tars:
-        raise SourceError(f"{pattern} matches no tar files")
-    missing = [t for t in tars if not Path(t).is_file()]
-    if missing:
-        raise SourceError(f"WebDataset shard {missing[0]} does not exist"
-                          + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    """Samples of uncompressed WebDataset tar shards (brace pattern or glob); the sample key is the image id.
+
+    Samples are grouped by webdataset's key/extension convention; the standard library's tarfile
+    lists the members with their byte offsets, so any row can be read (and resumed) on its own."""
+    tars = _expand_shards(pattern, "WebDataset")
     samples: dict[str, dict] = {}
     for ti, tar in enumerate(tars):
         try:
@@ -325,6 +332,149 @@ def webdataset_source(pattern: str) -> ImageSource:
     return _sorted_source(ids, items, readers, [TarReader(tars), MissingImageReader()],
                           labels if has_labels else None, kind="webdataset",
                           description=f"{pattern} (WebDataset, {len(tars)} shard{'s' * (len(tars) > 1)})")
+
+
+# ------------------------------------------------------------------------------ parquet --------
+# Default columns, by layout: img2dataset writes the image bytes as `jpg` (or png/webp) and a `key`;
+# Hugging Face `datasets` writes `image` as a struct {bytes, path} and the class as `label`.
+PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "image", "img")
+PARQUET_LABEL_COLUMNS = ("label", "labels", "cls")
+PARQUET_ID_COLUMNS = ("key", "id")
+
+
+class ParquetReader:
+    """Reads image cells of parquet files one row group at a time; items are (file, row group, row).
+
+    The last few row groups read stay decoded, so reading rows in order reads each group once."""
+
+    KEEP_GROUPS = 2
+
+    def __init__(self, files: Sequence[str], column: str):
+        self.files, self.column = [str(f) for f in files], column
+        self._files: dict[int, object] = {}
+        self._groups: dict[tuple[int, int], list] = {}
+        self._pid = None
+
+    def __getstate__(self):
+        return {"files": self.files, "column": self.column}
+
+    def __setstate__(self, state):
+        self.__init__(state["files"], state["column"])
+
+    def _group(self, fi: int, gi: int) -> list:
+        if self._pid != os.getpid():  # a forked worker opens its own files
+            self._files, self._groups, self._pid = {}, {}, os.getpid()
+        cells = self._groups.get((fi, gi))
+        if cells is None:
+            import pyarrow.parquet as pq
+
+            pf = self._files.get(fi)
+            if pf is None:
+                pf = self._files[fi] = pq.ParquetFile(self.files[fi])
+            cells = pf.read_row_group(gi, columns=[self.column]).column(0).to_pylist()
+            if len(self._groups) >= self.KEEP_GROUPS:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[(fi, gi)] = cells
+        return cells
+
+    def read(self, item) -> bytes:
+        fi, gi, ri = item
+        cell = self._group(fi, gi)[ri]
+        if isinstance(cell, dict):  # Hugging Face's Image feature: bytes, or a path beside the file
+            if cell.get("bytes"):
+                return cell["bytes"]
+            if cell.get("path"):
+                return (Path(self.files[fi]).parent / cell["path"]).read_bytes()
+            cell = None
+        if cell is None:
+            raise OSError(f"no image in column {self.column!r} of this row")
+        if isinstance(cell, str):
+            raise OSError(f"column {self.column!r} holds text, not image bytes")
+        return bytes(cell)
+
+
+def _parquet_class_names(schema, column: str) -> list[str] | None:
+    """Class names of a Hugging Face ClassLabel column, from the file's `huggingface` metadata."""
+    import json
+
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if not meta:
+        return None
+    try:
+        feat = json.loads(meta)["info"]["features"][column]
+    except (KeyError, TypeError, ValueError):
+        return None
+    names = feat.get("names") if isinstance(feat, dict) else None
+    return [str(n) for n in names] if names else None
+
+
+def parquet_source(pattern: str, image_column: str | None = None, label_column: str | None = None) -> ImageSource:
+    """Rows of parquet files (brace pattern or glob), listed row group by row group without reading
+    the images. Ids: a `key`/`id` column when there is one, else FILE_STEM/ROW."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SourceError("reading parquet needs pyarrow: pip install 'zoomshot[parquet]'") from None
+    files = _expand_shards(pattern, "parquet")
+    handles = []
+    for f in files:
+        try:
+            handles.append(pq.ParquetFile(f))
+        except Exception as e:  # pyarrow raises ArrowInvalid and others on a non-parquet file
+            raise SourceError(f"{f} is not a parquet file ({str(e).splitlines()[0][:200]})") from None
+    schema = handles[0].schema_arrow
+    names = list(schema.names)
+
+    def pick(given, defaults, what, option):
+        if given is not None:
+            if given not in names:
+                raise SourceError(f"{files[0]} has no column {given!r} for {option}; its columns: {', '.join(names)}")
+            return given
+        found = next((c for c in defaults if c in names), None)
+        if found is None and what == "image":
+            raise SourceError(f"{files[0]} has none of the image columns {', '.join(defaults)}; name yours with "
+                              f"--image-column (its columns: {', '.join(names)})")
+        return found
+
+    image_col = pick(image_column, PARQUET_IMAGE_COLUMNS, "image", "--image-column")
+    label_col = pick(label_column, PARQUET_LABEL_COLUMNS, "label", "--label-column")
+    id_col = next((c for c in PARQUET_ID_COLUMNS if c in names), None)
+    for f, h in zip(files[1:], handles[1:]):
+        lacking = [c for c in (image_col, label_col, id_col) if c and c not in h.schema_arrow.names]
+        if lacking:
+            raise SourceError(f"{f} has no column {lacking[0]!r}, which {files[0]} has; the files must share a layout")
+    ids, items, raw_labels = [], [], []
+    for fi, (f, h) in enumerate(zip(files, handles)):
+        width = len(str(max(h.metadata.num_rows - 1, 0)))
+        row = 0
+        for gi in range(h.num_row_groups):
+            cols = [c for c in (id_col, label_col) if c]
+            table = h.read_row_group(gi, columns=cols) if cols else None
+            n = h.metadata.row_group(gi).num_rows
+            if id_col:
+                ids.extend(str(x) for x in table.column(id_col).to_pylist())
+            else:
+                ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(row, row + n))
+            if label_col:
+                raw_labels.extend(table.column(label_col).to_pylist())
+            items.extend((fi, gi, r) for r in range(n))
+            row += n
+    if not ids:
+        raise SourceError(f"{pattern} holds no rows")
+    labels, class_names = None, None
+    if label_col:
+        given = [x for x in raw_labels if x is not None]
+        if all(isinstance(x, (int, np.integer)) for x in given):
+            labels = [-1 if x is None else int(x) for x in raw_labels]
+            class_names = _parquet_class_names(schema, label_col)
+        else:
+            class_names = sorted({str(x) for x in given})
+            index = {c: i for i, c in enumerate(class_names)}
+            labels = [-1 if x is None else index[str(x)] for x in raw_labels]
+    return _sorted_source(ids, items, [0] * len(ids), [ParquetReader(files, image_col)], labels,
+                          class_names=class_names, kind="parquet",
+                          description=f"{pattern} (parquet, {len(files)} file{'s' * (len(files) > 1)}, "
+                                      f"images in {image_col!r}{f', labels in {label_col!r}' if label_col else ''})")
 
 
 # ------------------------------------------------------------------------------ torchvision ----
@@ -423,8 +573,10 @@ def _rel(p: Path, base: Path) -> str:
 
 # ------------------------------------------------------------------------------ entry points ---
 def open_source(images: str | None = None, dataset: str | None = None, root: str | None = None,
-                split: str | None = None) -> ImageSource:
-    """The source named by `--images PATH` or by `--dataset NAME --root DIR [--split S]`."""
+                split: str | None = None, image_column: str | None = None,
+                label_column: str | None = None) -> ImageSource:
+    """The source named by `--images PATH` or by `--dataset NAME --root DIR [--split S]`;
+    `image_column`/`label_column` name the columns of parquet input."""
     if dataset is not None:
         if images is not None:
             raise SourceError("give either --images or --dataset (with --root), not both")
@@ -432,9 +584,14 @@ def open_source(images: str | None = None, dataset: str | None = None, root: str
             raise SourceError("--dataset needs --root DIR, the folder holding the local copy")
         return dataset_source(dataset, root, split)
     if images is None:
-        raise SourceError("give --images PATH (folder, file list or WebDataset tars) or --dataset NAME --root DIR")
+        raise SourceError("give --images PATH (folder, file list, WebDataset tars or parquet files) "
+                          "or --dataset NAME --root DIR")
+    if (image_column or label_column) and not images.endswith(".parquet"):
+        raise SourceError("--image-column and --label-column are for parquet input (--images 'data/*.parquet')")
     if images.endswith(".tar"):  # one shard, a brace pattern, or a glob
         return webdataset_source(images)
+    if images.endswith(".parquet"):
+        return parquet_source(images, image_column, label_column)
     p = Path(images)
     if p.is_dir():
         return folder_source(p)
@@ -442,7 +599,7 @@ def open_source(images: str | None = None, dataset: str | None = None, root: str
         if p.suffix.lower() in (".txt", ".csv", ".lst", ".tsv"):
             return list_source(p)
         raise SourceError(f"{p} is a file but not a .txt/.csv list of images or a .tar shard")
-    raise SourceError(f"--images {images}: no such folder, file list or tar shard")
+    raise SourceError(f"--images {images}: no such folder, file list, tar shard or parquet file")
 
 
 def subset_fraction(source: ImageSource, fraction: float, seed: int = 0) -> ImageSource:
