@@ -1,4 +1,4 @@
-"""The `zs-cache` v1 format: the one contract between the stages (see ../shared/DESIGN.md).
+"""The `zs-cache` v1 format: the one contract between the stages (specified in cache/README.md).
 
 A cache is an HDF5 file readable with plain h5py. Row i of every per-image dataset is the same
 image. `CacheWriter` creates and appends to caches, refusing any append whose image list, spec
