@@ -115,6 +115,13 @@ def test_dataset_eurosat_local_copy_uses_builtin_class_names(tmp_path):
     assert decode_rgb(src.read(3)).size[0] >= 32
 
 
+def test_dataset_with_a_relative_root_reads_its_images(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "imagenet" / "val", classes=("n01", "n02"), per_class=2)
+    monkeypatch.chdir(tmp_path)
+    src = open_source(dataset="imagenet1k", root="imagenet", split="val")  # was read from /imagenet/...
+    assert src.ids[0] == "n01/n01_000.jpg" and decode_rgb(src.read(0)).mode == "RGB"
+
+
 def test_caltech101_labels_index_the_vocabulary_with_background_first(tmp_path):
     cats = tmp_path / "caltech101" / "101_ObjectCategories"
     for i, c in enumerate(("BACKGROUND_Google", "Faces", "Faces_easy", "Leopards")):  # the real first four

@@ -545,7 +545,7 @@ def dataset_source(name: str, root: str | os.PathLike, split: str | None = None)
     if paths is not None and len(paths) == n:
         base = Path(ds.root if name != "imagenet1k" else expected)
         ids = [_rel(p, base) for p in paths]
-        items, pool = [str(p) for p in paths], [FileReader("/")]
+        items, pool = [str(Path(p).absolute()) for p in paths], [FileReader("/")]  # a relative --root too
     else:
         width = len(str(max(n - 1, 0)))
         ids = [f"{split}/{i:0{width}d}" for i in range(n)]
