@@ -125,7 +125,9 @@ def export_model(mapping_dir: str | os.PathLike, out: str | os.PathLike, labels:
     """`zs export`: load the mapping's classifier, set its labels (exactly one source), export it."""
     from zoomshot.model import choose_labels, load
 
-    clf = load(mapping_dir, weights=weights, text_weights=text_weights)
+    # Traced on the CPU whatever the machine has: a trace records its device, and the file must
+    # load anywhere (move it with .to("cuda") after torch.jit.load).
+    clf = load(mapping_dir, weights=weights, text_weights=text_weights, device="cpu")
     choose_labels(clf, labels=labels, vocab=vocab, from_cache=from_cache, cache_vocab=cache_vocab,
                   templates=templates)
     return export_classifier(clf, out)
