@@ -14,7 +14,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from tiny_models import CLIP_PLUGIN, VISION_PLUGIN, image_bytes, make_image_folder

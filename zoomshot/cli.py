@@ -96,7 +96,7 @@ def extract_cmd(
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16."),
     decode: str = typer.Option("cpu", "--decode", help="cpu (PIL in workers) or gpu (JPEGs decoded on the device)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the image encoders."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress line."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Run encoders over images once and write their embeddings (and CLIP text vocabularies) to a cache."""
     from zoomshot.extract.runner import ExtractConfig, extract
