@@ -15,7 +15,7 @@ from zoomshot.cache import open_cache
 from zoomshot.cli import app
 from zoomshot.errors import ZsError
 from zoomshot.extract.runner import ExtractConfig, extract
-from zoomshot.sources import open_source
+from zoomshot.sources import ParquetReader, open_source
 
 CLASSES = ("cat", "dog", "fish")
 
@@ -55,7 +55,8 @@ def write_img2dataset_parquet(folder, path):
     return str(path)
 
 
-def test_parquet_webdataset_and_folder_give_the_same_cache(tmp_path, images):
+def test_parquet_webdataset_and_folder_give_the_same_cache(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(ParquetReader, "SLICE_ROWS", 2)  # row groups of 3-4 rows stream in slices
     kw = dict(encoders=[VISION_PLUGIN], workers=0, progress=False, batch_size=4, device="cpu")
     folder_to_webdataset(images, str(tmp_path / "wds" / "part-{:03d}.tar"), shards=2)
     hf = write_hf_parquet(images, tmp_path / "hf")
@@ -96,6 +97,14 @@ def test_parquet_columns_and_bad_input_are_one_line_errors(tmp_path, images):
     src = open_source(str(tmp_path / "nulls.parquet"))
     with pytest.raises(OSError, match="no image"):
         src.read(0)
+    assert src.read(1) == b"x"
+    # rows out of order (as DataLoader workers ask for them) read the same cells
+    src = open_source(hf)
+    order = [7, 2, 9, 0, 3, 3, 8, 1]
+    want = [open_source(hf).read(r) for r in order]
+    reader = ParquetReader(src.reader_pool[0].files, "image")
+    reader.SLICE_ROWS = 2
+    assert [reader.read(src.items[r]) for r in order] == want
     res = CliRunner().invoke(app, ["extract", "--images", str(tmp_path / "none-*.parquet"), "--encoder",
                                    VISION_PLUGIN, "--out", str(tmp_path / "x.h5")])
     assert res.exit_code == 2 and "matches no parquet files" in res.output

@@ -343,17 +343,24 @@ PARQUET_ID_COLUMNS = ("key", "id")
 
 
 class ParquetReader:
-    """Reads image cells of parquet files one row group at a time; items are (file, row group, row).
+    """Reads image cells of parquet files; items are (file, row group, row in the group).
 
-    The last few row groups read stay decoded, so reading rows in order reads each group once."""
+    A row group is streamed in slices of SLICE_ROWS rows (pyarrow's iter_batches): reading rows in
+    order reads each slice once and holds one slice in memory, however large the row group."""
 
-    KEEP_GROUPS = 2
+    SLICE_ROWS = 256
 
     def __init__(self, files: Sequence[str], column: str):
         self.files, self.column = [str(f) for f in files], column
-        self._files: dict[int, object] = {}
-        self._groups: dict[tuple[int, int], list] = {}
         self._pid = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._files: dict[int, object] = {}
+        self._at = None  # (file, group) the stream below reads
+        self._stream = None
+        self._slice: list = []
+        self._slice_start = 0  # row (in the group) of self._slice[0]
 
     def __getstate__(self):
         return {"files": self.files, "column": self.column}
@@ -361,25 +368,29 @@ class ParquetReader:
     def __setstate__(self, state):
         self.__init__(state["files"], state["column"])
 
-    def _group(self, fi: int, gi: int) -> list:
+    def _cell(self, fi: int, gi: int, ri: int):
         if self._pid != os.getpid():  # a forked worker opens its own files
-            self._files, self._groups, self._pid = {}, {}, os.getpid()
-        cells = self._groups.get((fi, gi))
-        if cells is None:
+            self._reset()
+            self._pid = os.getpid()
+        if self._at != (fi, gi) or ri < self._slice_start:
             import pyarrow.parquet as pq
 
             pf = self._files.get(fi)
             if pf is None:
                 pf = self._files[fi] = pq.ParquetFile(self.files[fi])
-            cells = pf.read_row_group(gi, columns=[self.column]).column(0).to_pylist()
-            if len(self._groups) >= self.KEEP_GROUPS:
-                self._groups.pop(next(iter(self._groups)))
-            self._groups[(fi, gi)] = cells
-        return cells
+            self._at, self._slice, self._slice_start = (fi, gi), [], 0
+            self._stream = pf.iter_batches(batch_size=self.SLICE_ROWS, row_groups=[gi], columns=[self.column])
+        while ri >= self._slice_start + len(self._slice):
+            self._slice_start += len(self._slice)
+            try:
+                self._slice = next(self._stream).column(0).to_pylist()
+            except StopIteration:
+                raise OSError(f"{self.files[fi]}: row group {gi} has no row {ri}") from None
+        return self._slice[ri - self._slice_start]
 
     def read(self, item) -> bytes:
         fi, gi, ri = item
-        cell = self._group(fi, gi)[ri]
+        cell = self._cell(fi, gi, ri)
         if isinstance(cell, dict):  # Hugging Face's Image feature: bytes, or a path beside the file
             if cell.get("bytes"):
                 return cell["bytes"]
