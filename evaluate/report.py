@@ -3,8 +3,9 @@
 Every file is written to a temporary name and renamed, so a reader never finds a half-written one.
 In the tables, datasets (evaluation caches) are columns; CLIP, each method (its best mapping)
 and each mapping are rows. Records evaluated with `--per-class` add per-class recall tables to
-report.md and `per_class.csv` (one row per record and class); with `--retrieval`, the k-NN and
-text-to-image recall metrics become columns of results.csv and a table of report.md.
+report.md, a `recall[CLASS]` column per class to results.csv and `per_class.csv` (one row per
+record and class, with support and hits); with `--retrieval`, the k-NN and text-to-image recall
+metrics become columns of results.csv and a table of report.md.
 
 results.json keeps every record as computed (full paths and specs). The cells of results.csv and
 report.md are portable: encoders appear by key, weights files and paths by a short relative form,
@@ -36,6 +37,11 @@ RETRIEVAL_PREFIXES = ("knn", "t2i_")
 def retrieval_columns(records: list[dict]) -> list[str]:
     """The retrieval metrics some record has (`--retrieval`), in order of appearance."""
     return list(dict.fromkeys(k for r in records for k in r["metrics"] if k.startswith(RETRIEVAL_PREFIXES)))
+
+
+def per_class_columns(records: list[dict]) -> list[str]:
+    """`recall[CLASS]` columns of results.csv for the classes of records with a per-class table."""
+    return list(dict.fromkeys(f"recall[{c['class']}]" for r in records for c in r.get("per_class") or ()))
 
 
 def portable_path(p) -> str | None:
@@ -71,7 +77,8 @@ def csv_row(rec: dict, extra: list[str] = ()) -> dict:
                train_cache=portable_path(rec.get("train_cache")), encoder=encoder_label(rec),
                target=encoder_label(rec, "target"), weights=portable_weights(rec.get("weights")),
                target_weights=portable_weights(rec.get("target_weights")))
-    row.update({k: m.get(k) for k in extra})
+    row.update({k: m.get(k) for k in extra if not k.startswith("recall[")})
+    row.update({f"recall[{c['class']}]": c["recall"] for c in rec.get("per_class") or ()})
     row.update({f"rows_{k}": rows.get(k) for k in ("total", "scored", "unreadable", "not_done", "unlabelled")})
     row.update({k: m.get(k) for k in ("acc1", "acc5", "mean_per_class_recall", "agreement", "clip_share")})
     row["gap_centroid_distance"] = gap.get("centroid_distance")
@@ -288,8 +295,8 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
     paths["results.json"] = str(out / "results.json")
 
     buf = io.StringIO()
-    extra = retrieval_columns(records)
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + extra, lineterminator="\n")
+    extra = retrieval_columns(records) + per_class_columns(records)
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + extra, lineterminator="\n", restval="")
     w.writeheader()
     for r in records:
         w.writerow(csv_row(r, extra))

@@ -58,6 +58,10 @@ def test_per_class_and_retrieval_reach_report_md_and_csv_without_absolute_paths(
     assert {"knn20_acc", "t2i_recall@1", "t2i_recall@5", "t2i_recall@10"} <= set(rows[0])
     for row, rec in zip(rows, records):
         assert float(row["knn20_acc"]) == rec["metrics"]["knn20_acc"]
+    rec = next(r for r in records if r["mapping"])
+    row = next(r for r in rows if r["mapping"])
+    assert [float(row[f"recall[{c['class']}]"]) for c in rec["per_class"]] == [c["recall"] for c in rec["per_class"]]
+    assert (plain / "results.csv").read_text() != (out / "results.csv").read_text()
     with open(out / "per_class.csv") as f:
         per_class = list(csv.DictReader(f))
     assert len(per_class) == len(records) * 6
