@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoomshot.cache import STR, CacheError, _strs, shard_dir
+from zoomshot.cache import STR, CacheError, _strs, checksummed, read_ids, shard_dir, write_ids
 from zoomshot.fileutil import atomic_path, write_text_atomic
 
 from .shardfile import partial_of
@@ -117,8 +117,8 @@ class Layout:
                          ids_sha256=ids_sha256)
             with atomic_path(self.images_path) as tmp:
                 with h5py.File(tmp, "w") as f:
-                    f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
-                    f.create_dataset("labels", data=np.asarray(labels, np.int32))
+                    write_ids(f, ids)
+                    f.create_dataset("labels", data=np.asarray(labels, np.int32), **checksummed(len(ids)))
                     if class_names is not None:
                         f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=STR)
             write_text_atomic(self.manifest_path, json.dumps(asdict(m), indent=1))
@@ -127,7 +127,7 @@ class Layout:
     def read_images(self) -> tuple[list[str], np.ndarray, list[str] | None]:
         with h5py.File(self.images_path, "r") as f:
             names = _strs(f["class_names"]) if "class_names" in f else None
-            return _strs(f["ids"]), f["labels"][()], names
+            return read_ids(f["ids"], self.images_path), f["labels"][()], names
 
     # -- encoders -------------------------------------------------------------------------------
     def write_encoder_attrs(self, key: str, attrs: dict) -> None:

@@ -145,7 +145,7 @@ class CacheWriter:
             if _s(self.f.attrs.get("format", "")) != FORMAT:
                 raise CacheError(f"{self.path} exists and is not a zs-cache file; choose another --out")
             _check_version(self.f, self.path)
-            have = _strs(self.f["images/ids"])
+            have = read_ids(self.f["images/ids"], self.path)
             if have != [str(i) for i in ids]:
                 raise CacheError(
                     f"{self.path} holds a different image list ({len(have)} rows) than this run "
@@ -164,10 +164,10 @@ class CacheWriter:
         f.attrs["zoomshot_version"] = __version__
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         img = f.require_group("images")
-        img.create_dataset("ids", data=np.array([str(i) for i in ids], dtype=object), dtype=STR)
+        write_ids(img, [str(i) for i in ids])
         lab = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
-        img.create_dataset("labels", data=lab)
-        img.create_dataset("status", data=np.zeros(n, np.uint8))
+        img.create_dataset("labels", data=lab, **checksummed(n))
+        img.create_dataset("status", data=np.zeros(n, np.uint8), **checksummed(n))
         img.create_dataset("errors", data=np.array([""] * n, dtype=object), dtype=STR)
         if class_names is not None:
             f.require_group("classes").create_dataset(
@@ -200,7 +200,7 @@ class CacheWriter:
             chunks=(chunk_rows(entry.dim, self.n), entry.dim) if self.n else None,
             fletcher32=bool(self.n),
         )
-        g.create_dataset("done", data=np.zeros(self.n, bool))
+        g.create_dataset("done", data=np.zeros(self.n, bool), **checksummed(self.n))
 
     def done(self, key: str) -> np.ndarray:
         return self.f[f"encoders/{key}/done"][()]
@@ -256,6 +256,37 @@ class CacheWriter:
         self.close()
 
 
+def checksummed(n: int) -> dict:
+    """create_dataset options for a per-row dataset: one chunk-wise fletcher32 checksum, so a flipped
+    bit fails the read instead of changing a label or a status silently."""
+    return {"chunks": (min(n, 1 << 20),), "fletcher32": True} if n else {}
+
+
+def ids_sha256(ids: Sequence[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(str(i).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def write_ids(group: h5py.Group, ids: Sequence[str]) -> None:
+    """images/ids with a sha256 attribute (strings cannot carry HDF5's checksum filter)."""
+    ds = group.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=STR)
+    ds.attrs["sha256"] = ids_sha256(ids)
+
+
+def read_ids(ds, where) -> list[str]:
+    ids = _strs(ds)
+    want = ds.attrs.get("sha256")
+    if want is not None and _s(want) != ids_sha256(ids):
+        raise CacheError(f"{where}: images/ids does not match its checksum (the file is damaged); "
+                         f"re-extract it or restore a copy")
+    return ids
+
+
 def _check_new_images(ids, labels) -> None:
     n = len(ids)
     if len(set(ids)) != n:
@@ -296,7 +327,7 @@ class Cache:
     # -- images ---------------------------------------------------------------------------
     @property
     def ids(self) -> list[str]:
-        return _strs(self.f["images/ids"])
+        return read_ids(self.f["images/ids"], self.path)
 
     @property
     def labels(self) -> np.ndarray:
