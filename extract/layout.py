@@ -140,11 +140,21 @@ class Layout:
         write_text_atomic(path, json.dumps(attrs, indent=1, sort_keys=True))
 
     def check_encoder_attrs(self, key: str, attrs: dict) -> None:
+        """Refuse a run whose encoder identity differs from the shards': spec, family, dim, weights, and
+        the precision and decoder the rows were computed with (folders written before these were
+        recorded are not checked on them)."""
         have = self.encoder_attrs(key)
+        if have is None:
+            return
         for name in ("spec", "family", "dim", "weights"):
-            if have is not None and have.get(name) != attrs.get(name):
+            if have.get(name) != attrs.get(name):
                 raise CacheError(f"{self.root}/{key} holds shards with {name}={have.get(name)!r}, this run has "
                                  f"{attrs.get(name)!r}; write to another --out")
+        for name in ("precision", "decode"):
+            if name in have and name in attrs and have[name] != attrs[name]:
+                raise CacheError(f"{self.root}/{key} holds rows computed with --{name} {have[name]}, this run "
+                                 f"uses {attrs[name]}; rerun with --{name} {have[name]} (rows computed differently "
+                                 f"are not mixed in one encoder) or write to another --out")
 
     def encoder_attrs(self, key: str) -> dict | None:
         path = self.encoder_dir(key) / "encoder.json"

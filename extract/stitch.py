@@ -107,7 +107,8 @@ def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest
     attrs = layout.encoder_attrs(key)
     entry = EncoderEntry(key=key, spec=attrs["spec"], family=attrs["family"], dim=int(attrs["dim"]),
                          normalized=bool(attrs["normalized"]), weights=attrs["weights"],
-                         preprocess=attrs.get("preprocess", {}), versions=attrs.get("versions", {}))
+                         preprocess=attrs.get("preprocess", {}), versions=attrs.get("versions", {}),
+                         precision=attrs.get("precision", ""), decode=attrs.get("decode", ""))
     g = encs.create_group(key)
     for k, v in entry.attrs().items():
         g.attrs[k] = v

@@ -58,9 +58,11 @@ class EncoderEntry:
     weights: str = "default"
     preprocess: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    precision: str = ""  # fp32 | bf16 | fp16 the rows were computed in; "" when not recorded
+    decode: str = ""  # cpu | gpu image decoder; "" when not recorded
 
     def attrs(self) -> dict:
-        return {
+        out = {
             "spec": self.spec,
             "family": self.family,
             "dim": int(self.dim),
@@ -69,6 +71,8 @@ class EncoderEntry:
             "preprocess": json.dumps(self.preprocess, sort_keys=True),
             "versions": json.dumps(self.versions, sort_keys=True),
         }
+        out.update({k: v for k, v in (("precision", self.precision), ("decode", self.decode)) if v})
+        return out
 
     @classmethod
     def from_group(cls, key: str, g: h5py.Group) -> "EncoderEntry":
@@ -83,6 +87,8 @@ class EncoderEntry:
                 weights=_s(a.get("weights", "default")),
                 preprocess=json.loads(_s(a.get("preprocess", "{}"))),
                 versions=json.loads(_s(a.get("versions", "{}"))),
+                precision=_s(a.get("precision", "")),
+                decode=_s(a.get("decode", "")),
             )
         except KeyError as e:
             raise CacheError(f"encoders/{key} lacks attribute {e.args[0]!r}") from None
