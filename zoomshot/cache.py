@@ -380,8 +380,11 @@ class Cache:
         ds = self.f[f"encoders/{key}/image"]
         self._check_sources(ds, key)
         try:
+            if ds.is_virtual:
+                with ShardedRows(ds, self._source_path) as sharded:
+                    return self._read_rows(sharded, rows, dtype)
             return self._read_rows(ds, rows, dtype)
-        except OSError as e:
+        except (OSError, KeyError) as e:
             raise CacheError(self._read_error(ds, key, e)) from None
 
     def _read_rows(self, ds, rows, dtype) -> np.ndarray:
@@ -405,8 +408,14 @@ class Cache:
         return out
 
     def _source_path(self, name: str) -> Path:
-        p = self.path.parent / name
-        return p if p.exists() or Path(name).is_absolute() else Path(name)
+        """Where a virtual dataset's shard file is for THIS entry file: a stored `OLD.shards/...` name
+        resolves into this file's own NAME.shards/, so a copied or renamed cache reads its own shards."""
+        p = Path(name)
+        if p.is_absolute():
+            return p
+        if p.parts and p.parts[0].endswith(".shards"):
+            return shard_dir(self.path).joinpath(*p.parts[1:])
+        return self.path.parent / p
 
     def _check_sources(self, ds, key: str) -> None:
         # HDF5 fills the rows of a missing or unopenable source file with the fill value, silently:
@@ -414,14 +423,16 @@ class Cache:
         if not ds.is_virtual or key in self._sources_ok:
             return
         missing, unreadable = [], []
-        for name in sorted({vs.file_name for vs in ds.virtual_sources()}):
+        vs_names = {vs.file_name: vs.dset_name for vs in ds.virtual_sources()}
+        for name in sorted(vs_names):
             p = self._source_path(name)
             if not p.exists():
-                missing.append(name)
+                missing.append(str(p))
                 continue
             try:
-                with h5py.File(p, "r"):
-                    pass
+                with h5py.File(p, "r") as f:
+                    if vs_names.get(name) not in f:
+                        raise OSError("no dataset")
             except OSError:
                 unreadable.append(str(p))
         if missing:
@@ -514,6 +525,49 @@ class Cache:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ShardedRows:
+    """Row-range reads of a virtual dataset straight from its shard files, found through `resolve`
+    (not through the names HDF5 stored, which point at the shards of the name the cache had when
+    it was written). Rows no shard covers read as NaN, like the virtual dataset's fill value."""
+
+    def __init__(self, ds, resolve):
+        self.shape, self.dtype = ds.shape, ds.dtype
+        self.parts = []  # (first row, stop row, file, dataset name, first source row)
+        for vs in ds.virtual_sources():
+            if vs.vspace.get_select_type() == h5py.h5s.SEL_ALL:
+                a, b = 0, ds.shape[0] - 1
+            else:
+                (a, _), (b, _) = vs.vspace.get_select_bounds()
+            src = vs.src_space
+            sa = 0 if src.get_select_type() == h5py.h5s.SEL_ALL else src.get_select_bounds()[0][0]
+            self.parts.append((int(a), int(b) + 1, resolve(vs.file_name), vs.dset_name, int(sa)))
+        self.parts.sort(key=lambda x: x[0])
+        self.files: dict = {}
+
+    def __getitem__(self, index):
+        if index == ():
+            lo, hi = 0, self.shape[0]
+        else:
+            lo, hi, _ = index.indices(self.shape[0])
+        out = np.full((max(0, hi - lo), self.shape[1]), np.nan, self.dtype)
+        for a, b, path, name, sa in self.parts:
+            x, y = max(a, lo), min(b, hi)
+            if x >= y:
+                continue
+            f = self.files.get(path)
+            if f is None:
+                f = self.files[path] = h5py.File(path, "r")
+            out[x - lo:y - lo] = f[name][sa + x - a:sa + y - a]
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for f in self.files.values():
+            f.close()
 
 
 def open_cache(path: str | os.PathLike) -> Cache:
