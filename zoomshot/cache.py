@@ -486,6 +486,22 @@ class Cache:
                          for k, e in self.encoders.items()},
         }
 
+    def content_fingerprint(self) -> str:
+        """sha256 naming what this cache holds (when written, ids, labels, status, each encoder's
+        identity and done rows), not where it lies: a re-extracted or replaced file gets a new one."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(_s(self.f.attrs.get("created", "")).encode())
+        ids = self.f["images/ids"]
+        h.update((_s(ids.attrs["sha256"]) if "sha256" in ids.attrs else ids_sha256(self.ids)).encode())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        h.update(np.ascontiguousarray(self.status).tobytes())
+        for k, e in sorted(self.encoders.items()):
+            h.update(json.dumps([k, e.attrs()], sort_keys=True).encode())
+            h.update(np.packbits(self.done(k)).tobytes())
+        return h.hexdigest()
+
     def info(self) -> str:
         st = self.status
         lines = [

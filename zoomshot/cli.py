@@ -259,6 +259,8 @@ def evaluate_cmd(
                        + ", ".join(f"{k} {'–' if v is None else f'{100 * v:.1f}'}" for k, v in m.items()
                                    if k.startswith(("knn", "t2i_"))))
     typer.echo(f"wrote {', '.join(Path(p).name for p in res.paths.values())} to {out}")
+    if res.failed:
+        raise ZsError(res.failed)
 
 
 @command(name="sweep")
