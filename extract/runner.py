@@ -28,7 +28,7 @@ from .devices import (DECODERS, DevicePrefetcher, autocast_dtype, gpu_decode, ma
 from .layout import Layout
 from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
 from .progress import Progress
-from .shardfile import ShardFile
+from .shardfile import ShardFile, keep_sound_final
 from .stitch import shard_progress, write_entry
 from .text import embed_vocabulary, resolve_vocabularies, save_text, stored_digest
 from .text import digest as vocab_digest
@@ -217,6 +217,9 @@ def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, iden
         if p.key not in run_keys:
             continue
         attrs = layout.encoder_attrs(p.key)
+        for s in mine:
+            if layout.shard_path(p.key, s).exists():
+                keep_sound_final(layout.shard_path(p.key, s))
         if attrs is not None:  # refuse a mismatch before loading any model
             layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights})
             finals = layout.final_shards(p.key, m)

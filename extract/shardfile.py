@@ -65,12 +65,7 @@ class ShardFile:
         """
         final = Path(final)
         if final.exists():
-            try:
-                read_shard_rows(final)
-                return stop
-            except CacheError:  # left by a run that lost writes: this run's own file, written again
-                final.unlink()
-                return start
+            return stop if keep_sound_final(final) else start
         partial = partial_of(final)
         if not partial.exists():
             return start
@@ -85,8 +80,11 @@ class ShardFile:
                     raise ValueError(f"rows_done {done} outside [{start}, {stop}]")
                 n = done - start
                 if n:
-                    f["image"][:n]  # reading checks the chunks' fletcher32 checksums
-                    f["done"][:n], f["status"][:n], f["errors"][:n]
+                    img = f["image"][:n]  # reading checks the chunks' fletcher32 checksums
+                    d, st = f["done"][:n], f["status"][:n]
+                    f["errors"][:n]
+                    if not np.all(d | (st != STATUS_OK)) or not np.isfinite(img[d]).all():
+                        raise ValueError("rows claimed written were lost (full disk?)")
                 return done
         except Exception:  # a file cut off mid-flush: its rows are not trusted, write the shard again
             partial.unlink()
@@ -158,7 +156,8 @@ class ShardFile:
 
 def _to_float16(feats: np.ndarray, key: str) -> np.ndarray:
     """The cache stores float16: features beyond its range would become inf, so they are refused."""
-    out = feats.astype(np.float16)
+    with np.errstate(over="ignore"):
+        out = feats.astype(np.float16)
     if not np.isfinite(out).all():
         finite = np.isfinite(feats)
         if not finite.all():
@@ -198,6 +197,18 @@ def verify_shard(path: Path, start: int, stop: int) -> None:
         return
     raise CacheError(f"shard {path} did not read back after writing ({err}); the disk may be full or failing. "
                      f"It was not made final: free space and rerun the same zs extract")
+
+
+def keep_sound_final(final: Path) -> bool:
+    """True when final shard `final` is sound (marked complete, every readable row done); a shard
+    left final by a run that lost writes (before shards were verified) is removed, to be written
+    again. Reads done and status only."""
+    try:
+        read_shard_rows(final)
+        return True
+    except CacheError:
+        final.unlink()
+        return False
 
 
 def read_shard_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

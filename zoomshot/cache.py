@@ -331,17 +331,28 @@ class Cache:
         self._sources_ok: set[str] = set()  # encoder keys whose shard files all opened
 
     # -- images ---------------------------------------------------------------------------
+    def _read(self, name: str):
+        """A whole dataset; a failed checksum or an unreadable block is a one-line CacheError."""
+        try:
+            return self.f[name][()]
+        except (OSError, KeyError) as e:
+            raise CacheError(f"{self.path}: {name} does not read back ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                             f"the file is damaged: re-extract it or restore a copy") from None
+
     @property
     def ids(self) -> list[str]:
-        return read_ids(self.f["images/ids"], self.path)
+        try:
+            return read_ids(self.f["images/ids"], self.path)
+        except (OSError, KeyError) as e:
+            raise CacheError(f"{self.path}: images/ids does not read back ({e}); the file is damaged") from None
 
     @property
     def labels(self) -> np.ndarray:
-        return self.f["images/labels"][()].astype(np.int64)
+        return self._read("images/labels").astype(np.int64)
 
     @property
     def status(self) -> np.ndarray:
-        return self.f["images/status"][()]
+        return self._read("images/status")
 
     @property
     def errors(self) -> list[str]:
@@ -365,7 +376,7 @@ class Cache:
 
     def done(self, key: str) -> np.ndarray:
         self.encoder(key)
-        return self.f[f"encoders/{key}/done"][()].astype(bool)
+        return self._read(f"encoders/{key}/done").astype(bool)
 
     def usable_rows(self, *keys: str) -> np.ndarray:
         """Indices of rows that were read fine and written by every named encoder."""

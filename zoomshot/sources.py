@@ -200,18 +200,20 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _walk_images(top: Path) -> list[Path]:
-    """Image files below top, following directory links but entering each real folder once:
-    a link loop (or two links to one folder) cannot list an image twice. A folder that cannot
+def _walk_images(top: Path, seen: set | None = None, blocked: frozenset = frozenset()) -> list[Path]:
+    """Image files below top, following directory links but entering each real folder once (`seen`
+    may be shared across calls) and never one in `blocked`: a link loop, or a link into the tree's
+    root or another class, cannot list an image twice or under another label. A folder that cannot
     be read is an error, not an empty class."""
-    out, seen = [], set()
+    out = []
+    seen = set() if seen is None else seen
 
     def fail(err: OSError):
         raise SourceError(f"cannot list {err.filename}: {err.strerror or err}")
 
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=fail):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        if real in seen or real in blocked:
             dirnames[:] = []
             continue
         seen.add(real)
@@ -227,7 +229,10 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
     top_images = sorted(p.name for p in root.iterdir() if p.is_file() and _is_image_name(p.name))
     # Every class subfolder counts, an empty one too: dropping it would shift every later label.
     class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    listed = {name: _walk_images(root / name) for name in class_dirs}
+    tops = {name: os.path.realpath(root / name) for name in class_dirs}
+    blocked = {os.path.realpath(root), *tops.values()}
+    seen: set = set()
+    listed = {name: _walk_images(root / name, seen, frozenset(blocked - {tops[name]})) for name in class_dirs}
     if top_images or not any(listed.values()):  # a flat folder may have subfolders without images
         class_dirs = [name for name in class_dirs if listed[name]]
     if top_images and class_dirs:
