@@ -178,7 +178,7 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
     # load) removes the shard folder it created, so the corrected rerun starts clean.
     created = not layout.root.exists() and procs.world == 1
     with _removed_on_failure(layout.root if created else None):
-        return _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, identity, t0, created)
+        return _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, identity, t0)
 
 
 @contextlib.contextmanager
@@ -191,7 +191,7 @@ def _removed_on_failure(root: Path | None):
         raise
 
 
-def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, identity, t0, created):
+def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, identity, t0):
     from zoomshot.encoders import build_encoder
 
     m = layout.open_or_create(source.ids, source.labels_or_unknown(), source.class_names, source.ids_digest(),
