@@ -39,6 +39,16 @@ MANIFEST_VERSION = 1
 DEFAULT_SHARD_ROWS = 10_000
 
 
+@contextlib.contextmanager
+def _one_line_write_errors(path: Path):
+    from .shardfile import write_failed
+
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        raise write_failed(path, e) from None
+
+
 class LockedError(CacheError):
     """Another process is writing the same part of the same cache."""
 
@@ -115,7 +125,7 @@ class Layout:
             rows = shard_rows or max(1, min(DEFAULT_SHARD_ROWS, math.ceil(n / max(world, 1))))
             m = Manifest(rows=n, shard_rows=rows, shards=max(1, math.ceil(n / rows)) if n else 0,
                          ids_sha256=ids_sha256)
-            with atomic_path(self.images_path) as tmp:
+            with atomic_path(self.images_path) as tmp, _one_line_write_errors(self.images_path):
                 with h5py.File(tmp, "w") as f:
                     write_ids(f, ids)
                     f.create_dataset("labels", data=np.asarray(labels, np.int32), **checksummed(len(ids)))

@@ -154,6 +154,18 @@ class ShardFile:
             self.f = None
 
 
+def write_failed(path, err: BaseException) -> CacheError:
+    """One line for an HDF5 write that failed (full disk, file-size limit, I/O error): HDF5's own
+    message spans lines and carries a time stamp and buffer address."""
+    import re
+
+    text = str(err)
+    m = re.search(r"error message = '([^']*)'", text)
+    why = m.group(1) if m else (text.splitlines()[0] if text else type(err).__name__)
+    return CacheError(f"cannot write {path}: {why}; nothing half-written was kept: free space (or fix "
+                      f"the disk) and rerun the same zs extract")
+
+
 def _to_float16(feats: np.ndarray, key: str) -> np.ndarray:
     """The cache stores float16: features beyond its range would become inf, so they are refused."""
     with np.errstate(over="ignore"):

@@ -106,15 +106,20 @@ def test_1_a_final_shard_with_missing_rows_is_written_again(tmp_path, images):
 
 
 def test_1_full_disk_in_a_child_process(tmp_path, images):
-    """A real file-size limit (RLIMIT_FSIZE): the run fails, nothing half-written becomes final, and
-    the rerun without the limit finishes with every row."""
+    """A real file-size limit (RLIMIT_FSIZE) that the image list fits under and a shard does not:
+    one line, exit 2, no final shard, and the rerun without the limit finishes with every row."""
+    ref = tmp_path / "ref.h5"
+    assert extract(images, ref).exit_code == 0
+    listing = (tmp_path / "ref.shards" / "images.h5").stat().st_size
+    shard = max(p.stat().st_size for p in (tmp_path / "ref.shards").glob("*/00000.h5"))
+    assert shard > listing + 1000
     out = tmp_path / "c.h5"
     script = textwrap.dedent(f"""
         import resource, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from zoomshot.extract.runner import ExtractConfig, extract
         from zoomshot.errors import ZsError
-        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({(listing + shard) // 2}, {(listing + shard) // 2}))
         try:
             s = extract(ExtractConfig(out={str(out)!r}, encoders=[{VISION_PLUGIN!r}], images={str(images)!r},
                                       workers=0, batch_size=2, progress=False))
@@ -123,15 +128,15 @@ def test_1_full_disk_in_a_child_process(tmp_path, images):
             print("error:", e); sys.exit(2)
     """)
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert child.returncode != 0, child.stdout + child.stderr
-    for shard in (tmp_path / "c.shards").glob("*/[0-9]*.h5"):  # any final shard is whole
-        with h5py.File(shard, "r") as f:
-            assert f["done"][()].all() or (f["status"][()] != STATUS_OK).any()
+    assert child.returncode == 2, child.stdout + child.stderr
+    assert "cannot write" in child.stdout and "File too large" in child.stdout and "Traceback" not in child.stderr
+    assert not list((tmp_path / "c.shards").glob("*/[0-9]*.h5")), "a shard cut by the full disk became final"
     res = extract(images, out)
     assert res.exit_code == 0, res.output
     with open_cache(out) as c:
         key = next(iter(c.encoders))
         assert c.done(key).all() and np.isfinite(c.image(key)).all()
+        np.testing.assert_array_equal(c.image(key), open_cache(ref).image(key))
 
 
 # ------------------------------------------------------------------ 2: refit into a mapping folder ---
