@@ -229,6 +229,8 @@ def read_shard_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         with h5py.File(path, "r") as f:
             if not bool(f.attrs.get("complete", False)):
                 raise CacheError(f"{path} is not marked complete")
+            if "image" not in f:
+                raise CacheError(f"shard file {path} has no image dataset; delete it and rerun zs extract")
             done, status = f["done"][()], f["status"][()]
             if not np.all(done | (status != STATUS_OK)):
                 raise CacheError(f"shard file {path} is final but {int((~done & (status == STATUS_OK)).sum())} of its "

@@ -449,7 +449,7 @@ class Cache:
         if missing:
             raise CacheError(f"{self.path}: encoders/{key}/image is missing shard files: {', '.join(missing)}")
         if unreadable:
-            raise CacheError(f"{self.path}: encoders/{key}/image has corrupt shard files (they do not open): "
+            raise CacheError(f"{self.path}: encoders/{key}/image has corrupt shard files (they do not open or lack their dataset; delete them and rerun zs extract): "
                              f"{', '.join(unreadable)}")
         self._sources_ok.add(key)
 
