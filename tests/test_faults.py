@@ -491,6 +491,7 @@ def test_bad_input_matrix_never_prints_a_traceback(tmp_path, images):
         ["predict", img, "--mapping", cut, "--labels", "a,b"],
         ["export", "--mapping", tmp_path / "m", "--labels", "a,b", "--out", f"{UNWRITABLE}/m.pt"],
         ["export", "--mapping", cut, "--labels", "a,b", "--out", tmp_path / "m.pt"],
+        ["sweep", "--cache", w["path"], "--eval", w["path"], "--out", f"{UNWRITABLE}/s"],
         ["cache", "info", junk],
         ["encoders", "--check", "nope:x"],
     ]
