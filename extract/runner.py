@@ -253,6 +253,8 @@ def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, iden
             for s, (a, b) in mine.items():
                 if resume[key][s] == b and layout.partial_path(key, s).exists():
                     ShardFile.open(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim).finalize()
+        _check_free_space(layout, {key: (enc.dim, sum(b - resume[key][s] for s, (_, b) in mine.items()))
+                                   for key, enc in encoders.items()})
         batches = plan_batches(mine, resume, cfg.batch_size)
         if batches:
             t_loop = time.perf_counter()
@@ -288,6 +290,19 @@ def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, iden
                           computed=computed, decoded=decoded, unreadable=unreadable, seconds=seconds,
                           images_per_s=decoded / loop_seconds if loop_seconds > 0 else 0.0, entry_written=written,
                           cache_unreadable=cache_bad, unfinished=unfinished, failed=failed)
+
+
+# float16 features plus per-row done/status/errors and HDF5's chunk overhead, per row and dim
+SHARD_BYTES_PER_VALUE, SHARD_BYTES_PER_ROW = 2.1, 64
+
+
+def _check_free_space(layout: Layout, left: dict[str, tuple[int, int]]) -> None:
+    """Refuse, before the first batch, a run whose rows left cannot fit on the disk of the shard folder."""
+    need = sum(rows * (dim * SHARD_BYTES_PER_VALUE + SHARD_BYTES_PER_ROW) for dim, rows in left.values())
+    free = shutil.disk_usage(layout.root).free
+    if need > free:
+        raise ZsError(f"{layout.root} needs about {need / 1e9:.2f} GB for the rows left to compute and its disk has "
+                      f"{free / 1e9:.2f} GB free; free space or write to another --out")
 
 
 def _write_vocabularies(enc, vocabs, layout: Layout, device: str) -> None:

@@ -139,6 +139,18 @@ def test_1_full_disk_in_a_child_process(tmp_path, images):
         np.testing.assert_array_equal(c.image(key), open_cache(ref).image(key))
 
 
+def test_1_too_little_free_space_is_refused_before_the_first_batch(tmp_path, images, monkeypatch):
+    from collections import namedtuple
+
+    import zoomshot.extract.runner as R
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(R.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+    out = tmp_path / "c.h5"
+    one_line_error(extract(images, out), "GB free")
+    assert not out.exists() and not (tmp_path / "c.shards").exists()
+
+
 # ------------------------------------------------------------------ 2: refit into a mapping folder ---
 def _mapping(seed):
     from zoomshot.mapping import Mapping
