@@ -220,20 +220,23 @@ def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, iden
         for s in mine:
             if layout.shard_path(p.key, s).exists():
                 keep_sound_final(layout.shard_path(p.key, s))
+        rows_identity = identity
         if attrs is not None:  # refuse a mismatch before loading any model
             layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights})
             finals = layout.final_shards(p.key, m)
-            if all(finals[s] for s in mine) and not text_pending(p.key, attrs["family"]):
-                continue
-            # rows are left to compute: they must be computed as the earlier ones were
-            layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights, **identity})
+            if all(finals[s] for s in mine):
+                if not text_pending(p.key, attrs["family"]):
+                    continue
+                rows_identity = {k: attrs[k] for k in identity if k in attrs}  # only text to compute
+            else:  # rows left: computed as the earlier ones were
+                layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights, **identity})
         # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
         enc = build_encoder(spec, device=device)
         have = in_entry.get(p.key)
         if have is not None and (have[0].dim, have[0].family) != (enc.dim, enc.family):
             raise CacheError(f"{layout.entry}: encoders/{p.key} has dim {have[0].dim} ({have[0].family}), "
                              f"this run has {enc.dim} ({enc.family}); write to another --out")
-        layout.write_encoder_attrs(p.key, _encoder_attrs(enc, identity))
+        layout.write_encoder_attrs(p.key, _encoder_attrs(enc, rows_identity))
         encoders[p.key] = enc
 
     claims = []

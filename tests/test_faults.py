@@ -455,6 +455,7 @@ def test_18_resume_with_another_precision_is_refused(tmp_path, images):
     with open_cache(out) as c:
         key = next(iter(c.encoders))
         assert c.encoders[key].precision == "fp32" and c.encoders[key].decode == "cpu"
+    assert extract(images, out, "--precision", "bf16").exit_code == 0  # nothing left to compute: nothing mixed
     (tmp_path / "c.shards" / key / "00001.h5").unlink()  # rows left to compute
     one_line_error(extract(images, out, "--precision", "bf16"), "--precision fp32")
     assert extract(images, out, "--precision", "fp32").exit_code == 0
