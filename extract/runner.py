@@ -1,11 +1,15 @@
 """`extract(ExtractConfig)`: images -> a zs-cache, one code path for one process or many.
 
-Steps: list the source (sorted ids, optional seeded subset); check any existing entry file and
-shard folder against this run; take this process's contiguous range of shards and lock it;
+Steps: resolve everything the run needs before listing or writing anything (output path, specs,
+weights, --vocab names); list the source (sorted ids, optional seeded subset); check any existing
+entry file and shard folder against this run (spec, weights, dim, and for rows left to compute the
+precision and decoder); refuse rows that cannot fit on the disk; take this process's contiguous range of shards and lock it;
 CLIP encoders' vocabularies (global rank 0); decode each image once per batch and feed every
-encoder; a writer thread appends to partial shards and renames each one when complete; finally
-(after a barrier under torchrun) the entry file is written if every shard of the run is final.
-A rerun finds final shards, resumes partial ones from their done rows, and recomputes nothing.
+encoder; a writer thread appends to partial shards, reads each back whole when complete and only
+then renames it final; finally (after a barrier under torchrun) the entry file is written if every
+shard of the run is final, and the run fails when a readable row is missing or every row is
+unreadable. A rerun finds final shards, resumes partial ones from their done rows, and recomputes
+nothing; a first run that fails before its first row leaves no shard folder behind.
 """
 from __future__ import annotations
 
@@ -152,7 +156,7 @@ def _encoder_attrs(enc, identity: dict) -> dict:
 
 
 def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSummary:
-    from zoomshot.encoders import build_encoder, check_loadable, parse_spec
+    from zoomshot.encoders import check_loadable, parse_spec
     from zoomshot.fileutil import check_writable
 
     t0 = time.perf_counter()

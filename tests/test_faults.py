@@ -23,9 +23,8 @@ from typer.testing import CliRunner
 
 from test_evaluate_world import make_mapping, make_world
 from tiny_models import VISION_PLUGIN, image_bytes, make_image_folder
-from zoomshot.cache import STATUS_OK, CacheError, open_cache
+from zoomshot.cache import CacheError, open_cache
 from zoomshot.cli import app
-from zoomshot.errors import ZsError
 
 runner = CliRunner()
 UNWRITABLE = "/proc/zs-nowhere"  # nothing can be created under /proc, not even by root
