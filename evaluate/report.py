@@ -261,13 +261,15 @@ def check_out_dir(out_dir) -> Path:
     """out_dir as a Path; a ZsError when a file stands where it or a folder above it would be."""
     from zoomshot.errors import ZsError
 
+    from zoomshot.fileutil import check_writable
+
     out = Path(out_dir)
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():
                 raise ZsError(f"--out {out} cannot be a folder: {p} is a file")
             break
-    return out
+    return check_writable(out, folder=True)
 
 
 REPORT_FORMATS = ("clip_benchmark",)

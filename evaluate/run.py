@@ -7,7 +7,7 @@ from pathlib import Path
 from zoomshot.errors import ZsError
 
 from .report import check_out_dir, dataset_labels, read_results, row_label, write_report
-from .scoring import evaluate, record_key
+from .scoring import _resolved, evaluate, record_key, record_place
 
 
 @dataclass
@@ -17,6 +17,7 @@ class EvaluateResult:
     kept: int  # earlier records kept by --skip-existing
     skipped: list[dict]  # mapping × cache pairs that do not fit, with reasons
     paths: dict  # files written
+    failed: str | None = None  # why the run did not do its whole job (a mapping that fits no cache)
 
 
 def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | None = None,
@@ -42,9 +43,20 @@ def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | N
                             for s in skipped[:3])
         raise ZsError("nothing to report: no mapping fits any cache and no cache has CLIP image features "
                       f"with a usable vocabulary{' (' + reasons + ')' if reasons else ''}")
+    replaced = {record_place(r) for r in new}
+    earlier = [r for r in earlier if record_place(r) not in replaced]  # stale: refit or re-extracted since
     records = earlier + new
     paths = write_report(records, out_dir, skipped, formats=formats)
-    return EvaluateResult(records, new, len(earlier), skipped, paths)
+    scored = {_resolved(r["mapping"]) for r in records if r.get("mapping")}
+    unmatched = {}
+    for sk in skipped:
+        if _resolved(sk["mapping"]) not in scored:
+            unmatched.setdefault(sk["mapping"], sk["reason"])
+    failed = None
+    if unmatched:  # the report of the rest is written; the run still did not do its whole job
+        failed = (f"{len(unmatched)} mapping(s) fit no --cache, e.g. {next(iter(unmatched))}: "
+                  f"{next(iter(unmatched.values()))}")
+    return EvaluateResult(records, new, len(earlier), skipped, paths, failed)
 
 
 def summary_lines(records: list[dict]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from zoomshot.cache import STATUS_OK, Cache, EncoderEntry, TextVocab, open_cache
-from zoomshot.mapping import Mapping, load_mapping, stack_forward
+from zoomshot.mapping import Mapping, load_mapping, mapping_fingerprint, stack_forward
 
 from .metrics import ScoreAccumulator, normalize_rows, text_centroid
 
@@ -33,10 +33,20 @@ def mapping_id(m: Mapping) -> str:
 
 
 def record_key(record: dict) -> tuple:
-    """Identity of a record for --skip-existing: mapping, evaluation cache, encoder, vocabulary."""
+    """Identity of a record for --skip-existing: mapping and evaluation cache by content (a refit
+    mapping or a re-extracted cache is scored again), encoder, vocabulary. Records written before
+    fingerprints were stored fall back to paths, which never match a fingerprinted key."""
     mapping = record.get("mapping")
-    return (_resolved(mapping) if mapping else None, _resolved(record["cache"]),
-            record["encoder"], record.get("vocab"))
+    return (record.get("mapping_sha256") or (_resolved(mapping) if mapping else None),
+            record.get("cache_sha256") or _resolved(record["cache"]), record["encoder"], record.get("vocab"))
+
+
+def record_place(record: dict) -> tuple:
+    """Where a record came from (mapping folder, cache path, encoder, vocabulary): a new record
+    replaces an earlier one from the same place."""
+    mapping = record.get("mapping")
+    return (_resolved(mapping) if mapping else None, _resolved(record["cache"]), record["encoder"],
+            record.get("vocab"))
 
 
 def _resolved(p: str) -> str:
@@ -71,6 +81,7 @@ class EvalSet:
         self.progress = progress  # a progress bar for reads of more than one chunk
         self.name = Path(path).stem
         self.cache: Cache = open_cache(path)
+        self.fingerprint = self.cache.content_fingerprint()
         self.preload = preload
         self._features: dict[str, np.ndarray] = {}
         self._accounts: dict[str, RowAccount] = {}
@@ -252,7 +263,9 @@ class EvalSet:
         rec = {
             "mapping": mapping_id(m) if m is not None else None,
             "mapping_name": m.name if m is not None else None,
+            "mapping_sha256": mapping_fingerprint(m) if m is not None else None,
             "cache": self.path,
+            "cache_sha256": self.fingerprint,
             "dataset": self.name,
             "vocab": t.vocab.name,
             "classes": len(t.vocab.names),
@@ -320,12 +333,12 @@ def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None
                 why = es.why_not(m)
                 if why:
                     skipped.append({"mapping": mapping_id(m), "cache": path, "reason": why})
-                elif (_resolved(mapping_id(m)), _resolved(path), m.source["spec"],
+                elif (mapping_fingerprint(m), es.fingerprint, m.source["spec"],
                       es.target_for(m).vocab.name) not in skip:
                     todo.append(m)
             for t in es.targets.values():
                 if t.problem is None and t.vocab is not None and es.has_image_features(t.key):
-                    wanted = (None, _resolved(path), t.entry.spec, t.vocab.name) not in skip
+                    wanted = (None, es.fingerprint, t.entry.spec, t.vocab.name) not in skip
                     if wanted or any(es.target_for(m) is t for m in todo):  # agreement needs CLIP's predictions
                         ref = es.clip_reference(t, per_class)
                         if wanted:

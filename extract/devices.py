@@ -16,6 +16,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODERS = ("cpu", "gpu")
 
 
+def precision_name(precision: str, device: str) -> str:
+    """The precision a run computes in: fp32, bf16 or fp16 (auto resolved for the device)."""
+    if precision not in PRECISIONS:
+        raise ZsError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    return ("bf16" if device.startswith("cuda") else "fp32") if precision == "auto" else precision
+
+
 def autocast_dtype(precision: str, device: str):
     import torch
 

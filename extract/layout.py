@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoomshot.cache import STR, CacheError, _strs, shard_dir
+from zoomshot.cache import STR, CacheError, _strs, checksummed, read_ids, shard_dir, write_ids
 from zoomshot.fileutil import atomic_path, write_text_atomic
 
 from .shardfile import partial_of
@@ -37,6 +37,16 @@ from .shardfile import partial_of
 MANIFEST_FORMAT = "zs-shards"
 MANIFEST_VERSION = 1
 DEFAULT_SHARD_ROWS = 10_000
+
+
+@contextlib.contextmanager
+def _one_line_write_errors(path: Path):
+    from .shardfile import write_failed
+
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        raise write_failed(path, e) from None
 
 
 class LockedError(CacheError):
@@ -115,10 +125,10 @@ class Layout:
             rows = shard_rows or max(1, min(DEFAULT_SHARD_ROWS, math.ceil(n / max(world, 1))))
             m = Manifest(rows=n, shard_rows=rows, shards=max(1, math.ceil(n / rows)) if n else 0,
                          ids_sha256=ids_sha256)
-            with atomic_path(self.images_path) as tmp:
+            with atomic_path(self.images_path) as tmp, _one_line_write_errors(self.images_path):
                 with h5py.File(tmp, "w") as f:
-                    f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
-                    f.create_dataset("labels", data=np.asarray(labels, np.int32))
+                    write_ids(f, ids)
+                    f.create_dataset("labels", data=np.asarray(labels, np.int32), **checksummed(len(ids)))
                     if class_names is not None:
                         f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=STR)
             write_text_atomic(self.manifest_path, json.dumps(asdict(m), indent=1))
@@ -127,7 +137,7 @@ class Layout:
     def read_images(self) -> tuple[list[str], np.ndarray, list[str] | None]:
         with h5py.File(self.images_path, "r") as f:
             names = _strs(f["class_names"]) if "class_names" in f else None
-            return _strs(f["ids"]), f["labels"][()], names
+            return read_ids(f["ids"], self.images_path), f["labels"][()], names
 
     # -- encoders -------------------------------------------------------------------------------
     def write_encoder_attrs(self, key: str, attrs: dict) -> None:
@@ -140,11 +150,21 @@ class Layout:
         write_text_atomic(path, json.dumps(attrs, indent=1, sort_keys=True))
 
     def check_encoder_attrs(self, key: str, attrs: dict) -> None:
+        """Refuse a run whose encoder identity differs from the shards': spec, family, dim, weights, and
+        the precision and decoder the rows were computed with (folders written before these were
+        recorded are not checked on them)."""
         have = self.encoder_attrs(key)
+        if have is None:
+            return
         for name in ("spec", "family", "dim", "weights"):
-            if have is not None and have.get(name) != attrs.get(name):
+            if have.get(name) != attrs.get(name):
                 raise CacheError(f"{self.root}/{key} holds shards with {name}={have.get(name)!r}, this run has "
                                  f"{attrs.get(name)!r}; write to another --out")
+        for name in ("precision", "decode"):
+            if name in have and name in attrs and have[name] != attrs[name]:
+                raise CacheError(f"{self.root}/{key} holds rows computed with --{name} {have[name]}, this run "
+                                 f"uses {attrs[name]}; rerun with --{name} {have[name]} (rows computed differently "
+                                 f"are not mixed in one encoder) or write to another --out")
 
     def encoder_attrs(self, key: str) -> dict | None:
         path = self.encoder_dir(key) / "encoder.json"

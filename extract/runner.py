@@ -1,16 +1,21 @@
 """`extract(ExtractConfig)`: images -> a zs-cache, one code path for one process or many.
 
-Steps: list the source (sorted ids, optional seeded subset); check any existing entry file and
-shard folder against this run; take this process's contiguous range of shards and lock it;
+Steps: resolve everything the run needs before listing or writing anything (output path, specs,
+weights, --vocab names); list the source (sorted ids, optional seeded subset); check any existing
+entry file and shard folder against this run (spec, weights, dim, and for rows left to compute the
+precision and decoder); refuse rows that cannot fit on the disk; take this process's contiguous range of shards and lock it;
 CLIP encoders' vocabularies (global rank 0); decode each image once per batch and feed every
-encoder; a writer thread appends to partial shards and renames each one when complete; finally
-(after a barrier under torchrun) the entry file is written if every shard of the run is final.
-A rerun finds final shards, resumes partial ones from their done rows, and recomputes nothing.
+encoder; a writer thread appends to partial shards, reads each back whole when complete and only
+then renames it final; finally (after a barrier under torchrun) the entry file is written if every
+shard of the run is final, and the run fails when a readable row is missing or every row is
+unreadable. A rerun finds final shards, resumes partial ones from their done rows, and recomputes
+nothing; a first run that fails before its first row leaves no shard folder behind.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +28,11 @@ from zoomshot.progress import progress_bar
 from zoomshot.sources import ImageSource, open_source, subset_fraction
 
 from . import distributed as D
-from .devices import (DECODERS, DevicePrefetcher, autocast_dtype, gpu_decode, make_forward, resolve_device,
-                      tensor_transform, to_host)
+from .devices import (DECODERS, DevicePrefetcher, autocast_dtype, gpu_decode, make_forward, precision_name,
+                      resolve_device, tensor_transform, to_host)
 from .layout import Layout
 from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
-from .shardfile import ShardFile
+from .shardfile import ShardFile, keep_sound_final
 from .stitch import shard_progress, write_entry
 from .text import embed_vocabulary, resolve_vocabularies, save_text, stored_digest
 from .text import digest as vocab_digest
@@ -75,6 +80,7 @@ class ExtractSummary:
     cache_unreadable: int | None = None  # in the whole cache, when the entry was written
     unfinished: dict[str, str] = field(default_factory=dict)
     device: str = ""  # what --device resolved to
+    failed: str | None = None  # why the run did not do its job (the CLI exits non-zero with it)
 
     def text(self) -> str:
         first, last, total = self.shards
@@ -124,7 +130,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         D.shutdown(procs)
 
 
-def _check_entry(entry: Path, ids: list[str], parsed) -> dict:
+def _check_entry(entry: Path, ids: list[str], parsed, identity: dict) -> dict:
     """Refuse a run that does not fit an existing entry file; returns its encoders."""
     if not entry.exists():
         return {}
@@ -140,30 +146,63 @@ def _check_entry(entry: Path, ids: list[str], parsed) -> dict:
             what = "spec" if e.spec != p.spec else "weights"
             raise CacheError(f"{entry}: encoders/{p.key} has {what}={getattr(e, what)!r}, this run has "
                              f"{getattr(p, what)!r}; write to another --out")
+        for name, value in identity.items():
+            if e is not None and getattr(e, name) and getattr(e, name) != value and p.key not in complete:
+                raise CacheError(f"{entry}: encoders/{p.key} holds rows computed with --{name} {getattr(e, name)}, "
+                                 f"this run uses {value}; rerun with --{name} {getattr(e, name)} or write to another --out")
     return {k: (e, k in complete) for k, e in encs.items()}
 
 
-def _encoder_attrs(enc) -> dict:
+def _encoder_attrs(enc, identity: dict) -> dict:
     e = enc.entry()
     return {"spec": e.spec, "family": e.family, "dim": int(e.dim), "normalized": bool(e.normalized),
-            "weights": e.weights, "preprocess": e.preprocess, "versions": e.versions}
+            "weights": e.weights, "preprocess": e.preprocess, "versions": e.versions, **identity}
 
 
 def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSummary:
-    from zoomshot.encoders import build_encoder, parse_spec
+    from zoomshot.encoders import check_loadable, parse_spec
+    from zoomshot.fileutil import check_writable
 
     t0 = time.perf_counter()
+    # Everything the run needs is resolved before the image listing and before any byte is written:
+    # the output location, the specs, the weights (in the local hub cache, or the hub reachable).
+    check_writable(cfg.out)
+    parsed = [parse_spec(s) for s in cfg.encoders]
+    keys = [p.key for p in parsed]
+    if len(set(keys)) != len(keys):
+        raise ZsError(f"an encoder is given twice: {', '.join(keys)}")
+    for p in parsed:
+        check_loadable(p)
+    identity = {"precision": precision_name(cfg.precision, device), "decode": cfg.decode}
     source: ImageSource = subset_fraction(open_source(cfg.images, cfg.dataset, cfg.root, cfg.split,
                                                         cfg.image_column, cfg.label_column),
                                           cfg.fraction, cfg.seed)
     if len(source) == 0:
         raise ZsError(f"{source.description} holds no images")
-    parsed = [parse_spec(s) for s in cfg.encoders]
-    keys = [p.key for p in parsed]
-    if len(set(keys)) != len(keys):
-        raise ZsError(f"an encoder is given twice: {', '.join(keys)}")
+    if cfg.vocabs and procs.rank == 0:
+        resolve_vocabularies(cfg.vocabs, source)  # a bad --vocab is refused before any file is written
     layout = Layout(cfg.out)
-    in_entry = _check_entry(layout.entry, source.ids, parsed)
+    in_entry = _check_entry(layout.entry, source.ids, parsed, identity)
+    # A first run that fails before its first row (a model, plug-in or vocabulary that does not
+    # load) removes the shard folder it created, so the corrected rerun starts clean.
+    created = not layout.root.exists() and procs.world == 1
+    with _removed_on_failure(layout.root if created else None):
+        return _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, identity, t0)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(root: Path | None):
+    try:
+        yield
+    except BaseException:
+        if root is not None and not any(root.glob("*/[0-9]*.h5*")):  # no row was written: nothing to resume
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, identity, t0):
+    from zoomshot.encoders import build_encoder
+
     m = layout.open_or_create(source.ids, source.labels_or_unknown(), source.class_names, source.ids_digest(),
                               cfg.shard_rows, procs.world)
     first, last = procs.span(m.shards)
@@ -187,18 +226,26 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
         if p.key not in run_keys:
             continue
         attrs = layout.encoder_attrs(p.key)
+        for s in mine:
+            if layout.shard_path(p.key, s).exists():
+                keep_sound_final(layout.shard_path(p.key, s))
+        rows_identity = identity
         if attrs is not None:  # refuse a mismatch before loading any model
             layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights})
             finals = layout.final_shards(p.key, m)
-            if all(finals[s] for s in mine) and not text_pending(p.key, attrs["family"]):
-                continue
+            if all(finals[s] for s in mine):
+                if not text_pending(p.key, attrs["family"]):
+                    continue
+                rows_identity = {k: attrs[k] for k in identity if k in attrs}  # only text to compute
+            else:  # rows left: computed as the earlier ones were
+                layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights, **identity})
         # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
         enc = build_encoder(spec, device=device)
         have = in_entry.get(p.key)
         if have is not None and (have[0].dim, have[0].family) != (enc.dim, enc.family):
             raise CacheError(f"{layout.entry}: encoders/{p.key} has dim {have[0].dim} ({have[0].family}), "
                              f"this run has {enc.dim} ({enc.family}); write to another --out")
-        layout.write_encoder_attrs(p.key, _encoder_attrs(enc))
+        layout.write_encoder_attrs(p.key, _encoder_attrs(enc, rows_identity))
         encoders[p.key] = enc
 
     claims = []
@@ -218,6 +265,8 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
             for s, (a, b) in mine.items():
                 if resume[key][s] == b and layout.partial_path(key, s).exists():
                     ShardFile.open(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim).finalize()
+        _check_free_space(layout, {key: (enc.dim, sum(b - resume[key][s] for s, (_, b) in mine.items()))
+                                   for key, enc in encoders.items()})
         batches = plan_batches(mine, resume, cfg.batch_size)
         if batches:
             t_loop = time.perf_counter()
@@ -229,12 +278,22 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
             c.release()
     seconds = time.perf_counter() - t0
     D.barrier(procs, device)
-    written, cache_bad, unfinished = False, None, {}
+    written, cache_bad, unfinished, failed = False, None, {}, None
     if procs.dist_rank == 0:
         written = write_entry(layout, m, require=run_keys)
         if written:
             with open_cache(layout.entry) as c:
-                cache_bad = int((c.status != STATUS_OK).sum())
+                bad = c.status != STATUS_OK
+                cache_bad = int(bad.sum())
+                missing = {k: int((~c.done(k) & ~bad).sum()) for k in run_keys}
+                errors = c.errors if bad.all() else []
+            if any(missing.values()):
+                failed = (f"{layout.entry}: readable rows missing: "
+                          + ", ".join(f"{k} {v}" for k, v in missing.items() if v)
+                          + "; rerun the same zs extract to compute them")
+            elif bad.all():
+                failed = (f"every one of the {m.rows} images is unreadable (first reason: {errors[0] or '?'}); "
+                          f"the cache holds no features — check the image source")
         else:
             prog = shard_progress(layout, m)
             unfinished = {k: f"{prog.final.get(k, 0)} of {m.shards} shards final, {prog.partial.get(k, 0)} partial"
@@ -242,7 +301,21 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
     return ExtractSummary(out=layout.entry, rows=m.rows, encoders=keys, shards=(first, last, m.shards),
                           computed=computed, decoded=decoded, unreadable=unreadable, seconds=seconds,
                           images_per_s=decoded / loop_seconds if loop_seconds > 0 else 0.0, entry_written=written,
-                          cache_unreadable=cache_bad, unfinished=unfinished, device=device)
+                          cache_unreadable=cache_bad, unfinished=unfinished, device=device,
+                          failed=failed)
+
+
+# float16 features plus per-row done/status/errors and HDF5's chunk overhead, per row and dim
+SHARD_BYTES_PER_VALUE, SHARD_BYTES_PER_ROW = 2.1, 64
+
+
+def _check_free_space(layout: Layout, left: dict[str, tuple[int, int]]) -> None:
+    """Refuse, before the first batch, a run whose rows left cannot fit on the disk of the shard folder."""
+    need = sum(rows * (dim * SHARD_BYTES_PER_VALUE + SHARD_BYTES_PER_ROW) for dim, rows in left.values())
+    free = shutil.disk_usage(layout.root).free
+    if need > free:
+        raise ZsError(f"{layout.root} needs about {need / 1e9:.2f} GB for the rows left to compute and its disk has "
+                      f"{free / 1e9:.2f} GB free; free space or write to another --out")
 
 
 def _write_vocabularies(enc, vocabs, layout: Layout, device: str) -> None:

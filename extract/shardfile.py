@@ -4,6 +4,9 @@ A shard is written under `NNNNN.h5.partial`. After each batch the features, stat
 flushed first and the `rows_done` attribute second, so a process killed at any moment leaves a
 partial file whose first `rows_done` rows are whole. A rerun checks those rows (fletcher32
 checksums) and continues after them, or starts the shard again when the file does not read back.
+Before a complete shard is renamed final it is read back whole (`verify_shard`): every row done
+or unreadable, every done row finite, every checksum good; a write the disk lost (full disk,
+I/O error) therefore never becomes a final shard.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .faults import fault_point
 SHARD_FORMAT = "zs-shard"
 # A chunk cache that holds a whole ~1 MiB chunk, so batch writes smaller than a chunk do not re-read it.
 CHUNK_CACHE_BYTES = 8 << 20
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def _fsync(path: Path) -> None:
@@ -61,7 +65,7 @@ class ShardFile:
         """
         final = Path(final)
         if final.exists():
-            return stop
+            return stop if keep_sound_final(final) else start
         partial = partial_of(final)
         if not partial.exists():
             return start
@@ -76,8 +80,11 @@ class ShardFile:
                     raise ValueError(f"rows_done {done} outside [{start}, {stop}]")
                 n = done - start
                 if n:
-                    f["image"][:n]  # reading checks the chunks' fletcher32 checksums
-                    f["done"][:n], f["status"][:n], f["errors"][:n]
+                    img = f["image"][:n]  # reading checks the chunks' fletcher32 checksums
+                    d, st = f["done"][:n], f["status"][:n]
+                    f["errors"][:n]
+                    if not np.all(d | (st != STATUS_OK)) or not np.isfinite(img[d]).all():
+                        raise ValueError("rows claimed written were lost (full disk?)")
                 return done
         except Exception:  # a file cut off mid-flush: its rows are not trusted, write the shard again
             partial.unlink()
@@ -98,8 +105,8 @@ class ShardFile:
             f.attrs[k] = v
         f.create_dataset("image", shape=(n, dim), dtype=np.float16, chunks=(chunk_rows(dim, n), dim),
                          fletcher32=True, fillvalue=np.float16(np.nan))
-        f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
-        f.create_dataset("status", shape=(n,), dtype=np.uint8, fillvalue=STATUS_OK)
+        f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False, chunks=(n,), fletcher32=True)
+        f.create_dataset("status", shape=(n,), dtype=np.uint8, fillvalue=STATUS_OK, chunks=(n,), fletcher32=True)
         f.create_dataset("errors", shape=(n,), dtype=STR)
         f.flush()
         return cls(final, f)
@@ -114,7 +121,7 @@ class ShardFile:
         if feats.shape != (int(ok.sum()), self.dim):
             raise CacheError(f"{self.partial}: features of shape {feats.shape} for {int(ok.sum())} readable rows, dim {self.dim}")
         block = np.full((b - a, self.dim), np.nan, np.float16)
-        block[ok] = feats.astype(np.float16)
+        block[ok] = _to_float16(feats, str(self.f.attrs["key"]))
         i, j = a - self.start, b - self.start
         self.f["image"][i:j] = block
         self.f["done"][i:j] = ok
@@ -133,6 +140,7 @@ class ShardFile:
         self.f.close()
         self.f = None
         _fsync(self.partial)
+        verify_shard(self.partial, self.start, self.stop)
         fault_point("shard_complete")
         os.replace(self.partial, self.final)
         with contextlib.suppress(OSError):
@@ -146,12 +154,88 @@ class ShardFile:
             self.f = None
 
 
+def write_failed(path, err: BaseException) -> CacheError:
+    """One line for an HDF5 write that failed (full disk, file-size limit, I/O error): HDF5's own
+    message spans lines and carries a time stamp and buffer address."""
+    import re
+
+    text = str(err)
+    m = re.search(r"error message = '([^']*)'", text)
+    why = m.group(1) if m else (text.splitlines()[0] if text else type(err).__name__)
+    return CacheError(f"cannot write {path}: {why}; nothing half-written was kept: free space (or fix "
+                      f"the disk) and rerun the same zs extract")
+
+
+def _to_float16(feats: np.ndarray, key: str) -> np.ndarray:
+    """The cache stores float16: features beyond its range would become inf, so they are refused."""
+    with np.errstate(over="ignore"):
+        out = feats.astype(np.float16)
+    if not np.isfinite(out).all():
+        finite = np.isfinite(feats)
+        if not finite.all():
+            raise CacheError(f"encoder {key} gave non-finite features (NaN or inf) for "
+                             f"{int((~finite.all(axis=1)).sum())} images; fix the encoder, nothing of them was stored")
+        raise CacheError(f"encoder {key} gives features up to {float(np.abs(feats).max()):.3g}, beyond float16's "
+                         f"range (±{FLOAT16_MAX:.0f}) that the cache stores; scale them down inside the encoder "
+                         f"(e.g. a plug-in dividing by a constant) — they are refused rather than stored as inf")
+    return out
+
+
+def verify_shard(path: Path, start: int, stop: int) -> None:
+    """Read a complete shard back whole before it may become final; raise CacheError when it is not sound."""
+    try:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs["rows_done"]) != stop or not bool(f.attrs.get("complete", False)):
+                raise CacheError("rows_done or complete did not reach the file")
+            done, status = f["done"][()], f["status"][()]
+            if len(done) != stop - start or len(status) != stop - start:
+                raise CacheError("row count does not match the shard range")
+            if not np.all(done | (status != STATUS_OK)):
+                raise CacheError(f"{int((~done & (status == STATUS_OK)).sum())} readable rows are not done")
+            if not np.all(np.isin(status, (STATUS_OK, STATUS_UNREADABLE))):
+                raise CacheError("status holds values other than 0 and 1")
+            img = f["image"]
+            step = max(1, chunk_rows(img.shape[1], len(done)))
+            for lo in range(0, len(done), step):  # reading checks every chunk's fletcher32 checksum
+                block = img[lo:lo + step]
+                if not np.isfinite(block[done[lo:lo + step]]).all():
+                    raise CacheError(f"non-finite features in done rows near row {start + lo}")
+            _strs(f["errors"])
+    except (OSError, KeyError, ValueError) as e:
+        err = CacheError(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except CacheError as e:
+        err = e
+    else:
+        return
+    raise CacheError(f"shard {path} did not read back after writing ({err}); the disk may be full or failing. "
+                     f"It was not made final: free space and rerun the same zs extract")
+
+
+def keep_sound_final(final: Path) -> bool:
+    """True when final shard `final` is sound (marked complete, every readable row done); a shard
+    left final by a run that lost writes (before shards were verified) is removed, to be written
+    again. Reads done and status only."""
+    try:
+        read_shard_rows(final)
+        return True
+    except CacheError:
+        final.unlink()
+        return False
+
+
 def read_shard_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """done, status and errors of a final shard (cheap: no feature data)."""
     try:
         with h5py.File(path, "r") as f:
             if not bool(f.attrs.get("complete", False)):
                 raise CacheError(f"{path} is not marked complete")
-            return f["done"][()], f["status"][()], _strs(f["errors"])
-    except OSError as e:
+            if "image" not in f:
+                raise CacheError(f"shard file {path} has no image dataset; delete it and rerun zs extract")
+            done, status = f["done"][()], f["status"][()]
+            if not np.all(done | (status != STATUS_OK)):
+                raise CacheError(f"shard file {path} is final but {int((~done & (status == STATUS_OK)).sum())} of its "
+                                 f"readable rows are not done (written by a run that lost writes); delete it and "
+                                 f"rerun zs extract")
+            return done, status, _strs(f["errors"])
+    except (OSError, KeyError) as e:
         raise CacheError(f"shard file {path} does not read back ({e}); delete it and rerun zs extract") from None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from zoomshot.cache import Cache, CacheError, CacheWriter, EncoderEntry, _strs, open_cache
+from zoomshot.cache import Cache, CacheError, CacheWriter, EncoderEntry, _strs, checksummed, open_cache
 from zoomshot.fileutil import atomic_path
 
 from .faults import fault_point
@@ -107,7 +107,8 @@ def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest
     attrs = layout.encoder_attrs(key)
     entry = EncoderEntry(key=key, spec=attrs["spec"], family=attrs["family"], dim=int(attrs["dim"]),
                          normalized=bool(attrs["normalized"]), weights=attrs["weights"],
-                         preprocess=attrs.get("preprocess", {}), versions=attrs.get("versions", {}))
+                         preprocess=attrs.get("preprocess", {}), versions=attrs.get("versions", {}),
+                         precision=attrs.get("precision", ""), decode=attrs.get("decode", ""))
     g = encs.create_group(key)
     for k, v in entry.attrs().items():
         g.attrs[k] = v
@@ -118,7 +119,7 @@ def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest
         lay[a:b] = h5py.VirtualSource(src, "image", shape=(b - a, entry.dim))
     # NaN where a source is unreadable, so a missing shard can never pass for features.
     g.create_virtual_dataset("image", lay, fillvalue=np.float16(np.nan))
-    g.create_dataset("done", data=done)
+    g.create_dataset("done", data=done, **checksummed(len(done)))
     for vocab in layout.vocabularies(key):
         with h5py.File(layout.text_path(key, vocab), "r") as t:
             w.write_text(key, vocab, _strs(t["names"]), _strs(t["templates"]), t["emb"][()])

@@ -6,6 +6,7 @@ thread is raised in the main loop at the next hand-over or at `close`.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .layout import Layout, Manifest
-from .shardfile import ShardFile
+from .shardfile import ShardFile, partial_of, write_failed
 
 
 @dataclass
@@ -59,6 +60,8 @@ class ShardWriterThread:
                 continue  # drain after a failure; the main loop raises it
             try:
                 self._write(item)
+            except (OSError, RuntimeError) as e:  # h5py's write errors: full disk, size limit, I/O
+                self.error = self._drop_damaged(item, e)
             except BaseException as e:  # handed to the main thread
                 self.error = e
 
@@ -73,6 +76,18 @@ class ShardWriterThread:
         if r.stop == sf.stop:
             sf.finalize()
             del self.open[(r.key, r.shard)]
+
+    def _drop_damaged(self, r: Rows, err: BaseException) -> BaseException:
+        """After a failed write the partial file's HDF5 metadata cannot be trusted (a later append
+        fails or lands beyond its end): remove it, so the rerun writes this shard again."""
+        final = self.layout.shard_path(r.key, r.shard)
+        sf = self.open.pop((r.key, r.shard), None)
+        if sf is not None:
+            with contextlib.suppress(Exception):
+                sf.close()
+        with contextlib.suppress(OSError):
+            partial_of(final).unlink()
+        return write_failed(final, err)
 
     def close(self) -> None:
         """Wait for every queued write; partial shards stay on disk for a rerun to resume."""

@@ -228,7 +228,9 @@ def test_cli_evaluate_reports_skipped_pairs_on_stderr(world, tmp_path):
     make_mapping(tmp_path / "wide", np.zeros((16, 30)))
     res = runner.invoke(app, ["evaluate", "--mapping", str(tmp_path / "wide"), "--cache", world["path"],
                               "--out", str(tmp_path / "rep")])
-    assert res.exit_code == 0, res.output
+    # the report (CLIP's reference row, the skipped pair) is written, but the only mapping was not scored
+    assert res.exit_code == 2, res.output
+    assert "fit no --cache" in res.stderr
     assert "skipped:" in res.stderr and "30 in the mapping" in res.stderr
     assert "Skipped pairs" in (tmp_path / "rep" / "report.md").read_text()
 

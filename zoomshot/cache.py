@@ -58,9 +58,11 @@ class EncoderEntry:
     weights: str = "default"
     preprocess: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    precision: str = ""  # fp32 | bf16 | fp16 the rows were computed in; "" when not recorded
+    decode: str = ""  # cpu | gpu image decoder; "" when not recorded
 
     def attrs(self) -> dict:
-        return {
+        out = {
             "spec": self.spec,
             "family": self.family,
             "dim": int(self.dim),
@@ -69,6 +71,8 @@ class EncoderEntry:
             "preprocess": json.dumps(self.preprocess, sort_keys=True),
             "versions": json.dumps(self.versions, sort_keys=True),
         }
+        out.update({k: v for k, v in (("precision", self.precision), ("decode", self.decode)) if v})
+        return out
 
     @classmethod
     def from_group(cls, key: str, g: h5py.Group) -> "EncoderEntry":
@@ -83,6 +87,8 @@ class EncoderEntry:
                 weights=_s(a.get("weights", "default")),
                 preprocess=json.loads(_s(a.get("preprocess", "{}"))),
                 versions=json.loads(_s(a.get("versions", "{}"))),
+                precision=_s(a.get("precision", "")),
+                decode=_s(a.get("decode", "")),
             )
         except KeyError as e:
             raise CacheError(f"encoders/{key} lacks attribute {e.args[0]!r}") from None
@@ -145,7 +151,7 @@ class CacheWriter:
             if _s(self.f.attrs.get("format", "")) != FORMAT:
                 raise CacheError(f"{self.path} exists and is not a zs-cache file; choose another --out")
             _check_version(self.f, self.path)
-            have = _strs(self.f["images/ids"])
+            have = read_ids(self.f["images/ids"], self.path)
             if have != [str(i) for i in ids]:
                 raise CacheError(
                     f"{self.path} holds a different image list ({len(have)} rows) than this run "
@@ -164,10 +170,10 @@ class CacheWriter:
         f.attrs["zoomshot_version"] = __version__
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         img = f.require_group("images")
-        img.create_dataset("ids", data=np.array([str(i) for i in ids], dtype=object), dtype=STR)
+        write_ids(img, [str(i) for i in ids])
         lab = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
-        img.create_dataset("labels", data=lab)
-        img.create_dataset("status", data=np.zeros(n, np.uint8))
+        img.create_dataset("labels", data=lab, **checksummed(n))
+        img.create_dataset("status", data=np.zeros(n, np.uint8), **checksummed(n))
         img.create_dataset("errors", data=np.array([""] * n, dtype=object), dtype=STR)
         if class_names is not None:
             f.require_group("classes").create_dataset(
@@ -200,7 +206,7 @@ class CacheWriter:
             chunks=(chunk_rows(entry.dim, self.n), entry.dim) if self.n else None,
             fletcher32=bool(self.n),
         )
-        g.create_dataset("done", data=np.zeros(self.n, bool))
+        g.create_dataset("done", data=np.zeros(self.n, bool), **checksummed(self.n))
 
     def done(self, key: str) -> np.ndarray:
         return self.f[f"encoders/{key}/done"][()]
@@ -256,6 +262,37 @@ class CacheWriter:
         self.close()
 
 
+def checksummed(n: int) -> dict:
+    """create_dataset options for a per-row dataset: one chunk-wise fletcher32 checksum, so a flipped
+    bit fails the read instead of changing a label or a status silently."""
+    return {"chunks": (min(n, 1 << 20),), "fletcher32": True} if n else {}
+
+
+def ids_sha256(ids: Sequence[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(str(i).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def write_ids(group: h5py.Group, ids: Sequence[str]) -> None:
+    """images/ids with a sha256 attribute (strings cannot carry HDF5's checksum filter)."""
+    ds = group.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=STR)
+    ds.attrs["sha256"] = ids_sha256(ids)
+
+
+def read_ids(ds, where) -> list[str]:
+    ids = _strs(ds)
+    want = ds.attrs.get("sha256")
+    if want is not None and _s(want) != ids_sha256(ids):
+        raise CacheError(f"{where}: images/ids does not match its checksum (the file is damaged); "
+                         f"re-extract it or restore a copy")
+    return ids
+
+
 def _check_new_images(ids, labels) -> None:
     n = len(ids)
     if len(set(ids)) != n:
@@ -294,17 +331,28 @@ class Cache:
         self._sources_ok: set[str] = set()  # encoder keys whose shard files all opened
 
     # -- images ---------------------------------------------------------------------------
+    def _read(self, name: str):
+        """A whole dataset; a failed checksum or an unreadable block is a one-line CacheError."""
+        try:
+            return self.f[name][()]
+        except (OSError, KeyError) as e:
+            raise CacheError(f"{self.path}: {name} does not read back ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                             f"the file is damaged: re-extract it or restore a copy") from None
+
     @property
     def ids(self) -> list[str]:
-        return _strs(self.f["images/ids"])
+        try:
+            return read_ids(self.f["images/ids"], self.path)
+        except (OSError, KeyError) as e:
+            raise CacheError(f"{self.path}: images/ids does not read back ({e}); the file is damaged") from None
 
     @property
     def labels(self) -> np.ndarray:
-        return self.f["images/labels"][()].astype(np.int64)
+        return self._read("images/labels").astype(np.int64)
 
     @property
     def status(self) -> np.ndarray:
-        return self.f["images/status"][()]
+        return self._read("images/status")
 
     @property
     def errors(self) -> list[str]:
@@ -328,7 +376,7 @@ class Cache:
 
     def done(self, key: str) -> np.ndarray:
         self.encoder(key)
-        return self.f[f"encoders/{key}/done"][()].astype(bool)
+        return self._read(f"encoders/{key}/done").astype(bool)
 
     def usable_rows(self, *keys: str) -> np.ndarray:
         """Indices of rows that were read fine and written by every named encoder."""
@@ -343,8 +391,11 @@ class Cache:
         ds = self.f[f"encoders/{key}/image"]
         self._check_sources(ds, key)
         try:
+            if ds.is_virtual:
+                with ShardedRows(ds, self._source_path) as sharded:
+                    return self._read_rows(sharded, rows, dtype)
             return self._read_rows(ds, rows, dtype)
-        except OSError as e:
+        except (OSError, KeyError) as e:
             raise CacheError(self._read_error(ds, key, e)) from None
 
     def _read_rows(self, ds, rows, dtype) -> np.ndarray:
@@ -368,8 +419,14 @@ class Cache:
         return out
 
     def _source_path(self, name: str) -> Path:
-        p = self.path.parent / name
-        return p if p.exists() or Path(name).is_absolute() else Path(name)
+        """Where a virtual dataset's shard file is for THIS entry file: a stored `OLD.shards/...` name
+        resolves into this file's own NAME.shards/, so a copied or renamed cache reads its own shards."""
+        p = Path(name)
+        if p.is_absolute():
+            return p
+        if p.parts and p.parts[0].endswith(".shards"):
+            return shard_dir(self.path).joinpath(*p.parts[1:])
+        return self.path.parent / p
 
     def _check_sources(self, ds, key: str) -> None:
         # HDF5 fills the rows of a missing or unopenable source file with the fill value, silently:
@@ -377,20 +434,22 @@ class Cache:
         if not ds.is_virtual or key in self._sources_ok:
             return
         missing, unreadable = [], []
-        for name in sorted({vs.file_name for vs in ds.virtual_sources()}):
+        vs_names = {vs.file_name: vs.dset_name for vs in ds.virtual_sources()}
+        for name in sorted(vs_names):
             p = self._source_path(name)
             if not p.exists():
-                missing.append(name)
+                missing.append(str(p))
                 continue
             try:
-                with h5py.File(p, "r"):
-                    pass
+                with h5py.File(p, "r") as f:
+                    if vs_names.get(name) not in f:
+                        raise OSError("no dataset")
             except OSError:
                 unreadable.append(str(p))
         if missing:
             raise CacheError(f"{self.path}: encoders/{key}/image is missing shard files: {', '.join(missing)}")
         if unreadable:
-            raise CacheError(f"{self.path}: encoders/{key}/image has corrupt shard files (they do not open): "
+            raise CacheError(f"{self.path}: encoders/{key}/image has corrupt shard files (they do not open or lack their dataset; delete them and rerun zs extract): "
                              f"{', '.join(unreadable)}")
         self._sources_ok.add(key)
 
@@ -438,6 +497,22 @@ class Cache:
                          for k, e in self.encoders.items()},
         }
 
+    def content_fingerprint(self) -> str:
+        """sha256 naming what this cache holds (when written, ids, labels, status, each encoder's
+        identity and done rows), not where it lies: a re-extracted or replaced file gets a new one."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(_s(self.f.attrs.get("created", "")).encode())
+        ids = self.f["images/ids"]
+        h.update((_s(ids.attrs["sha256"]) if "sha256" in ids.attrs else ids_sha256(self.ids)).encode())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        h.update(np.ascontiguousarray(self.status).tobytes())
+        for k, e in sorted(self.encoders.items()):
+            h.update(json.dumps([k, e.attrs()], sort_keys=True).encode())
+            h.update(np.packbits(self.done(k)).tobytes())
+        return h.hexdigest()
+
     def info(self) -> str:
         st = self.status
         lines = [
@@ -477,6 +552,49 @@ class Cache:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ShardedRows:
+    """Row-range reads of a virtual dataset straight from its shard files, found through `resolve`
+    (not through the names HDF5 stored, which point at the shards of the name the cache had when
+    it was written). Rows no shard covers read as NaN, like the virtual dataset's fill value."""
+
+    def __init__(self, ds, resolve):
+        self.shape, self.dtype = ds.shape, ds.dtype
+        self.parts = []  # (first row, stop row, file, dataset name, first source row)
+        for vs in ds.virtual_sources():
+            if vs.vspace.get_select_type() == h5py.h5s.SEL_ALL:
+                a, b = 0, ds.shape[0] - 1
+            else:
+                (a, _), (b, _) = vs.vspace.get_select_bounds()
+            src = vs.src_space
+            sa = 0 if src.get_select_type() == h5py.h5s.SEL_ALL else src.get_select_bounds()[0][0]
+            self.parts.append((int(a), int(b) + 1, resolve(vs.file_name), vs.dset_name, int(sa)))
+        self.parts.sort(key=lambda x: x[0])
+        self.files: dict = {}
+
+    def __getitem__(self, index):
+        if index == ():
+            lo, hi = 0, self.shape[0]
+        else:
+            lo, hi, _ = index.indices(self.shape[0])
+        out = np.full((max(0, hi - lo), self.shape[1]), np.nan, self.dtype)
+        for a, b, path, name, sa in self.parts:
+            x, y = max(a, lo), min(b, hi)
+            if x >= y:
+                continue
+            f = self.files.get(path)
+            if f is None:
+                f = self.files[path] = h5py.File(path, "r")
+            out[x - lo:y - lo] = f[name][sa + x - a:sa + y - a]
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for f in self.files.values():
+            f.close()
 
 
 def open_cache(path: str | os.PathLike) -> Cache:

@@ -55,9 +55,27 @@ def cache_info(path: Path = typer.Argument(..., help="A zs-cache .h5 file.")):
 
 # ---------------------------------------------------------------- encoders / extract ---------
 @command(name="encoders")
-def encoders_cmd():
+def encoders_cmd(
+    check: bool = typer.Option(False, "--check", help="Say for each SPEC whether it can load here (weights "
+                               "in the local hub cache, hub reachable, file present); exit 1 when one cannot."),
+    specs: Optional[List[str]] = typer.Argument(None, help="Specs to --check."),
+):
     """List the encoder aliases, their specs and families (any timm:/open_clip:/py: spec works too)."""
-    from zoomshot.encoders import SPEC_HELP, list_encoders
+    from zoomshot.encoders import SPEC_HELP, check_loadable, list_encoders, parse_spec
+
+    if check or specs:
+        if not specs:
+            raise ZsError("--check needs specs, e.g. zs encoders --check resnet18 clip_vit_b16")
+        bad = 0
+        for spec in specs:
+            try:
+                typer.echo(f"{spec}: loads ({check_loadable(parse_spec(spec))})")
+            except ZsError as e:
+                bad += 1
+                typer.echo(f"{spec}: cannot load: {e}")
+        if bad:
+            raise typer.Exit(1)
+        return
 
     rows = list_encoders()
     w = max(len(r["alias"]) for r in rows)
@@ -108,6 +126,8 @@ def extract_cmd(
         precision=precision, decode=decode, compile=compile, num_shards=num_shards, shard_index=shard_index,
         shard_rows=shard_rows, progress=not quiet))
     typer.echo(summary.text(), err=True)
+    if summary.failed:
+        raise ZsError(summary.failed)
 
 
 
@@ -252,6 +272,8 @@ def evaluate_cmd(
     cb = [p for p in res.paths if p.startswith("clip_benchmark/")]
     names = [Path(p).name for k, p in res.paths.items() if not k.startswith("clip_benchmark/")]
     typer.echo(f"wrote {', '.join(names)}{f' and {len(cb)} clip_benchmark JSON files' if cb else ''} to {out}")
+    if res.failed:
+        raise ZsError(res.failed)
 
 
 @command(name="sweep")

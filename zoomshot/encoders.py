@@ -9,8 +9,11 @@ Spec grammar (docs/design.md, "Encoder specs"):
 each optionally followed by weights:
   SPEC@random                   random initialisation, one fixed draw per spec (weights="random" in the cache)
   SPEC@/path/to/weights         a local weights file (safetensors, .pth, .bin)
-Without a suffix the library's default pretrained weights load, from the local hub cache when
-offline; if that fails the error says which suffix to use.
+Without a suffix the library's default pretrained weights load. Offline first (`check_loadable`,
+before any image is listed): weights already in the local Hugging Face hub cache load from it with
+the hub switched off, so no request is made; missing ones are downloaded only when HF_HUB_OFFLINE is
+unset and the hub answers a 3 s connection probe; otherwise one line names the file the cache
+should hold and how to fill it.
 
 The key (the cache's `encoders/KEY`, shown in every report) is short, stable and portable: an
 alias, or a spec equal to an alias's, gives the alias; `timm:NAME[.TAG]` gives NAME and
@@ -158,6 +161,132 @@ class Encoder:
                             preprocess=self.preprocess_config, versions=self.versions)
 
 
+# -- default weights: offline first ------------------------------------------------------------
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_files(parsed: ParsedSpec) -> list[tuple[str, str]]:
+    """(repo, file) candidates on the Hugging Face hub for a spec's default weights, the preferred
+    first; [] when the library takes them from elsewhere (a URL) or the spec has no default weights."""
+    if parsed.weights != "default":
+        return []
+    try:
+        if parsed.spec.startswith("timm:"):
+            import timm
+
+            pc = timm.models.get_pretrained_cfg(parsed.spec[len("timm:"):])
+            repo = getattr(pc, "hf_hub_id", None) if pc is not None else None
+            if repo:
+                name = getattr(pc, "hf_hub_filename", None)
+                return [(repo, name)] if name else [(repo, "model.safetensors"), (repo, "pytorch_model.bin")]
+        elif parsed.spec.startswith("open_clip:"):
+            import open_clip
+
+            arch, _, tag = parsed.spec[len("open_clip:"):].partition(":")
+            hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "") if tag else ""
+            if hub:
+                repo, name = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+                return ([(repo, name)] if name else
+                        [(repo, "open_clip_model.safetensors"), (repo, "open_clip_pytorch_model.bin")])
+    except Exception:  # an unknown model: build_encoder says so with its own message
+        return []
+    return []
+
+
+def _cached(files: list[tuple[str, str]]) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo, name in files:
+        p = try_to_load_from_cache(repo, name)
+        if isinstance(p, str):
+            return p
+    return None
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable() -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=HUB_PROBE_SECONDS).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_loadable(parsed: ParsedSpec) -> str:
+    """Before any work: can this spec's weights load here? Returns how ("random", "local file",
+    "hub cache: PATH", "download from the hub", "library default"); raises a one-line ZsError
+    naming the missing file and how to fill the cache. The model (or plug-in factory) must exist too."""
+    _check_exists(parsed)
+    if parsed.weights == "random":
+        return "random initialisation"
+    if parsed.weights != "default":
+        return f"local file {parsed.weights}"
+    files = hub_files(parsed)
+    if not files:
+        return "the library's own loader"
+    path = _cached(files)
+    if path is not None:
+        return f"hub cache: {path}"
+    from huggingface_hub import constants
+
+    why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else f"{constants.ENDPOINT} cannot be reached"
+    if not hub_offline() and _hub_reachable():
+        return "download from the hub (not in the local cache)"
+    repo, name = files[0]
+    raise ZsError(f"the default weights of {parsed.spec!r} are not in the local hub cache ({constants.HF_HUB_CACHE} "
+                  f"should hold {repo}/{name}) and {why}; fill it on a machine with network with "
+                  f"`huggingface-cli download {repo} {name}` and copy that hub cache folder here (or point HF_HOME "
+                  f"at a copy), or use {parsed.spec}@/path/to/weights or {parsed.spec}@random")
+
+
+def _check_exists(parsed: ParsedSpec) -> None:
+    if parsed.spec.startswith("timm:"):
+        import timm
+
+        arch = parsed.spec[len("timm:"):].split(".")[0]
+        if not timm.is_model(arch):
+            raise ZsError(f"timm has no model {arch!r}{did_you_mean(arch, timm.list_models())}")
+    elif parsed.spec.startswith("open_clip:"):
+        import open_clip
+
+        arch = parsed.spec[len("open_clip:"):].partition(":")[0]
+        if arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
+            raise ZsError(f"open_clip has no architecture {arch!r}{did_you_mean(arch, open_clip.list_models())}")
+    elif parsed.spec.startswith("py:"):
+        target, sep, factory = parsed.spec[len("py:"):].rpartition(":")
+        if not sep or not target or not factory:
+            raise ZsError(f"plug-in spec {parsed.spec!r} must be py:MODULE_OR_FILE.py:FACTORY")
+        _load_plugin_factory(target, factory)
+
+
+@contextlib.contextmanager
+def _hub_switched_off(parsed: ParsedSpec):
+    """Load cached default weights without a single hub request (no ~50 s of retries offline)."""
+    files = hub_files(parsed)
+    if not files or _cached(files) is None:
+        yield
+        return
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
+
+
 def build_encoder(spec: str, device: str = "cpu") -> Encoder:
     """The one factory: a spec string -> an Encoder in eval mode on `device`."""
     import torch
@@ -165,6 +294,10 @@ def build_encoder(spec: str, device: str = "cpu") -> Encoder:
     parsed = parse_spec(spec)
     builder = (_build_timm if parsed.spec.startswith("timm:")
                else _build_open_clip if parsed.spec.startswith("open_clip:") else _build_plugin)
+    if parsed.weights != "random":
+        check_loadable(parsed)
+        with _hub_switched_off(parsed):
+            return builder(parsed).to(device)
     with _seeded(parsed):
         return builder(parsed).to(device)
 
@@ -192,7 +325,7 @@ def _versions(**extra) -> dict:
 def _offline_hint(parsed: ParsedSpec, err: Exception) -> ZsError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ZsError(
-        f"could not load the default pretrained weights of {parsed.spec!r} ({type(err).__name__}: {first[:200]}); "
+        f"could not load the default pretrained weights of {parsed.spec!r} ({type(err).__name__}: {first}); "
         f"on an offline machine put them in the local hub cache (and set HF_HUB_OFFLINE=1 to skip the hub's retries), or use {parsed.spec}@/path/to/weights "
         f"for a local file, or {parsed.spec}@random for random initialisation"
     )

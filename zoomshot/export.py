@@ -123,8 +123,10 @@ def export_model(mapping_dir: str | os.PathLike, out: str | os.PathLike, labels:
                  cache_vocab: str | None = None, templates: list[str] | None = None,
                  weights: str | None = None, text_weights: str | None = None) -> ExportResult:
     """`zs export`: load the mapping's classifier, set its labels (exactly one source), export it."""
+    from zoomshot.fileutil import check_writable
     from zoomshot.model import choose_labels, load
 
+    check_writable(out)  # before the minutes of loading and tracing
     # Traced on the CPU whatever the machine has: a trace records its device, and the file must
     # load anywhere (move it with .to("cuda") after torch.jit.load).
     clf = load(mapping_dir, weights=weights, text_weights=text_weights, device="cpu")

@@ -1,4 +1,8 @@
-"""Writing files so that a reader never sees a half-written one: write to a temporary name, then rename."""
+"""Writing files so that a reader never sees a half-written one: write to a temporary name, then rename.
+
+`check_writable` is the one place every command asks, before any work, whether its output path
+can be written; `atomic_path` / `write_text_atomic` then write each file whole or not at all.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -34,6 +38,32 @@ def atomic_path(path: str | os.PathLike, folder: bool = False):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "--out") -> Path:
+    """Refuse, before any work, an output path that cannot be written: a folder where a file goes
+    (or a file where a folder goes), a file on the way, or a location where nothing can be created
+    (read-only, /proc, no permission). Creates nothing that stays: the probe file is removed."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists():
+        if not folder and path.is_dir():
+            raise ZsError(f"{what} {path} is a folder; give a file name")
+        if folder and not path.is_dir():
+            raise ZsError(f"{what} {path} is a file; give a folder")
+    here = path if folder and path.is_dir() else path.parent
+    while not here.exists():
+        here = here.parent
+    if not here.is_dir():
+        raise ZsError(f"{what} {path}: {here} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".zs-write-probe-", dir=here)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ZsError(f"{what} {path} cannot be written ({here}: {e.strerror or e}); choose another place") from None
+    return path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

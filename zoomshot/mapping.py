@@ -5,11 +5,19 @@ A mapping folder holds
                        inverse map, U (dv, d), e (dv,)  — all float32
   run.json             everything needed to rebuild the run: format, method, hyper-parameters,
                        source/target encoder (key, spec, dim, weights), cache fingerprint,
-                       loss history, wall time.
+                       loss history, wall time, and `tensors_sha256` (the sha256 of
+                       mapping.safetensors: a damaged or mismatched tensors file is refused).
 The forward map is h(v) = W ((v - mean) / std) + b, into CLIP's image-embedding space.
+
+Saving into an existing mapping folder replaces these two files and nothing else (an `eval/`
+folder or notes beside them stay). The save is a small journal, so a loadable mapping is there
+at every instant: the new tensors go to `.mapping.safetensors.next`, then run.json is replaced
+(the commit point; its `tensors_sha256` names the new tensors), then `.next` is renamed onto
+mapping.safetensors. A loader that finds run.json ahead of the tensors reads `.next`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +32,7 @@ MAPPING_FORMAT = "zs-mapping"
 MAPPING_VERSION = 1
 TENSORS_FILE = "mapping.safetensors"
 RUN_FILE = "run.json"
+NEXT_TENSORS = ".mapping.safetensors.next"  # a save's new tensors, before they are renamed into place
 
 
 class MappingError(ZsError):
@@ -111,7 +120,10 @@ def stack_forward(mappings: list[Mapping], v: np.ndarray) -> np.ndarray:
 def check_mapping_out(out_dir: str | os.PathLike) -> Path:
     """Refuse, before any work, an output path that is a file or a folder other than a mapping:
     saving replaces an earlier mapping folder, and nothing else."""
+    from zoomshot.fileutil import check_writable
+
     out = Path(out_dir)
+    check_writable(out, folder=True)
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise MappingError(f"--out {out} is a file; give a folder for the mapping")
@@ -126,28 +138,65 @@ def check_mapping_out(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
-    """Write a mapping folder atomically: it appears complete or not at all. An existing folder is
-    replaced only when it is empty or a mapping (see `check_mapping_out`)."""
+    """Write a mapping folder so that a loadable mapping is there at every instant: a new folder
+    appears complete or not at all; in an existing mapping folder only mapping.safetensors and
+    run.json are replaced (see the module docstring), everything else in it stays."""
     from safetensors.numpy import save_file
 
     from zoomshot.fileutil import atomic_path, json_default
 
     out = check_mapping_out(out_dir)
-    with atomic_path(out, folder=True) as tmp:
-        if tmp.exists():  # left by a crashed run of this pid
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        tensors = {"W": mapping.W, "b": mapping.b, "mean": mapping.mean, "std": mapping.std}
-        if mapping.U is not None:
-            tensors.update(U=mapping.U, e=mapping.e)
-        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
-        run = {"format": MAPPING_FORMAT, "format_version": MAPPING_VERSION, **mapping.run}
-        (tmp / RUN_FILE).write_text(json.dumps(run, indent=2, default=json_default))
-        if out.exists():  # os.replace does not replace a non-empty folder
-            shutil.rmtree(out)
+    tensors = {"W": mapping.W, "b": mapping.b, "mean": mapping.mean, "std": mapping.std}
+    if mapping.U is not None:
+        tensors.update(U=mapping.U, e=mapping.e)
+    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+
+    def run_text(sha: str) -> str:
+        run = {"format": MAPPING_FORMAT, "format_version": MAPPING_VERSION, **mapping.run, "tensors_sha256": sha}
+        return json.dumps(run, indent=2, default=json_default)
+
+    if out.is_dir() and (out / RUN_FILE).is_file():
+        nxt = out / NEXT_TENSORS
+        save_file(tensors, str(nxt))
+        _fsync_file(nxt)
+        with atomic_path(out / RUN_FILE) as tmp:  # the commit point
+            tmp.write_text(run_text(file_sha256(nxt)))
+            _fsync_file(tmp)
+        os.replace(nxt, out / TENSORS_FILE)
+    else:
+        with atomic_path(out, folder=True) as tmp:
+            if tmp.exists():  # left by a crashed run of this pid
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            save_file(tensors, str(tmp / TENSORS_FILE))
+            (tmp / RUN_FILE).write_text(run_text(file_sha256(tmp / TENSORS_FILE)))
     mapping.path = out
     return out
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def mapping_fingerprint(m: Mapping) -> str:
+    """What a mapping is, by content: its tensors' sha256 (from run.json, or hashed for older folders)."""
+    sha = m.run.get("tensors_sha256")
+    if sha:
+        return sha
+    return file_sha256(m.path / TENSORS_FILE) if m.path is not None else ""
 
 
 def load_mapping(path: str | os.PathLike) -> Mapping:
@@ -164,7 +213,20 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
     if run.get("format") != MAPPING_FORMAT or run.get("format_version") != MAPPING_VERSION:
         raise MappingError(f"{p} has format {run.get('format')!r} v{run.get('format_version')}; "
                            f"this zoomshot reads {MAPPING_FORMAT} v{MAPPING_VERSION}")
-    t = load_file(str(p / TENSORS_FILE))
+    tensors = p / TENSORS_FILE
+    want = run.get("tensors_sha256")
+    if want and file_sha256(tensors) != want:
+        nxt = p / NEXT_TENSORS
+        if nxt.is_file() and file_sha256(nxt) == want:  # a save stopped between its last two renames
+            tensors = nxt
+        else:
+            raise MappingError(f"{p / TENSORS_FILE} does not match the checksum in {RUN_FILE} (the file is damaged "
+                               f"or from another fit); fit again with --out {p}")
+    try:
+        t = load_file(str(tensors))
+    except Exception as e:  # safetensors raises its own error types for a cut or garbled file
+        raise MappingError(f"{tensors} does not read as safetensors ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                           f"fit again with --out {p}") from None
     missing = {"W", "b", "mean", "std"} - set(t)
     if missing:
         raise MappingError(f"{p / TENSORS_FILE} lacks tensors {sorted(missing)}")

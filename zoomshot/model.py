@@ -74,6 +74,27 @@ def prompt_classifier(text_encoder, labels: Sequence[str], templates: Sequence[s
     return ensemble_classifier(emb)
 
 
+# Caches written before the built-in ImageNet list was fixed hold CLIP's two repeated names;
+# the second of each pair is renamed as open_clip's list does.
+_KNOWN_REPEATS = {"missile": "projectile, missile", "sunglasses": "sunglass"}
+
+
+def disambiguate_labels(labels: Sequence[str]) -> list[str]:
+    """Names stored in a cache, made unique: a known repeat gets its open_clip name, any other
+    repeat a ' (2)', ' (3)' ... suffix; unique names pass unchanged."""
+    out, seen = [], set()
+    for x in labels:
+        name = x
+        if name in seen and _KNOWN_REPEATS.get(x) not in (None, *seen):
+            name = _KNOWN_REPEATS[x]
+        k = 2
+        while name in seen:
+            name, k = f"{x} ({k})", k + 1
+        seen.add(name)
+        out.append(name)
+    return out
+
+
 def check_labels(labels: Sequence[str]) -> list[str]:
     labels = [str(x).strip() for x in labels]
     if not labels or any(not x for x in labels):
@@ -165,7 +186,7 @@ class ZeroShotClassifier(nn.Module):
     def set_labels_from_cache(self, cache_path: str | os.PathLike, vocab: str | None = None) -> "ZeroShotClassifier":
         """Class names and embeddings stored in a cache by the mapping's target CLIP encoder (no CLIP loads)."""
         names, classifier = cache_classifier(cache_path, self.run["target"], vocab)
-        return self.set_classifier(names, classifier)
+        return self.set_classifier(disambiguate_labels(names), classifier)
 
     # -- forward --------------------------------------------------------------------------
     def as_batch(self, images) -> torch.Tensor:

@@ -152,7 +152,28 @@ def decode_rgb(data):
             raise OSError("empty file")
         img = Image.open(io.BytesIO(data))
         img.load()  # decode now, so a truncated file fails here and not inside a transform
-    return img if img.mode == "RGB" else img.convert("RGB")
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img = _wide_to_8bit(img)
+    return img.convert("RGB")
+
+
+def _wide_to_8bit(img):
+    """16-bit (I;16*) and 32-bit (I, F) greyscale to 8 bits: PIL's convert clips these to 255, which
+    turns a 16-bit image all white. 16-bit data keep their top byte; others scale by their range."""
+    from PIL import Image
+
+    a = np.asarray(img)
+    if img.mode == "I" and a.min() >= 0 and a.max() <= 255:
+        a8 = a.astype(np.uint8)
+    elif img.mode.startswith("I;16") or (img.mode == "I" and a.min() >= 0 and a.max() <= 65535):
+        a8 = (a.astype(np.uint32) >> 8).astype(np.uint8)
+    else:
+        a = a.astype(np.float64)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        a8 = np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return Image.fromarray(a8, "L")
 
 
 def _sorted_source(ids, items, readers, pool, labels, **kw) -> ImageSource:
@@ -180,9 +201,23 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _walk_images(top: Path) -> list[Path]:
+def _walk_images(top: Path, seen: set | None = None, blocked: frozenset = frozenset()) -> list[Path]:
+    """Image files below top, following directory links but entering each real folder once (`seen`
+    may be shared across calls) and never one in `blocked`: a link loop, or a link into the tree's
+    root or another class, cannot list an image twice or under another label. A folder that cannot
+    be read is an error, not an empty class."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+    seen = set() if seen is None else seen
+
+    def fail(err: OSError):
+        raise SourceError(f"cannot list {err.filename}: {err.strerror or err}")
+
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=fail):
+        real = os.path.realpath(dirpath)
+        if real in seen or real in blocked:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath) / f for f in filenames if _is_image_name(f))
     return out
@@ -193,8 +228,14 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
     """An ImageFolder tree (class subfolders) or a flat folder of images (no labels)."""
     root = Path(root)
     top_images = sorted(p.name for p in root.iterdir() if p.is_file() and _is_image_name(p.name))
-    class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                        and _walk_images(p))
+    # Every class subfolder counts, an empty one too: dropping it would shift every later label.
+    class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    tops = {name: os.path.realpath(root / name) for name in class_dirs}
+    blocked = {os.path.realpath(root), *tops.values()}
+    seen: set = set()
+    listed = {name: _walk_images(root / name, seen, frozenset(blocked - {tops[name]})) for name in class_dirs}
+    if top_images or not any(listed.values()):  # a flat folder may have subfolders without images
+        class_dirs = [name for name in class_dirs if listed[name]]
     if top_images and class_dirs:
         raise SourceError(f"{root} holds both images and class subfolders ({', '.join(class_dirs[:3])}); "
                           f"use a folder of class subfolders, or a flat folder of images")
@@ -202,7 +243,7 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
     if class_dirs:
         ids, labels = [], []
         for c, name in enumerate(class_dirs):
-            for p in _walk_images(root / name):
+            for p in listed[name]:
                 ids.append(p.relative_to(root).as_posix())
                 labels.append(c)
         return _sorted_source(ids, list(ids), [0] * len(ids), pool, labels, class_names=class_dirs,
@@ -215,7 +256,8 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
 
 # ------------------------------------------------------------------------------ file lists -----
 def list_source(list_file: str | os.PathLike) -> ImageSource:
-    """A .txt/.csv file of `path[,label]` lines; paths relative to the list file's folder.
+    """A .txt/.csv/.tsv file of `path[,label]` lines (tab-separated for .tsv); paths relative to the
+    list file's folder.
 
     Labels are integers or class names (then class names are their sorted set). A first line
     starting with `path` is a header. Blank lines and lines starting with `#` are skipped.
@@ -223,7 +265,7 @@ def list_source(list_file: str | os.PathLike) -> ImageSource:
     list_file = Path(list_file)
     paths, raw_labels = [], []
     with open(list_file, newline="") as fh:
-        for n, row in enumerate(csv.reader(fh)):
+        for n, row in enumerate(csv.reader(fh, delimiter="\t" if list_file.suffix.lower() == ".tsv" else ",")):
             row = [x.strip() for x in row]
             if not row or not row[0] or row[0].startswith("#"):
                 continue
