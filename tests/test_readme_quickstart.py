@@ -10,7 +10,6 @@ so a few dozen images leave rows to fit on.
 """
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 
@@ -23,6 +22,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 CLASSES = ("bird", "cat", "dog")
 
 ADAPT = [  # (what the README says, what the test runs)
+    ("--check vit_b16 clip_vit_b16", f"--check {VISION_PLUGIN}@random {CLIP_PLUGIN}@random"),
     ("--encoder vit_b16", f"--encoder {VISION_PLUGIN}@random"),
     ("--encoder clip_vit_b16", f"--encoder {CLIP_PLUGIN}@random"),
     ("--dataset imagenet1k --root /data/imagenet --split train", "--images data/train"),
@@ -50,7 +50,7 @@ def quickstart_commands() -> list[str]:
 
 def test_the_quick_start_runs_as_written(tmp_path, monkeypatch):
     commands = quickstart_commands()
-    assert [c.split()[1] for c in commands] == ["encoders", "extract", "extract", "fit", "evaluate", "sweep",
+    assert [c.split()[1] for c in commands] == ["encoders", "encoders", "extract", "extract", "fit", "evaluate", "sweep",
                                                  "predict", "export", "predict"]
     for said, _ in ADAPT:
         assert any(said in c for c in commands), f"the README no longer says {said!r}: update ADAPT"
