@@ -481,7 +481,9 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(report, indent=1, default=str))
     print(f"\nwrote {path}")
     if failed:
-        print(f"{len(failed)} step(s) did not succeed: {', '.join(failed)}", file=sys.stderr)
+        print(f"{len(failed)} step(s) did not succeed: {', '.join(failed)}; rerun them with "
+              + " ".join(f"--only '{n}'" for n in failed) + " (and the same --workdir to reuse the data)",
+              file=sys.stderr)
         return 1
     if tmp is not None:
         tmp.cleanup()
