@@ -139,6 +139,11 @@ class DecodedBatches:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zs-decode")
         return list(self._pool.map(fn, items))
 
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def __getitem__(self, i: int) -> dict:
         import torch
 

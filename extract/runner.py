@@ -313,6 +313,7 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
         raise
     finally:
         progress.close()
+        dataset.close()
     return decoded, unreadable, computed
 
 
