@@ -262,7 +262,9 @@ def two_encoders(ctx: Ctx) -> dict:
     return {"one_pass_s": one, "two_passes_s": two, "speedup": two / one}
 
 
-def _world(ctx: Ctx, rows: int) -> str:
+def _world(ctx: Ctx, rows: int, create: bool = False) -> str:
+    """The planted world's training cache; only the `world` step writes it (a fit step that wrote
+    it after a timed-out world step would time out the same way)."""
     from zoomshot.synth import read_synth_attrs, write_synth_world
 
     dv, d, classes = ctx.sizes.fit_dims
@@ -270,6 +272,8 @@ def _world(ctx: Ctx, rows: int) -> str:
     train = Path(f"{prefix}-train.h5")
     meta = read_synth_attrs(train) if train.exists() else None
     if not meta or (meta.get("rows"), meta.get("dv"), meta.get("d")) != (rows, dv, d):
+        if not create:
+            raise RuntimeError(f"no planted world at {train}: run the 'world' step first (same --workdir)")
         write_synth_world(prefix, rows=rows, test_rows=1000, classes=classes, dv=dv, d=d)
     return str(train)
 
@@ -277,7 +281,7 @@ def _world(ctx: Ctx, rows: int) -> str:
 def step_world(ctx: Ctx) -> dict:
     t = time.perf_counter()
     for rows in {ctx.sizes.fit_rows, ctx.sizes.sweep_rows}:
-        _world(ctx, rows)
+        _world(ctx, rows, create=True)
     return {"rows": ctx.sizes.fit_rows, "s": time.perf_counter() - t}
 
 
@@ -435,6 +439,9 @@ def main(argv=None) -> int:
         argv += ["--workdir", args.workdir]
     ctx = Ctx(args, sizes)
     if args.smoke:
+        import torch
+
+        torch.set_num_threads(1)  # toy sizes: a thread team only waits, and on a busy machine it spins
         _use_eager_compile_backend()
     steps = build_steps(ctx)
 

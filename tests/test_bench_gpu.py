@@ -33,10 +33,16 @@ def test_smoke_runs_every_step(tmp_path):
 
 
 def test_a_failed_step_is_reported_and_the_others_still_run(tmp_path):
-    p, report = _run(tmp_path, "--isolate", "--only", "world", "--only", "fit", "--inject-failure", "world")
+    p, report = _run(tmp_path, "--isolate", "--only", "world", "--only", "fit", "--only", "sweep",
+                     "--inject-failure", "fit")
     assert p.returncode == 1, p.stdout + p.stderr
-    assert report["failed"] == ["world"]
-    assert report["rows"]["world"]["status"] == "FAILED"
-    assert "injected" in report["rows"]["world"]["error"]
-    assert report["rows"]["fit"]["status"] == "ok"  # ran in its own process after the failure
-    assert "FAILED" in p.stdout and "world" in p.stderr
+    rows = report["rows"]
+    assert report["failed"] == ["fit"] and rows["fit"]["status"] == "FAILED" and "injected" in rows["fit"]["error"]
+    assert rows["world"]["status"] == "ok" and rows["sweep 3x3"]["status"] == "ok"  # each in its own process
+    assert "FAILED" in p.stdout and "--only 'fit'" in p.stderr
+
+
+def test_a_fit_step_without_its_world_fails_loudly(tmp_path):
+    p, report = _run(tmp_path, "--only", "fit")
+    assert p.returncode == 1 and report["rows"]["fit"]["status"] == "FAILED"
+    assert "run the 'world' step first" in report["rows"]["fit"]["error"]
