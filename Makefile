@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/fit.py
 	$(BIN)/python bench/sweep.py
 	$(BIN)/python bench/evaluate.py
+
+# The accelerator benchmark (one GPU, a few minutes; table + bench/results/gpu-*.json).
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu.py
 
 clean:
 	rm -rf $(VENV) demo-out build *.egg-info

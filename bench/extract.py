@@ -3,12 +3,10 @@
 1. End-to-end extraction throughput of each encoder (decode, preprocess, forward, HDF5 writes)
    as a ratio of the same encoder's model-only forward throughput on pre-decoded tensors.
 2. Two encoders in one run (each image decoded once) against two separate runs.
-3. With CUDA: the GPU path (bf16 autocast, channels_last, pinned memory, writer thread) with
-   PIL decoding in workers and with --decode gpu, against the model-only forward; ViT-B/16 with
-   random weights. Skipped when there is no GPU.
+The GPU path (bf16, channels_last, --decode gpu, --compile) is bench/gpu.py's (`make bench-gpu`).
 
 Images are generated JPEGs (no downloads); models use random weights.
-Usage: python bench/extract.py [--images 192] [--encoders SPEC SPEC] [--repeat 2] [--workers W] [--threads T]
+Usage: python bench/extract.py [--images 192] [--size 384x288] [--encoders SPEC SPEC] [--repeat 3] [--workers W] [--threads T]
 """
 from __future__ import annotations
 
@@ -84,11 +82,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=192)
     ap.add_argument("--encoders", nargs=2, default=["timm:resnet18@random", "timm:mobilenetv3_large_100@random"])
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--size", default="384x288", help="generated JPEG size WxH")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--gpu-images", type=int, default=2048)
     args = ap.parse_args(argv)
 
     import torch
@@ -97,8 +95,9 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="zs-bench-extract-"))
     try:
-        images = make_images(tmp / "images", args.images)
-        print(f"{args.images} generated JPEGs (384x288), batch {args.batch_size}, "
+        size = tuple(int(v) for v in args.size.lower().split("x"))
+        images = make_images(tmp / "images", args.images, size)
+        print(f"{args.images} generated JPEGs ({size[0]}x{size[1]}), batch {args.batch_size}, "
               f"{torch.get_num_threads()} torch thread(s), workers {args.workers if args.workers is not None else 'default'}, CPU")
         kw = dict(batch_size=args.batch_size, workers=args.workers, device="cpu")
         a, b = args.encoders
@@ -127,20 +126,7 @@ def main(argv=None) -> None:
               f"{sep:.1f}s ({sep_loop:.1f}s); ratio separate/one run {sep / both:.2f} ({sep_loop / both_loop:.2f} "
               f"for the loops); the one run decoded {s.decoded} images once for both")
 
-        if torch.cuda.is_available():
-            gpu = tmp / "gpu-images"
-            make_images(gpu, args.gpu_images)
-            spec = "timm:vit_base_patch16_224@random"
-            ref = model_only(spec, gpu, 256, "cuda", "bf16")
-            print(f"\nGPU {torch.cuda.get_device_name()}: {spec}, {args.gpu_images} JPEGs, batch 256, bf16 autocast, "
-                  f"channels_last\n  model-only forward: {ref:.0f} img/s")
-            for decode in ("cpu", "gpu"):
-                s, wall = run_extract([spec], gpu, tmp / "g.h5", batch_size=256, workers=args.workers,
-                                      device="cuda", decode=decode)
-                print(f"  zs extract --decode {decode}: {s.images_per_s:.0f} img/s, ratio {s.images_per_s / ref:.2f} "
-                      f"(whole run {wall:.1f}s)")
-        else:
-            print("\nno CUDA device: GPU path (--decode gpu, bf16, channels_last) not measured")
+        print("\nthe GPU path (bf16, channels_last, --decode gpu, --compile) is measured by bench/gpu.py (make bench-gpu)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

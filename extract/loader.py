@@ -71,47 +71,98 @@ class PreprocessGroups:
                 seen[sig] = self.group_of[enc.key]
 
 
+_CONVERSIONS = ("MaybeConvertMode", "_convert_to_rgb", "convert_to_rgb")
+
+
+def draft_side(transforms) -> int | None:
+    """The short side every preprocessing group needs the decoded image to keep: each transform
+    must begin with a Resize to a known size (after RGB conversions). None (decode at full size)
+    for anything else, e.g. a plug-in's own callable."""
+    from torchvision import transforms as T
+
+    need = 0
+    for tf in transforms:
+        steps = list(tf.transforms) if isinstance(tf, T.Compose) else [tf]
+        first = next((t for t in steps
+                      if type(t).__name__ not in _CONVERSIONS and getattr(t, "__name__", "") not in _CONVERSIONS), None)
+        if not isinstance(first, T.Resize) or first.max_size is not None:
+            return None
+        size = [first.size] if isinstance(first.size, int) else list(first.size)
+        need = max(need, *size)
+    return need or None
+
+
 class DecodedBatches:
     """A map-style dataset whose item i is planned batch i, decoded and preprocessed.
 
     With gpu=True the images are not decoded here: JPEG bytes come back as 1-D uint8 tensors,
     other images as decoded uint8 (3, H, W) tensors, for `devices.gpu_decode`.
+    threads > 1 decodes a batch's images on that many threads (PIL and torch release the GIL):
+    how a CPU run decodes in its own process, between forwards (see runner.default_workers).
+    The bytes are read in order on the calling thread (a tar file handle is not thread-safe).
     """
 
-    def __init__(self, source: ImageSource, batches: list[Batch], transforms: list, gpu: bool = False):
+    def __init__(self, source: ImageSource, batches: list[Batch], transforms: list, gpu: bool = False,
+                 threads: int = 1):
         self.source = source
         self.batches = batches
         self.transforms = transforms
         self.gpu = gpu
+        self.min_side = None if gpu else draft_side(transforms)
+        self.threads = threads
+        self._pool = None
+
+    def __getstate__(self):  # sent to worker processes without the thread pool
+        return {**self.__dict__, "_pool": None}
 
     def __len__(self) -> int:
         return len(self.batches)
+
+    def _prepare(self, data):
+        """One image's bytes -> its raw tensor (gpu) or one tensor per preprocessing group; or the error."""
+        try:
+            if isinstance(data, BaseException):
+                raise data
+            if self.gpu:
+                return _raw_tensor(data), ""
+            img = decode_rgb(data, self.min_side)
+            return [t(img) for t in self.transforms], ""
+        except Exception as e:  # any decoder failure marks the row unreadable; the run goes on
+            return None, decode_failure(e)
+
+    def _map(self, fn, items: list) -> list:
+        if self.threads <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zs-decode")
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def __getitem__(self, i: int) -> dict:
         import torch
 
         b = self.batches[i]
-        n = b.stop - b.start
-        ok = np.zeros(n, bool)
-        errors = [""] * n
-        per_group: list[list] = [[] for _ in self.transforms]
-        raw: list = []
-        for j, row in enumerate(range(b.start, b.stop)):
+        datas = []
+        for row in range(b.start, b.stop):
             try:
-                data = self.source.read(row)
-                if self.gpu:
-                    raw.append(_raw_tensor(data))
-                else:
-                    img = decode_rgb(data)
-                    outs = [t(img) for t in self.transforms]
-                    for lst, x in zip(per_group, outs):
-                        lst.append(x)
-            except Exception as e:  # any decoder failure marks the row unreadable; the run goes on
-                errors[j] = decode_failure(e)
-                if self.gpu:
-                    raw.append(None)
-                continue
-            ok[j] = True
+                datas.append(self.source.read(row))
+            except Exception as e:
+                datas.append(e)
+        prepared = self._map(self._prepare, datas)
+        ok = np.array([value is not None for value, _ in prepared], bool)
+        errors = [err for _, err in prepared]
+        raw: list = [value for value, _ in prepared] if self.gpu else []
+        per_group: list[list] = [[] for _ in self.transforms]
+        if not self.gpu:
+            for value, _ in prepared:
+                for lst, x in zip(per_group, value or ()):
+                    lst.append(x)
         tensors = [torch.stack(lst) if lst else None for lst in per_group]
         return {"index": i, "ok": ok, "errors": errors, "tensors": tensors, "raw": raw}
 

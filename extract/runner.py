@@ -99,7 +99,16 @@ class ExtractSummary:
 
 
 def default_workers(device: str) -> int:
-    """Decode workers: the cores this process can have (shared among torchrun's local ranks), less one."""
+    """Decode worker processes, from the cores this process can have (shared among torchrun's local ranks).
+
+    An accelerator leaves the cores to decoding: all of them less one for this process. On the CPU
+    the forward needs every core, and a worker process decoding beside it takes a core from one
+    of the forward's threads in the middle of an operator, which then waits for that thread
+    (end to end was 0.69 of model-only for mobilenetv3_large on 2 cores). So a CPU run has no
+    worker processes: it decodes each batch in this process, on one thread per torch thread,
+    between forwards."""
+    if device == "cpu":
+        return 0
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(0, min(16 if device.startswith("cuda") else 4, cores - 1))
 
@@ -342,10 +351,11 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
     cuda = device.startswith("cuda")
     groups = PreprocessGroups(encoders.values())
     gpu = cfg.decode == "gpu"
-    dataset = DecodedBatches(source, batches, [] if gpu else groups.transforms, gpu=gpu)
     tensor_tfs = [tensor_transform(t, k) for k, t in zip(groups.keys, groups.transforms)] if gpu else None
     workers = default_workers(device) if cfg.workers is None else cfg.workers
     workers = min(workers, len(batches))
+    dataset = DecodedBatches(source, batches, [] if gpu else groups.transforms, gpu=gpu,
+                             threads=1 if workers else torch.get_num_threads())
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=identity_collate,
         pin_memory=cuda, prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -381,6 +391,7 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
         raise
     finally:
         progress.close()
+        dataset.close()
     return decoded, unreadable, computed
 
 

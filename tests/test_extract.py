@@ -98,7 +98,7 @@ def test_several_encoders_decode_each_image_once(tmp_path, images, monkeypatch, 
 
     calls = []
     real = loader.decode_rgb
-    monkeypatch.setattr(loader, "decode_rgb", lambda data: calls.append(1) or real(data))
+    monkeypatch.setattr(loader, "decode_rgb", lambda data, *a: calls.append(1) or real(data, *a))
     s = extract(ExtractConfig(out=str(tmp_path / "c.h5"), encoders=[VIT, clip_spec, VISION_PLUGIN],
                               images=str(images), batch_size=5, workers=0, progress=False))
     assert len(calls) == 12 and s.decoded == 12

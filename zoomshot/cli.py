@@ -102,7 +102,8 @@ def extract_cmd(
                                     "or FILE.json (repeatable; default: the source's classes, else imagenet1k)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default from the core count)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode worker processes (default: on CUDA "
+                                          "the cores less one; on the CPU 0: threads decode between forwards)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A torchvision dataset read from --root "
                                           "(cifar10, cifar100, stl10, food101, pets, flowers102, caltech101, dtd, "
                                           "eurosat, imagenet1k); never downloaded."),
