@@ -116,7 +116,7 @@ class FitConfig:
 
 # zoomshot's schedule from the row count n: batches of about n/32 rows (a power of two, 32 to
 # 4096), and enough epochs for MIN_STEPS optimizer steps (at least 5, at most 100). A 2,000-row
-# cache gets batch 64 and 20 epochs (640 steps); 1.28M rows get batch 4096 and 5 epochs (1,565).
+# cache gets batch 64 and 19 epochs (608 steps); 1.28M rows get batch 4096 and 5 epochs (1,565).
 MIN_STEPS = 600
 
 

@@ -5,7 +5,9 @@ On the held-out rows (see `data.holdout_size`), with the training vocabulary's c
   top5_overlap  mean |top-5 of the mapped source ∩ top-5 of the teacher| / 5
   cosine        mean cosine of h(v) and ĉ
   r2            1 − Σ‖h(v) − ĉ‖² / Σ‖ĉ − mean ĉ‖²
-No labels are read; agreement and top-5 overlap need a vocabulary (None without one).
+No labels are read; agreement and top-5 overlap need a vocabulary (None without one). With
+hits=True the dict also carries "hits", the per-row agreement (a bool tensor), for paired
+comparisons of two states on the same rows (early stopping).
 """
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def holdout_metrics(h, c, T=None) -> dict:
+def holdout_metrics(h, c, T=None, hits: bool = False) -> dict:
     """The metrics above for mapped rows h (n, d) against normalised CLIP rows c (n, d)."""
     h, c = h.float(), c.float()
     out = {"rows": int(len(h))}
     if T is not None:
         s, t = F.normalize(h, dim=-1) @ T.T, c @ T.T
         k = min(5, T.shape[0])
-        out["agreement"] = float((s.argmax(1) == t.argmax(1)).float().mean())
+        same = s.argmax(1) == t.argmax(1)
+        out["agreement"] = float(same.float().mean())
+        if hits:
+            out["hits"] = same
         top_s, top_t = s.topk(k, dim=1).indices, t.topk(k, dim=1).indices
         out["top5_overlap"] = float((top_s[:, :, None] == top_t[:, None, :]).any(2).float().mean())
     else:

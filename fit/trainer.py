@@ -4,9 +4,12 @@
     after each epoch: mean loss terms, held-out metrics, keep the best state (early stopping)
 
 `train` knows nothing of the method: it gets the modules to train, a loss function of a batch, the
-batches of an epoch and a validation function. With `keep_best`, the state kept is the one with the
-highest held-out agreement among the start (epoch 0) and every epoch, so training never leaves the
-mapping worse on the held-out rows than where it started. A loss that turns NaN/Inf stops the fit
+batches of an epoch and a validation function. With `keep_best`, the state kept is the best by
+held-out agreement among the start (epoch 0) and every epoch, so training never leaves the mapping
+worse on the held-out rows than where it started. A later state replaces the kept one only when it
+agrees with the teacher on more held-out rows by over two standard errors of the paired difference
+(2·√discordant rows): a few hundred rows cannot tell apart states a few rows apart, and the start
+(a closed-form optimum) is the safer choice then. A loss that turns NaN/Inf stops the fit
 with a ZsError; one that rises a hundredfold over the first step's is a warning in the record.
 """
 from __future__ import annotations
@@ -45,8 +48,14 @@ def _state(modules) -> list:
     return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
 
 
-def _score(metrics) -> float:
-    return -math.inf if not metrics or metrics.get("agreement") is None else metrics["agreement"]
+def _better(cand, best) -> bool:
+    """Per-row held-out hits cand beat best by more than two standard errors of the paired difference."""
+    if cand is None:
+        return False
+    if best is None:
+        return True
+    gain = float(cand.float().sum() - best.float().sum())
+    return gain > 2.0 * math.sqrt(float((cand != best).sum()))
 
 
 def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_epoch=None,
@@ -59,10 +68,11 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
     opt = make_optimizer(params, cfg)
     res = TrainResult()
     start = validate() if validate else None
+    best = (start or {}).pop("hits", None)
+    best_state = _state(modules) if keep_best else None
     res.history.append({"epoch": 0, "holdout": start})
     if on_epoch:
         on_epoch(res.history[0])
-    best, best_state = _score(start), _state(modules) if keep_best else None
     first = None
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
@@ -88,14 +98,15 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
                 bar.update(1)
         rec = {"epoch": epoch, **{k: s / max(nb, 1) for k, s in sums.items()}, "steps": res.steps}
         rec["holdout"] = validate() if validate else None
+        hits = (rec["holdout"] or {}).pop("hits", None)
         res.history.append(rec)
         if first and rec.get("loss", 0.0) > RISE_WARN * max(first, 1e-30) and not res.warnings:
             res.warnings.append(f"the training loss rose from {first:.3g} to {rec['loss']:.3g} by epoch "
                                 f"{epoch}: the fit diverged; lower the learning rate (--lr, now {cfg.lr:g})")
         if on_epoch:
             on_epoch(rec)
-        if keep_best and _score(rec["holdout"]) > best:
-            best, best_state, res.best_epoch = _score(rec["holdout"]), _state(modules), epoch
+        if keep_best and _better(hits, best):
+            best, best_state, res.best_epoch = hits, _state(modules), epoch
     if keep_best:
         for m, s in zip(modules, best_state):
             m.load_state_dict(s)
