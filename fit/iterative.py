@@ -83,7 +83,7 @@ def train_config(c, st, sh, progress=None, bar: bool = False):
         res = train(modules, loss_fn, lambda ep: epoch_batches(sh.feed, st.n, c.batch_size, c.seed, ep),
                     c, total, validate=validate, on_epoch=on_epoch,
                     keep_best=c.method == "zoomshot" and validate is not None and sh.T is not None, bar=pbar)
-    extra.update(history=res.history, warnings=res.warnings,
+    extra.update(history=res.history, warnings=res.warnings, diverged=bool(res.warnings),
                  schedule={"batch_size": c.batch_size, "epochs": c.epochs, "steps_per_epoch": per_epoch,
                            "steps": res.steps, "best_epoch": res.best_epoch})
     W, b = h.weight.detach().double().cpu(), h.bias.detach().double().cpu()
