@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
