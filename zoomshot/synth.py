@@ -142,7 +142,9 @@ class _WarpedWorld(_World):
         if warp < 0:
             raise ZsError(f"synth --warp must be >= 0, got {warp}")
         super().__init__(classes, dv, d, noise, seed, **{**knobs, "mismatch": 0.0})
-        g = self.gen
+        # The warped parts draw from their own generator, and `sample` draws from self.gen in the
+        # same order and shapes as the offset world: both generators share the CLIP side exactly.
+        g = self.vgen = torch.Generator().manual_seed(int(seed) + 7919)
         keep = torch.randperm(self.ds, generator=g)[: max(1, round(overlap * self.ds))]
         self.seen = torch.zeros(self.ds, dtype=torch.bool)
         self.seen[keep] = True
@@ -164,7 +166,7 @@ class _WarpedWorld(_World):
         c[:, 2:] += zc
         c /= c.norm(dim=1, keepdim=True).clamp_min(1e-12)
         # what the vision encoder sees: the kept semantic coordinates, vision-only noise elsewhere
-        own = math.sqrt(1.0 + self.spread ** 2) * torch.randn(n, self.ds, generator=g) / math.sqrt(self.ds)
+        own = math.sqrt(1.0 + self.spread ** 2) * torch.randn(n, self.ds, generator=self.vgen) / math.sqrt(self.ds)
         lat = torch.where(self.seen, zc, own)
         if self.dn:
             lat = torch.cat([lat, torch.randn(n, self.dn, generator=g) / math.sqrt(self.ds)], 1)
