@@ -261,6 +261,8 @@ class EvalSet:
             "train_vocab": run.get("vocab"),
             "hyper": run.get("hyper"),
             "fit_wall_time_s": run.get("wall_time_s"),
+            "holdout": (run.get("holdout") or {}).get("final"),  # label-free, on the training cache
+            "fit_warnings": run.get("warnings") or [],
             "rows": account.counts,
             "metrics": metrics,
         }
