@@ -53,17 +53,17 @@ LR_MAX_ROWS = 20_000  # the logistic-regression bound is fitted on at most this 
 # Planted worlds: (name, zoomshot.synth.write_synth_world arguments). Knobs not named take the
 # generator's defaults (zoomshot/synth.py).
 PLANTED = [
-    ("offset-200", dict(generator="offset", rows=32_000, test_rows=10_000, classes=200, dv=384, d=256)),
+    ("offset-200", dict(generator="offset", rows=16_000, test_rows=10_000, classes=200, dv=384, d=256)),
     ("offset-10-gap", dict(generator="offset", rows=2_000, test_rows=5_000, classes=10, dv=512, d=256,
                            gap=3.0, noise=1.5)),
     ("offset-100-200k", dict(generator="offset", rows=200_000, test_rows=10_000, classes=100, dv=128,
                              d=64, mismatch=0.5, clip_noise=3.0)),
-    ("warped-50", dict(generator="warped", rows=8_000, test_rows=5_000, classes=50, dv=256, d=128,
+    ("warped-50", dict(generator="warped", rows=6_000, test_rows=5_000, classes=50, dv=256, d=128,
                        overlap=0.8, warp=1.0)),
-    ("warped-300-gap", dict(generator="warped", rows=16_000, test_rows=10_000, classes=300, dv=768,
-                            d=512, gap=2.0, overlap=0.9, warp=0.5)),
-    ("warped-1000", dict(generator="warped", rows=20_000, test_rows=10_000, classes=1000, dv=256,
-                         d=128, overlap=0.7, warp=2.0, noise=1.0)),
+    ("warped-300-gap", dict(generator="warped", rows=8_000, test_rows=10_000, classes=300, dv=384,
+                            d=256, gap=2.0, overlap=0.9, warp=0.5)),
+    ("warped-1000", dict(generator="warped", rows=10_000, test_rows=10_000, classes=1000, dv=128,
+                         d=64, overlap=0.7, warp=2.0, noise=1.0)),
     ("warped-20-noisy", dict(generator="warped", rows=4_000, test_rows=4_000, classes=20, dv=96, d=64,
                              overlap=0.6, warp=1.5, noise=2.0, clip_noise=3.0)),
 ]
