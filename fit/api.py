@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from zoomshot.mapping import Mapping
 
 from .closed_form import LAMBDAS, procrustes_map, ridge_loo, ridge_maps
 from .config import ITERATIVE, FitConfig
-from .data import ChunkFeed, Moments, check_dims, epoch_batches, plan_rows, resolve_encoders
+from .data import ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
 
 SHARED = ("source", "target", "vocab", "seed", "device", "memory_budget", "holdout")
 LOO_ROWS = 2048  # rows whose exact leave-one-out error scores each ridge penalty
@@ -89,6 +88,7 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
         vals = {repr(getattr(c, name)) for c in cfgs}
         if len(vals) > 1:
             raise ZsError(f"configurations fitted together must share {name}; got {sorted(vals)}")
+    release_freed_memory()
     sh = _setup(Path(cache_path).resolve(), cfgs, t0)
     _read_statistics(sh, cfgs)
     results = []
@@ -134,7 +134,7 @@ def _read_statistics(sh: Shared, cfgs: list[FitConfig]) -> None:
     plan = sh.plan
     sh.moments = Moments(plan.sizes, sh.dv, sh.d, full=full, device=sh.device)
     held, sample = [], []
-    with torch.no_grad(), threads_for(sh.device, Moments.BLOCK * sh.dv * (sh.dv + sh.d if full else 1)):
+    with torch.no_grad(), threads_for(sh.device, plan.block_rows * sh.dv * (sh.dv + sh.d if full else 1)):
         for blk in sh.feed.blocks(range(len(sh.feed))):
             sh.moments.add(blk)
             held.append(blk.take(blk.ranks >= plan.holdout_from))

@@ -277,6 +277,24 @@ class ChunkFeed:
             t.join(timeout=10)
 
 
+def release_freed_memory() -> None:
+    """Have glibc return freed blocks of 1 MiB and more to the system at once (Linux; no-op elsewhere).
+
+    Its default threshold rises as large buffers are freed, after which each block's buffers come
+    from the heap and fragment it: a streamed fit then grows by hundreds of MB over the budget."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def epoch_batches(feed: ChunkFeed, size: int, batch_size: int, seed: int, epoch: int):
     """The (v, c) batches of one epoch of a fit on the rows with rank < size.
 
@@ -314,7 +332,7 @@ class Moments:
     only per-dimension sums (enough for standardisation).
     """
 
-    BLOCK = 16384  # rows per product
+    BLOCK_BYTES = 8 << 20  # float64 rows per product (a bound on the pass's transient memory)
 
     def __init__(self, sizes: list[int], dv: int, d: int, full: bool, device):
         import torch
@@ -338,10 +356,11 @@ class Moments:
 
         bounds = torch.tensor(self.bounds, device=chunk.ranks.device)
         tier = torch.bucketize(chunk.ranks, bounds, right=True)
+        step = max(64, self.BLOCK_BYTES // (8 * (chunk.v.shape[1] + chunk.c.shape[1])))
         for j in range(len(self.bounds)):
             idx = (tier == j).nonzero()[:, 0]
-            for lo in range(0, len(idx), self.BLOCK):
-                sel = idx[lo:lo + self.BLOCK]
+            for lo in range(0, len(idx), step):
+                sel = idx[lo:lo + step]
                 v = chunk.v.index_select(0, sel).double()
                 c = chunk.c.index_select(0, sel).double()
                 self.n[j] += len(sel)

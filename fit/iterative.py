@@ -74,16 +74,16 @@ def train_config(c, st, sh, progress=None, bar: bool = False):
         loss_fn = lambda v, cc: aligner_loss(h, v * s_in, cc * s_out)  # noqa: E731
         predict = lambda v: h(v * s_in) / s_out  # noqa: E731
     validate = None
-    if sh.held is not None:
-        validate = lambda: holdout_metrics(predict(sh.held.v), sh.held.c, sh.T, hits=True)  # noqa: E731
+    if sh.held is not None:  # zoomshot keeps its best epoch (per-row hits); the aligner its last
+        hits = c.method == "zoomshot"
+        validate = lambda: holdout_metrics(predict(sh.held.v), sh.held.c, sh.T, hits=hits)  # noqa: E731
     per_epoch = math.ceil(st.n / c.batch_size)
     total = per_epoch * c.epochs
     on_epoch = None if progress is None else (lambda rec: progress({**rec, "epochs": c.epochs}))
     with _bar(bar, total, c) as pbar, threads_for(sh.device, c.batch_size * sh.dv * sh.d):
         res = train(modules, loss_fn, lambda ep: epoch_batches(sh.feed, st.n, c.batch_size, c.seed, ep),
-                    c, total, validate=validate, on_epoch=on_epoch,
-                    keep_best=c.method == "zoomshot" and validate is not None and sh.T is not None, bar=pbar)
-    extra.update(history=res.history, warnings=res.warnings,
+                    c, total, validate=validate, on_epoch=on_epoch, bar=pbar)
+    extra.update(history=res.history, warnings=res.warnings, diverged=bool(res.warnings),
                  schedule={"batch_size": c.batch_size, "epochs": c.epochs, "steps_per_epoch": per_epoch,
                            "steps": res.steps, "best_epoch": res.best_epoch})
     W, b = h.weight.detach().double().cpu(), h.bias.detach().double().cpu()

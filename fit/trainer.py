@@ -4,9 +4,9 @@
     after each epoch: mean loss terms, held-out metrics, keep the best state (early stopping)
 
 `train` knows nothing of the method: it gets the modules to train, a loss function of a batch, the
-batches of an epoch and a validation function. With `keep_best`, the state kept is the best by
-held-out agreement among the start (epoch 0) and every epoch, so training never leaves the mapping
-worse on the held-out rows than where it started. A later state replaces the kept one only when it
+batches of an epoch and a validation function. When the validation gives per-row hits, the state
+kept is the best by held-out agreement among the start (epoch 0) and every epoch, so training never
+leaves the mapping worse on the held-out rows than where it started. A later state replaces the kept one only when it
 agrees with the teacher on more held-out rows by over two standard errors of the paired difference
 (2·√discordant rows): a few hundred rows cannot tell apart states a few rows apart, and the start
 (a closed-form optimum) is the safer choice then. A loss that turns NaN/Inf stops the fit
@@ -59,16 +59,18 @@ def _better(cand, best) -> bool:
 
 
 def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_epoch=None,
-          keep_best: bool = False, bar=None) -> TrainResult:
+          bar=None) -> TrainResult:
     """Train `modules` in place for cfg.epochs epochs; returns what happened.
 
     loss_fn(v, c) -> (total, {term: value}); batches(epoch) -> iterable of (v, c); validate() ->
-    held-out metrics or None; on_epoch(record) after each epoch; bar: a tqdm bar advanced per step."""
+    held-out metrics or None, with per-row "hits" when the best state is to be kept (early
+    stopping); on_epoch(record) at the start and after each epoch; bar: a tqdm bar advanced per step."""
     params = [p for m in modules for p in m.parameters()]
     opt = make_optimizer(params, cfg)
     res = TrainResult()
     start = validate() if validate else None
     best = (start or {}).pop("hits", None)
+    keep_best = best is not None
     best_state = _state(modules) if keep_best else None
     res.history.append({"epoch": 0, "holdout": start})
     if on_epoch:

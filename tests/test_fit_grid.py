@@ -76,3 +76,16 @@ def test_configs_fitted_together_must_share_the_data_settings(world):
 
     with pytest.raises(ZsError, match="must share holdout"):
         fit_configs(world["train"], [FitConfig(method="ridge"), FitConfig(method="ridge", holdout=0.1)])
+
+
+def test_the_fit_and_evaluate_stages_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    for mine, other in (("zoomshot.fit", "zoomshot.evaluate"), ("zoomshot.evaluate", "zoomshot.fit")):
+        mods = {"zoomshot.fit": "zoomshot.fit.api, zoomshot.fit.iterative",
+                "zoomshot.evaluate": "zoomshot.evaluate.run, zoomshot.evaluate.scoring, zoomshot.evaluate.report"}
+        code = (f"import sys, {mods[mine]}\n"
+                f"print(sorted(m for m in sys.modules if m == {other!r} or m.startswith({other!r} + '.')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "[]", (mine, out)

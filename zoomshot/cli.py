@@ -181,6 +181,9 @@ def fit_cmd(
     typer.echo(f"wrote {out}: {r['method']} {r['source']['key']} -> {r['target']['key']}, "
                f"{r['rows']['used']} rows{' (streamed)' if r['rows']['streamed'] else ''}, "
                f"{r['epochs']} epochs{steps}, {r['wall_time_s']:.1f} s" + _held_text(r["holdout"]["final"]))
+    if r.get("diverged"):  # written, so it can be inspected, but the run did not do its job
+        typer.echo(f"error: the fit diverged; {out} is not to be trusted (see warnings in its run.json)", err=True)
+        raise typer.Exit(1)
 
 
 def _held_text(held: dict | None) -> str:

@@ -133,10 +133,13 @@ def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res
     # closed-form methods have no epochs: one cell per fraction
     n_cells = sum(len(cfg.fractions) * (1 if METHOD_DEFAULTS[m]["epochs"] == 0 else len(cfg.epochs))
                   for m in methods)
-    bar = tqdm(total=n_cells * len(cfg.train_caches), desc="sweep", unit="cell", disable=cfg.quiet,
-               leave=False, delay=2)
+    total = n_cells * len(cfg.train_caches)
+    bar = tqdm(total=total, desc="sweep", unit="cell", disable=cfg.quiet, leave=False, delay=2)
+    done = 0
     for train in cfg.train_caches:
         def on_result(m: Mapping, train=train) -> None:
+            nonlocal done
+            done += 1
             bar.update(1)
             if cfg.save_mappings:
                 save_mapping(m, out / "mappings" / _cell_name(train, m))
@@ -154,7 +157,7 @@ def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res
             held = (m.run.get("holdout") or {}).get("final") or {}
             note = f", held-out agreement {100 * held['agreement']:.1f}%" if held.get("agreement") is not None else ""
             warn = "".join(f"\n  warning: {w}" for w in m.run.get("warnings") or [])
-            progress(f"[{Path(train).stem} {bar.n}/{bar.total}] {m.method} epochs={m.run.get('epochs')} "
+            progress(f"[{Path(train).stem} {done}/{total}] {m.method} epochs={m.run.get('epochs')} "
                      f"fraction={_g(m.run.get('fraction'))}: acc1 " + ", ".join(accs) + note + warn)
 
         fit_grid(train, fit_cfg, list(cfg.epochs), list(cfg.fractions), methods, on_result=on_result)
