@@ -6,10 +6,10 @@
 `train` knows nothing of the method: it gets the modules to train, a loss function of a batch, the
 batches of an epoch and a validation function. When the validation gives per-row hits, the state
 kept is the best by held-out agreement among the start (epoch 0) and every epoch, so training never
-leaves the mapping worse on the held-out rows than where it started. A later state replaces the kept one only when it
-agrees with the teacher on more held-out rows by over two standard errors of the paired difference
-(2·√discordant rows): a few hundred rows cannot tell apart states a few rows apart, and the start
-(a closed-form optimum) is the safer choice then. A loss that turns NaN/Inf stops the fit
+leaves the mapping worse on the held-out rows than where it started. A later state can be kept only when it agrees
+with the teacher on more held-out rows than the start by over two standard errors of the paired
+difference (2·√discordant rows): a few hundred rows cannot tell apart states a few rows apart, and
+the start (a closed-form optimum) is the safer choice then. Among such states, the most agreeing. A loss that turns NaN/Inf stops the fit
 with a ZsError; one that rises a hundredfold over the first step's is a warning in the record.
 """
 from __future__ import annotations
@@ -48,14 +48,13 @@ def _state(modules) -> list:
     return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
 
 
-def _better(cand, best) -> bool:
-    """Per-row held-out hits cand beat best by more than two standard errors of the paired difference."""
+def _better(cand, start) -> bool:
+    """Per-row held-out hits cand beat those of the start by over two standard errors of the paired
+    difference."""
     if cand is None:
         return False
-    if best is None:
-        return True
-    gain = float(cand.float().sum() - best.float().sum())
-    return gain > 2.0 * math.sqrt(float((cand != best).sum()))
+    gain = float(cand.float().sum() - start.float().sum())
+    return gain > 2.0 * math.sqrt(float((cand != start).sum()))
 
 
 def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_epoch=None,
@@ -69,7 +68,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
     opt = make_optimizer(params, cfg)
     res = TrainResult()
     start = validate() if validate else None
-    best = (start or {}).pop("hits", None)
+    best = first_hits = (start or {}).pop("hits", None)
     keep_best = best is not None
     best_state = _state(modules) if keep_best else None
     res.history.append({"epoch": 0, "holdout": start})
@@ -107,7 +106,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
                                 f"{epoch}: the fit diverged; lower the learning rate (--lr, now {cfg.lr:g})")
         if on_epoch:
             on_epoch(rec)
-        if keep_best and _better(hits, best):
+        if keep_best and _better(hits, first_hits) and int(hits.sum()) > int(best.sum()):
             best, best_state, res.best_epoch = hits, _state(modules), epoch
     if keep_best:
         for m, s in zip(modules, best_state):
