@@ -240,13 +240,20 @@ def synth_cmd(
     spread: Optional[float] = typer.Option(None, "--spread", help="Within-class spread shared by both encoders."),
     clip_noise: Optional[float] = typer.Option(None, "--clip-noise", help="CLIP-only noise."),
     mismatch: Optional[float] = typer.Option(None, "--mismatch", help="Per-class offsets only the vision "
-                                             "encoder has."),
+                                             "encoder has (generator offset)."),
+    generator: str = typer.Option("offset", "--generator", help="offset (vision has class offsets CLIP "
+                                  "lacks) or warped (no offsets; partial, nonlinear view)."),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help="warped: share of the semantics the "
+                                            "vision encoder sees (default 0.8)."),
+    warp: Optional[float] = typer.Option(None, "--warp", help="warped: strength of the nonlinearity "
+                                         "(default 1)."),
 ):
     """Write a planted-world train/test cache pair whose teacher accuracy is known."""
     from zoomshot.synth import write_synth_world
 
     w = write_synth_world(out, rows=rows, test_rows=test_rows, classes=classes, dv=dv, d=d, noise=noise,
-                          seed=seed, spread=spread, clip_noise=clip_noise, mismatch=mismatch)
+                          seed=seed, spread=spread, clip_noise=clip_noise, mismatch=mismatch,
+                          generator=generator, overlap=overlap, warp=warp)
     typer.echo(f"wrote {w['train']} ({rows} rows) and {w['test']} ({test_rows} rows); CLIP teacher top-1: "
                f"train {100 * w['teacher_acc_train']:.2f}%, test {100 * w['teacher_acc_test']:.2f}%")
 

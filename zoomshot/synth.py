@@ -19,6 +19,16 @@ How a world is made (d = CLIP dim, dv = vision dim, K classes, all directions ra
     + mismatch·R r_y + noise·η_i + μ_v, with A a random invertible, anisotropic map (singular values
     log-spaced in [1/cond, 1]), ν_i a nuisance subspace CLIP never sees, r_y a per-class offset the
     vision encoder adds on its own (so no linear map is exact), η_i vision-only noise.
+
+That is generator "offset" (the default): the vision features carry class offsets CLIP lacks, which
+rewards distillation. Generator "warped" keeps CLIP, the texts and the class codes, but gives the
+vision encoder no class offsets (mismatch 0) and makes it see the semantics differently instead:
+  - it sees only a share `overlap` of the semantic coordinates; the others are replaced by
+    vision-only latent noise of the same scale (teacher and student see partly different things);
+  - v_i = h_i + warp·σ·tanh(M h_i / σ) + noise·η_i + μ_v with h_i = A [masked s_i ; ν_i] and M a
+    random orthogonal map (σ: the typical size of h): a smooth nonlinear function of what it sees,
+    so no linear map is exact and there is nothing class-specific for distillation to pick up
+    that CLIP's own features lack.
 Teacher accuracy is argmax_k c_i · t_k against y_i, computed on the written rows of each split.
 """
 from __future__ import annotations
@@ -43,6 +53,8 @@ OFFSET_SCALE = 3.0  # length of a class's private vision offset at mismatch 1, i
 # Defaults chosen so that the teacher is good but not perfect (~0.7-0.8 top-1 with 1,000 classes)
 # and a linear map from the vision features can nearly, but not trivially, reach it.
 DEFAULTS = dict(spread=5.0, clip_noise=2.0, gap=1.0, mismatch=2.0, cond=10.0, template_noise=0.3)
+GENERATORS = ("offset", "warped")
+WARPED_DEFAULTS = dict(overlap=0.8, warp=1.0)
 
 
 def _unit(x, axis=-1):
@@ -119,6 +131,52 @@ class _World:
         return c, v
 
 
+class _WarpedWorld(_World):
+    """Generator "warped": no class offsets; the vision side sees a share of the semantics, warped."""
+
+    def __init__(self, classes, dv, d, noise, seed, overlap, warp, **knobs):
+        import torch
+
+        if not 0.0 < overlap <= 1.0:
+            raise ZsError(f"synth --overlap must be in (0, 1], got {overlap}")
+        if warp < 0:
+            raise ZsError(f"synth --warp must be >= 0, got {warp}")
+        super().__init__(classes, dv, d, noise, seed, **{**knobs, "mismatch": 0.0})
+        # The warped parts draw from their own generator, and `sample` draws from self.gen in the
+        # same order and shapes as the offset world: both generators share the CLIP side exactly.
+        g = self.vgen = torch.Generator().manual_seed(int(seed) + 7919)
+        keep = torch.randperm(self.ds, generator=g)[: max(1, round(overlap * self.ds))]
+        self.seen = torch.zeros(self.ds, dtype=torch.bool)
+        self.seen[keep] = True
+        self.warp = float(warp)
+        self.M = torch.linalg.qr(torch.randn(dv, dv, generator=g, dtype=torch.float64))[0].float()
+        # σ: the per-entry scale of h = A [s ; ν] for a typical image (class code + spread)
+        latent_var = (1.0 + self.spread ** 2) / self.ds
+        self.sigma = float((self.A ** 2).sum(1).mean().sqrt()) * math.sqrt(latent_var)
+
+    def sample(self, labels: np.ndarray):
+        import torch
+
+        g = self.gen
+        n = len(labels)
+        y = torch.from_numpy(labels.astype(np.int64))
+        zc = self.z.float()[y] + self.spread * torch.randn(n, self.ds, generator=g) / math.sqrt(self.ds)
+        c = self.clip_noise * torch.randn(n, self.d, generator=g) / math.sqrt(self.d)
+        c[:, 1] += self.gap_img
+        c[:, 2:] += zc
+        c /= c.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        # what the vision encoder sees: the kept semantic coordinates, vision-only noise elsewhere
+        own = math.sqrt(1.0 + self.spread ** 2) * torch.randn(n, self.ds, generator=self.vgen) / math.sqrt(self.ds)
+        lat = torch.where(self.seen, zc, own)
+        if self.dn:
+            lat = torch.cat([lat, torch.randn(n, self.dn, generator=g) / math.sqrt(self.ds)], 1)
+        h = lat @ self.A32.T
+        v = h + self.warp * self.sigma * torch.tanh((h @ self.M.T) / self.sigma)
+        v += self.noise * torch.randn(n, self.dv, generator=g)
+        v += self.mu_v32
+        return c, v
+
+
 def write_synth_world(
     prefix: str | os.PathLike,
     rows: int = 50_000,
@@ -134,9 +192,14 @@ def write_synth_world(
     mismatch: float | None = None,
     cond: float | None = None,
     template_noise: float | None = None,
+    generator: str = "offset",
+    overlap: float | None = None,
+    warp: float | None = None,
 ) -> dict:
     """Write PREFIX-train.h5 and PREFIX-test.h5 from one planted world; return their paths and the
-    teacher's accuracy on each (also stored as the file attribute `synth`, JSON)."""
+    teacher's accuracy on each (also stored as the file attribute `synth`, JSON). `generator`
+    picks the construction ("offset" or "warped", see the module docstring); overlap and warp
+    are knobs of "warped" only."""
     import torch
 
     from zoomshot.cache import CacheWriter, EncoderEntry, safe_key
@@ -147,11 +210,25 @@ def write_synth_world(
     knobs = {k: (DEFAULTS[k] if v is None else float(v)) for k, v in dict(
         spread=spread, clip_noise=clip_noise, gap=gap, mismatch=mismatch, cond=cond,
         template_noise=template_noise).items()}
-    world = _World(classes, dv, d, float(noise), seed, **knobs)
+    if generator not in GENERATORS:
+        raise ZsError(f"unknown synth generator {generator!r}; choose one of: {', '.join(GENERATORS)}")
+    extra = {}
+    if generator == "warped":
+        if mismatch is not None and float(mismatch) != 0.0:
+            raise ZsError("the warped generator has no class offsets: --mismatch applies to "
+                          "--generator offset only")
+        knobs["mismatch"] = 0.0
+        extra = {k: (WARPED_DEFAULTS[k] if v is None else float(v))
+                 for k, v in dict(overlap=overlap, warp=warp).items()}
+        world = _WarpedWorld(classes, dv, d, float(noise), seed, **extra, **knobs)
+    else:
+        if overlap is not None or warp is not None:
+            raise ZsError("--overlap and --warp apply to --generator warped only")
+        world = _World(classes, dv, d, float(noise), seed, **knobs)
     names = [f"class_{k:04d}" for k in range(classes)]
     prefix = Path(prefix)
     params = dict(rows=rows, test_rows=test_rows, classes=classes, dv=dv, d=d, noise=float(noise),
-                  seed=seed, **knobs)
+                  seed=seed, generator=generator, **knobs, **extra)
     out = {"params": params}
     label_rng = np.random.default_rng(seed + 1)
     clip_key, vis_key = safe_key(CLIP_SPEC), safe_key(VISION_SPEC)
