@@ -254,11 +254,11 @@ def evaluate_cmd(
                                       "(one JSON per dataset and model in OUT/clip_benchmark/, for its `build`)."),
 ):
     """Score mappings (and CLIP itself) zero-shot on evaluation caches; write a report."""
-    from zoomshot.evaluate.run import run_evaluate, summary_lines
+    from zoomshot.evaluate.run import EvaluateConfig, run_evaluate, summary_lines
 
-    res = run_evaluate([str(m) for m in mapping], [str(c) for c in cache], out, vocab=vocab,
-                       per_class=per_class, skip_existing=skip_existing, retrieval=retrieval,
-                       progress=not quiet, formats=tuple(format_))
+    res = run_evaluate(EvaluateConfig([str(m) for m in mapping], [str(c) for c in cache], out, vocab=vocab,
+                                      per_class=per_class, skip_existing=skip_existing, retrieval=retrieval,
+                                      progress=not quiet, formats=tuple(format_)))
     _print_skipped(res.skipped)
     if res.kept:
         typer.echo(f"kept {res.kept} records already in {out / 'results.json'}")

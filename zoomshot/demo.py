@@ -27,7 +27,7 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device: str = "auto",
              world_rows: int = 20_000, progress: Callable[[str], None] = print) -> DemoResult:
-    from zoomshot.evaluate.run import run_evaluate, summary_lines
+    from zoomshot.evaluate.run import EvaluateConfig, run_evaluate, summary_lines
     from zoomshot.evaluate.sweep import SweepConfig, run_sweep
     from zoomshot.extract.runner import ExtractConfig, extract
     from zoomshot.fit import METHODS, FitConfig, fit_cache
@@ -65,7 +65,7 @@ def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device:
         say(f"      fit {method:<15} {m.run['wall_time_s']:.2f}s")
     m = fit_cache(shapes_cache, FitConfig(method="zoomshot", epochs=20))
     mappings.append(save_mapping(m, out / "mappings" / "shapes-zoomshot"))
-    ev = run_evaluate([str(p) for p in mappings], [world["test"], str(shapes_cache)], out / "report")
+    ev = run_evaluate(EvaluateConfig([str(p) for p in mappings], [world["test"], str(shapes_cache)], out / "report"))
     for line in summary_lines(ev.records):
         say("      " + line)
     say(f"      ({len(ev.skipped)} mapping × cache pairs skipped: their encoders differ)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import io
 import os
 import re
@@ -134,11 +133,9 @@ class ImageSource:
         return np.full(len(self), -1, np.int32) if self.labels is None else self.labels
 
     def ids_digest(self) -> str:
-        h = hashlib.sha256()
-        for i in self.ids:
-            h.update(i.encode())
-            h.update(b"\n")
-        return h.hexdigest()
+        from zoomshot.cache import ids_sha256
+
+        return ids_sha256(self.ids)
 
 
 def decode_rgb(data, min_side: int | None = None):
@@ -207,7 +204,7 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _walk_images(top: Path, seen: set | None = None, blocked: frozenset = frozenset()) -> list[Path]:
+def walk_images(top: Path, seen: set | None = None, blocked: frozenset = frozenset()) -> list[Path]:
     """Image files below top, following directory links but entering each real folder once (`seen`
     may be shared across calls) and never one in `blocked`: a link loop, or a link into the tree's
     root or another class, cannot list an image twice or under another label. A folder that cannot
@@ -229,6 +226,20 @@ def _walk_images(top: Path, seen: set | None = None, blocked: frozenset = frozen
     return out
 
 
+def list_image_files(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, str | None]]:
+    """(path, problem) per image for `zs predict`: files as given, folders searched recursively for
+    image files (sorted); a missing path or an empty folder comes back with its problem."""
+    out: list[tuple[Path, str | None]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += [(f, None) for f in sorted(walk_images(p))] or [(p, "folder holds no image files")]
+        elif p.is_file():
+            out.append((p, None))
+        else:
+            out.append((p, "no such file or folder"))
+    return out
+
+
 # ------------------------------------------------------------------------------ folders --------
 def folder_source(root: str | os.PathLike) -> ImageSource:
     """An ImageFolder tree (class subfolders) or a flat folder of images (no labels)."""
@@ -239,7 +250,7 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
     tops = {name: os.path.realpath(root / name) for name in class_dirs}
     blocked = {os.path.realpath(root), *tops.values()}
     seen: set = set()
-    listed = {name: _walk_images(root / name, seen, frozenset(blocked - {tops[name]})) for name in class_dirs}
+    listed = {name: walk_images(root / name, seen, frozenset(blocked - {tops[name]})) for name in class_dirs}
     if top_images or not any(listed.values()):  # a flat folder may have subfolders without images
         class_dirs = [name for name in class_dirs if listed[name]]
     if top_images and class_dirs:
