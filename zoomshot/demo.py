@@ -80,12 +80,14 @@ def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device:
 
     say("")
     say(f"Reports: {res.report} and {res.sweep_report}")
-    if pretrained:
-        say("The shape-image cache used real pretrained weights; the planted world is synthetic by design.")
-    else:
-        say("What is real and what is not: the shape-image step ran real architectures with RANDOM weights "
-            "(no download here), so its accuracies say nothing about real encoders and only show the pipeline "
-            "works; the "
-            "fit/evaluate/sweep numbers come from a PLANTED world whose teacher accuracy is known by "
-            "construction. Run `zs demo --pretrained` (weights from the local hub cache) for real encoders.")
+    say(_what_is_real(pretrained))
     return res
+
+
+def _what_is_real(pretrained: bool) -> str:
+    if pretrained:
+        return "The shape-image cache used real pretrained weights; the planted world is synthetic by design."
+    return ("What is real and what is not: the shape-image step ran real architectures with RANDOM weights "
+            "(no download here), so its accuracies say nothing about real encoders and only show the pipeline "
+            "works; the fit/evaluate/sweep numbers come from a PLANTED world whose teacher accuracy is known by "
+            "construction. Run `zs demo --pretrained` (weights from the local hub cache) for real encoders.")

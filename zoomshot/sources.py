@@ -478,6 +478,38 @@ def _parquet_class_names(schema, column: str) -> list[str] | None:
     return [str(n) for n in names] if names else None
 
 
+def _parquet_rows(files, handles, id_col: str | None, label_col: str | None):
+    """(ids, items (file, row group, row), raw labels) of every row, reading only the id and label columns."""
+    ids, items, raw_labels = [], [], []
+    for fi, (f, h) in enumerate(zip(files, handles)):
+        width = len(str(max(h.metadata.num_rows - 1, 0)))
+        row = 0
+        for gi in range(h.num_row_groups):
+            cols = [c for c in (id_col, label_col) if c]
+            table = h.read_row_group(gi, columns=cols) if cols else None
+            n = h.metadata.row_group(gi).num_rows
+            if id_col:
+                ids.extend(str(x) for x in table.column(id_col).to_pylist())
+            else:
+                ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(row, row + n))
+            if label_col:
+                raw_labels.extend(table.column(label_col).to_pylist())
+            items.extend((fi, gi, r) for r in range(n))
+            row += n
+    return ids, items, raw_labels
+
+
+def _parquet_labels(raw_labels: list, schema, label_col: str):
+    """(labels, class names): integer labels as given (names from the schema, if any), other values
+    as names numbered in sorted order; a missing label is -1."""
+    given = [x for x in raw_labels if x is not None]
+    if all(isinstance(x, (int, np.integer)) for x in given):
+        return [-1 if x is None else int(x) for x in raw_labels], _parquet_class_names(schema, label_col)
+    class_names = sorted({str(x) for x in given})
+    index = {c: i for i, c in enumerate(class_names)}
+    return [-1 if x is None else index[str(x)] for x in raw_labels], class_names
+
+
 def parquet_source(pattern: str, image_column: str | None = None, label_column: str | None = None) -> ImageSource:
     """Rows of parquet files (brace pattern or glob), listed row group by row group without reading
     the images. Ids: a `key`/`id` column when there is one, else FILE_STEM/ROW."""
@@ -513,34 +545,10 @@ def parquet_source(pattern: str, image_column: str | None = None, label_column: 
         lacking = [c for c in (image_col, label_col, id_col) if c and c not in h.schema_arrow.names]
         if lacking:
             raise SourceError(f"{f} has no column {lacking[0]!r}, which {files[0]} has; the files must share a layout")
-    ids, items, raw_labels = [], [], []
-    for fi, (f, h) in enumerate(zip(files, handles)):
-        width = len(str(max(h.metadata.num_rows - 1, 0)))
-        row = 0
-        for gi in range(h.num_row_groups):
-            cols = [c for c in (id_col, label_col) if c]
-            table = h.read_row_group(gi, columns=cols) if cols else None
-            n = h.metadata.row_group(gi).num_rows
-            if id_col:
-                ids.extend(str(x) for x in table.column(id_col).to_pylist())
-            else:
-                ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(row, row + n))
-            if label_col:
-                raw_labels.extend(table.column(label_col).to_pylist())
-            items.extend((fi, gi, r) for r in range(n))
-            row += n
+    ids, items, raw_labels = _parquet_rows(files, handles, id_col, label_col)
     if not ids:
         raise SourceError(f"{pattern} holds no rows")
-    labels, class_names = None, None
-    if label_col:
-        given = [x for x in raw_labels if x is not None]
-        if all(isinstance(x, (int, np.integer)) for x in given):
-            labels = [-1 if x is None else int(x) for x in raw_labels]
-            class_names = _parquet_class_names(schema, label_col)
-        else:
-            class_names = sorted({str(x) for x in given})
-            index = {c: i for i, c in enumerate(class_names)}
-            labels = [-1 if x is None else index[str(x)] for x in raw_labels]
+    labels, class_names = _parquet_labels(raw_labels, schema, label_col) if label_col else (None, None)
     return _sorted_source(ids, items, [0] * len(ids), [ParquetReader(files, image_col)], labels,
                           class_names=class_names, kind="parquet",
                           description=f"{pattern} (parquet, {len(files)} file{'s' * (len(files) > 1)}, "
