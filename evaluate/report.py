@@ -327,7 +327,9 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
     write_text_atomic(out / "skipped.json", json.dumps(list(skipped), indent=2, default=json_default))
     paths["skipped.json"] = str(out / "skipped.json")
 
-    plots = write_plots(records, out, labels=dataset_labels(records), heatmap=heatmap) if records else {}
+    best = best_per_method(records)
+    plots = (write_plots(records, out, dataset_labels(records), best, row_order(best), heatmap=heatmap)
+             if records else {})
     paths.update(plots)
 
     write_text_atomic(out / "report.md", markdown_report(records, skipped, plots))

@@ -7,7 +7,9 @@ from pathlib import Path
 from zoomshot.errors import ZsError
 
 from .report import check_out_dir, dataset_labels, read_results, row_label, write_report
-from .scoring import _resolved, evaluate, record_key, record_place
+from zoomshot.fileutil import resolved_path
+
+from .scoring import evaluate, record_key, record_place
 
 
 @dataclass
@@ -61,10 +63,10 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     earlier = [r for r in earlier if record_place(r) not in replaced]  # stale: refit or re-extracted since
     records = earlier + new
     paths = write_report(records, out_dir, skipped, formats=formats)
-    scored = {_resolved(r["mapping"]) for r in records if r.get("mapping")}
+    scored = {resolved_path(r["mapping"]) for r in records if r.get("mapping")}
     unmatched = {}
     for sk in skipped:
-        if _resolved(sk["mapping"]) not in scored:
+        if resolved_path(sk["mapping"]) not in scored:
             unmatched.setdefault(sk["mapping"], sk["reason"])
     failed = None
     if unmatched:  # the report of the rest is written; the run still did not do its whole job

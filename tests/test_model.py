@@ -212,7 +212,7 @@ def test_labels_from_cache_need_no_clip_model(world, monkeypatch):
     from zoomshot import model as model_mod
 
     clf = zoomshot.load(world.mapping)
-    monkeypatch.setattr(model_mod, "_build", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(model_mod, "build_role_encoder", lambda *a, **k: pytest.fail("a model was built"))
     clf.set_labels_from_cache(world.cache)
     assert clf.labels == list(CLASSES)
     with torch.inference_mode():

@@ -18,7 +18,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from zoomshot import __version__
+from zoomshot.version import __version__
 from zoomshot.errors import ZsError
 from zoomshot.shards import shard_dir, shard_report
 

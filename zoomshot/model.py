@@ -37,7 +37,7 @@ def encoder_spec(role: dict, weights: str | None) -> str:
     return role["spec"] if chosen == "default" else f"{role['spec']}@{chosen}"
 
 
-def _build(spec: str, device: str, role_name: str):
+def build_role_encoder(spec: str, device: str, role_name: str):
     from zoomshot.encoders import build_encoder
 
     try:
@@ -140,7 +140,7 @@ class ZeroShotClassifier(nn.Module):
         """The mapping's target CLIP encoder (built once; weights from run.json or `text_weights`)."""
         if self._text_encoder is None:
             spec = encoder_spec(self.run["target"], self.text_weights)
-            enc = _build(spec, str(self.device), "target (CLIP)")
+            enc = build_role_encoder(spec, str(self.device), "target (CLIP)")
             if enc.family != "clip" or enc.dim != self.mapping.out_features:
                 raise ZsError(f"the mapping's target {enc.spec!r} is a {enc.family} encoder of dim {enc.dim}; "
                               f"it needs a CLIP text tower of dim {self.mapping.out_features}")
@@ -256,7 +256,7 @@ def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str
     device = resolve_device(device)  # "auto": CUDA when present
     m = load_mapping(mapping_dir)
     spec = encoder_spec(m.source, weights)
-    encoder = _build(spec, device, "source (vision)")
+    encoder = build_role_encoder(spec, device, "source (vision)")
     clf = ZeroShotClassifier(encoder, m, logit_scale=logit_scale, text_weights=text_weights)
     return clf.to(device).eval()
 
