@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from test_evaluate_world import make_mapping, make_world
-from tiny_models import VISION_PLUGIN, image_bytes, make_image_folder
+from conftest import make_mapping, make_world
+from conftest import VISION_PLUGIN, image_bytes, make_image_folder
 from zoomshot.cache import CacheError, open_cache
 from zoomshot.cli import app
 
