@@ -293,8 +293,9 @@ def fit_step(ctx: Ctx) -> dict:
     t = time.perf_counter()
     m = fit_cache(cache, cfg)
     dt = time.perf_counter() - t
-    rows = m.run["rows"]["used"]
-    return {"fit_s": dt, "rows": rows, "rows_epochs_per_s": rows * ctx.sizes.fit_epochs / dt,
+    rows = m.run["rows"]["used"]  # trained on; the held-out rows are scored every epoch
+    return {"fit_s": dt, "rows": rows + m.run["rows"]["held_out"], "trained_rows": rows,
+            "rows_epochs_per_s": rows * ctx.sizes.fit_epochs / dt,
             "streamed": bool(m.run["rows"]["streamed"])}
 
 

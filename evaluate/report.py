@@ -27,7 +27,7 @@ CSV_COLUMNS = [
     "method", "epochs",
     "fraction", "seed", "train_cache", "rows_total", "rows_scored", "rows_unreadable",
     "rows_not_done", "rows_unlabelled", "acc1", "acc5", "mean_per_class_recall", "agreement",
-    "clip_share", "gap_centroid_distance", "gap_mean_cosine",
+    "clip_share", "gap_centroid_distance", "gap_mean_cosine", "holdout_agreement", "fit_warnings",
 ]
 
 
@@ -83,6 +83,8 @@ def csv_row(rec: dict, extra: list[str] = ()) -> dict:
     row.update({k: m.get(k) for k in ("acc1", "acc5", "mean_per_class_recall", "agreement", "clip_share")})
     row["gap_centroid_distance"] = gap.get("centroid_distance")
     row["gap_mean_cosine"] = gap.get("mean_cosine")
+    row["holdout_agreement"] = (rec.get("holdout") or {}).get("agreement")
+    row["fit_warnings"] = "; ".join(rec.get("fit_warnings") or []) or None
     return {k: "" if v is None else v for k, v in row.items()}
 
 
@@ -151,7 +153,9 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
 
     mapped = [r for r in records if r["mapping"] is not None]
     if mapped:
-        lines += ["## Every mapping", "", "With the setup each mapping was trained with.", ""]
+        lines += ["## Every mapping", "", "With the setup each mapping was trained with. Held-out: "
+                  "label-free top-1 agreement with CLIP on rows of the training cache the fit did not "
+                  "train on. A fit marked ⚠ warned that it cannot be trusted (see results.json).", ""]
         by_mapping: dict[str, dict] = {}
         for r in mapped:
             by_mapping.setdefault(r["mapping"], {})[r["cache"]] = r
@@ -160,10 +164,12 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
             r0 = next(iter(per_cache.values()))
             setup = [row_label(r0), r0["method"], encoder_label(r0), _fmt(r0.get("train_cache") and
                                                                       Path(r0["train_cache"]).name),
-                     _fmt(r0.get("epochs")), _fmt(r0.get("fraction")), _fmt(r0.get("seed"))]
+                     _fmt(r0.get("epochs")), _fmt(r0.get("fraction")), _fmt(r0.get("seed")),
+                     _pct((r0.get("holdout") or {}).get("agreement"))
+                     + (" ⚠" if r0.get("fit_warnings") else "")]
             body.append(setup + [_pct(per_cache[p]["metrics"].get("acc1")) if p in per_cache else "–"
                                  for p in paths])
-        lines += _table(["mapping", "method", "encoder", "trained on", "epochs", "fraction", "seed"]
+        lines += _table(["mapping", "method", "encoder", "trained on", "epochs", "fraction", "seed", "held-out"]
                         + [cols[p] for p in paths], body) + [""]
 
     if records:

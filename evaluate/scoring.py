@@ -281,6 +281,8 @@ class EvalSet:
             "train_vocab": run.get("vocab"),
             "hyper": run.get("hyper"),
             "fit_wall_time_s": run.get("wall_time_s"),
+            "holdout": (run.get("holdout") or {}).get("final"),  # label-free, on the training cache
+            "fit_warnings": run.get("warnings") or [],
             "rows": account.counts,
             "metrics": metrics,
         }
@@ -369,6 +371,3 @@ def add_retrieval_metrics(es, records: list[dict], mappings: list) -> None:
         for rec, m, target in group:
             mapped = m.forward(feats) if m is not None else feats
             rec["metrics"].update(retrieval_metrics(mapped, labels, target.vocab.classifier))
-
-
-_resolved = resolved_path  # TEMPORARY for evaluate/sweep.py until fitcore's merge removes it

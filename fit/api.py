@@ -1,46 +1,45 @@
 """The fit stage's entry points: one fit (`fit_cache`), a sweep grid (`fit_grid`), any list (`fit_configs`).
 
-All of them read the cache once: one statistics pass (standardisation, closed-form moments, NaN/Inf
-check) that also loads the rows when they fit in the memory budget, then the closed-form methods
-are solved and the iterative methods trained — several configurations with one method, batch size
-and optimizer together as one stacked job. The result is a `Mapping` per configuration with its
-run record filled in; nothing is written (see `zoomshot.mapping.save_mapping`).
+All of them read the cache once: one statistics pass (standardisation, closed-form moments, the
+held-out rows, the leave-one-out sample, NaN/Inf check) that also loads the rows when they fit in
+the memory budget; then each configuration is fitted in turn, the closed forms solved and the
+iterative methods trained (`trainer.train`). Each fit is scored on the held-out rows (label-free,
+`holdout.py`). The result is a `Mapping` per configuration with its run record filled in; nothing
+is written (see `zoomshot.mapping.save_mapping`).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from zoomshot import __version__
 from zoomshot.cache import Cache
 from zoomshot.errors import ZsError
 from zoomshot.mapping import Mapping
+from zoomshot.version import __version__
 
-from .closed_form import procrustes_map, ridge_maps
+from .closed_form import choose_ridge_lambda, procrustes_map, ridge_maps
 from .config import ITERATIVE, FitConfig
-from .data import ChunkFeed, Moments, check_dims, plan_rows, resolve_encoders
-from .trainer import Job, train_jobs
+from .data import ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
 
-SHARED = ("source", "target", "vocab", "seed", "device", "memory_budget")
+SHARED = ("source", "target", "vocab", "seed", "device", "memory_budget", "holdout")
+LOO_ROWS = 2048  # rows whose exact leave-one-out error scores each ridge penalty
 
 
-def fit_cache(cache_path, cfg: FitConfig, progress=None) -> Mapping:
-    """Fit one mapping on a cache. progress(record) is called after each epoch with
-    {"epoch", "epochs", "loss", "align", "cycle", "kd"}."""
-    return fit_configs(cache_path, [cfg], progress=progress)[0]
+def fit_cache(cache_path, cfg: FitConfig, progress=None, bar: bool = False) -> Mapping:
+    """Fit one mapping on a cache. progress(record) is called at the start and after each epoch
+    with {"epoch", "epochs", "loss", "align", "cycle", "kd", "holdout"}; bar: a tqdm step bar."""
+    return fit_configs(cache_path, [cfg], progress=progress, bar=bar)[0]
 
 
 def fit_grid(cache_path, cfg: FitConfig, epochs: list[int], fractions: list[float],
              methods: list[str] | None = None, on_result=None) -> list[Mapping]:
-    """Fit every (method, epochs, fraction) of a sweep from one read of the cache, training the
-    iterative configurations of each method together. Closed-form methods have no epochs: they
-    give one mapping per fraction, with run["epochs"] = 0. Returned in the order
-    methods × epochs × fractions; on_result(mapping) is called as each one is finished."""
+    """Fit every (method, epochs, fraction) of a sweep from one read of the cache. Closed-form
+    methods have no epochs: they give one mapping per fraction, with run["epochs"] = 0. Returned
+    in the order methods × epochs × fractions; on_result(mapping) is called as each one is finished."""
     methods = list(methods or [cfg.method])
     if not epochs or not fractions:
         raise ZsError("a sweep needs at least one epochs value and one fraction")
@@ -54,11 +53,32 @@ def fit_grid(cache_path, cfg: FitConfig, epochs: list[int], fractions: list[floa
     return fit_configs(cache_path, cfgs, on_result=on_result)
 
 
+@dataclass
+class Shared:
+    """What the configurations of one fit_configs call share: the cache's encoders, text, rows."""
+
+    src: str
+    tgt: str
+    dv: int
+    d: int
+    encs: dict
+    T: object  # (K, d) normalised text classifier, or None
+    vocab: str | None
+    fingerprint: dict
+    plan: object
+    feed: ChunkFeed
+    device: object
+    t0: float
+    moments: Moments | None = None
+    held: object = None  # Chunk of the held-out rows, or None
+    sample: object = None  # Chunk of the rows with rank < LOO_ROWS
+    stats_s: float = 0.0
+
+
 def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None,
-                batched: bool = True) -> list[Mapping]:
-    """Fit each configuration (they must share source, target, vocab, seed, device and memory
-    budget) over one read of the cache. batched=False trains one configuration at a time (the
-    reference a sweep's batched training is measured against)."""
+                bar: bool = False) -> list[Mapping]:
+    """Fit each configuration (they must share source, target, vocab, seed, device, memory budget
+    and holdout) over one read of the cache, one after another."""
     t0 = time.perf_counter()
     if not cfgs:
         return []
@@ -67,103 +87,108 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
         vals = {repr(getattr(c, name)) for c in cfgs}
         if len(vals) > 1:
             raise ZsError(f"configurations fitted together must share {name}; got {sorted(vals)}")
+    release_freed_memory()
+    sh = _setup(Path(cache_path).resolve(), cfgs, t0)
+    _read_statistics(sh, cfgs)
+    results = []
+    for i, c in enumerate(cfgs):
+        mapping = _fit_one(c, sh, sh.plan.sizes[i], progress, bar)
+        why = mapping.mismatch(sh.encs)
+        if why:  # a fit must produce a mapping that fits its own cache
+            raise ZsError(f"internal: fitted mapping does not match its cache: {why}")
+        results.append(mapping)
+        if on_result:
+            on_result(mapping)
+    return results
+
+
+def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
     base = cfgs[0]
     device = _device(base.device)
-    path = Path(cache_path).resolve()
     with Cache(path) as cache:
         src, tgt = resolve_encoders(cache, base.source, base.target)
         dv, d = check_dims(cache, src, tgt)
-        encs = cache.encoders
         T, vocab = _text(cache, tgt, base.vocab, cfgs)
-        fingerprint = cache.fingerprint()
         plan = plan_rows(cache, src, tgt, [c.fraction for c in cfgs], base.seed,
-                         bytes_per_row=4 * (dv + d), memory_budget=base.memory_budget)
-    feed = ChunkFeed(path, src, tgt, plan, device)
-    return _fit(cfgs, dict(src=src, tgt=tgt, dv=dv, d=d, encs=encs, T=T, vocab=vocab,
-                           fingerprint=fingerprint, plan=plan, feed=feed, device=device, t0=t0),
-                on_result, progress, batched)
+                         bytes_per_row=4 * (dv + d), memory_budget=base.memory_budget,
+                         holdout=base.holdout)
+        sh = Shared(src, tgt, dv, d, cache.encoders, T, vocab, cache.fingerprint(), plan,
+                    ChunkFeed(path, src, tgt, plan, device), device, t0)
+    small = [s for s in plan.sizes if s < 2]
+    if small:
+        raise ZsError(f"{path}: a fit needs at least 2 training rows, and --fraction leaves {small[0]} "
+                      f"of the {plan.usable - plan.holdout} (after {plan.holdout} held out); "
+                      f"raise --fraction or extract more images")
+    if T is not None:
+        sh.T = T.to(device)
+    return sh
 
 
-def _fit(cfgs: list[FitConfig], ctx: dict, on_result, progress, batched: bool) -> list[Mapping]:
-    """The statistics pass, the closed forms, the batched training: fit_configs after the set-up."""
+def _read_statistics(sh: Shared, cfgs: list[FitConfig]) -> None:
+    """The one pass over every block: moments per rank tier, the held-out rows, the LOO sample."""
     import torch
 
-    plan, feed, device, encs = ctx["plan"], ctx["feed"], ctx["device"], ctx["encs"]
-    dv, d, T = ctx["dv"], ctx["d"], ctx["T"]
+    from .trainer import threads_for
+
     full = any(c.method in ("ridge", "procrustes") or (c.method == "zoomshot" and c.init == "ridge")
                for c in cfgs)
-    moments = Moments(plan.sizes, dv, d, full=full, device=device)
-    block = min(len(plan.rows), Moments.BLOCK)
-    with torch.no_grad(), threads_for(device, block * dv * (dv + d if full else 1)):
-        for _, _, chunk in feed.passes([range(len(feed))]):
-            moments.add(chunk)
-    ctx["stats_s"] = time.perf_counter() - ctx["t0"]
-    results: list[Mapping | None] = [None] * len(cfgs)
-
-    def finish(i: int, mapping: Mapping) -> None:
-        why = mapping.mismatch(encs)
-        if why:  # a fit must produce a mapping that fits its own cache
-            raise ZsError(f"internal: fitted mapping does not match its cache: {why}")
-        results[i] = mapping
-        if on_result:
-            on_result(mapping)
-
-    for i, c in enumerate(cfgs):
-        if c.method not in ITERATIVE:
-            st = moments.stats(plan.sizes[i])
-            if c.method == "ridge":
-                W, b, U, e = ridge_maps(st, c.ridge_lambda)
-            else:
-                (W, b), U, e = procrustes_map(st), None, None
-            finish(i, _mapping(c, st, W, b, U, e, history=[], extra={}, ctx=ctx,
-                               batched_with=1))
-
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(cfgs):
-        if c.method in ITERATIVE:
-            key = (c.method, c.batch_size, c.optimizer) if batched else (i,)
-            groups.setdefault(key, []).append(i)
-    for members in groups.values():
-        stats = [moments.stats(plan.sizes[i]) for i in members]
-        jobs = [_job(i, cfgs[i], st, dv, d, device) for i, st in zip(members, stats)]
-        where = {id(j): k for k, j in enumerate(jobs)}
-
-        def on_epoch(job, rec, _n=len(jobs)):
-            if progress:
-                progress({**rec, "epochs": job.epochs, "job": job.name})
-
-        def on_done(job, _n=len(jobs), _members=members, _stats=stats, _where=where):
-            k = _where[id(job)]
-            extra = {**job.extra, "train_time_s": round(job.finished_s, 4)}
-            finish(_members[k], _mapping(cfgs[_members[k]], _stats[k], job.W, job.b, job.U, job.e,
-                                         job.history, extra=extra, ctx=ctx, batched_with=_n))
-
-        c0 = cfgs[members[0]]
-        with threads_for(device, c0.batch_size * dv * d * len(jobs)):
-            train_jobs(feed, jobs, c0.batch_size, c0.optimizer, T=T, device=device,
-                       chunk_order_seed=c0.seed, on_epoch=on_epoch, on_done=on_done)
-    return results  # type: ignore[return-value]
+    plan = sh.plan
+    sh.moments = Moments(plan.sizes, sh.dv, sh.d, full=full, device=sh.device)
+    held, sample = [], []
+    with torch.no_grad(), threads_for(sh.device, plan.block_rows * sh.dv * (sh.dv + sh.d if full else 1)):
+        for blk in sh.feed.blocks(range(len(sh.feed))):
+            sh.moments.add(blk)
+            held.append(blk.take(blk.ranks >= plan.holdout_from))
+            sample.append(blk.take(blk.ranks < LOO_ROWS))
+    cat = lambda parts: _concat(parts) if sum(len(p.v) for p in parts) else None  # noqa: E731
+    sh.held, sh.sample = cat(held), cat(sample)
+    sh.stats_s = time.perf_counter() - sh.t0
 
 
-# Below this many multiply-adds per step, one thread beats a team: tiny matmuls gain nothing from
-# splitting, and a second thread that waits for a busy core makes every op wait with it.
-SMALL_STEP_MACS = 1 << 22
-
-
-@contextlib.contextmanager
-def threads_for(device, step_macs: int):
-    """Run small CPU problems single-threaded (torch's thread count is process-wide; restored after)."""
+def _concat(parts):
     import torch
 
-    n = torch.get_num_threads()
-    small = device.type == "cpu" and step_macs < SMALL_STEP_MACS and n > 1
-    if small:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small:
-            torch.set_num_threads(n)
+    from .data import Chunk
+
+    return Chunk(torch.cat([p.v for p in parts]), torch.cat([p.c for p in parts]),
+                 torch.cat([p.ranks for p in parts]), None)
+
+
+def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool) -> Mapping:
+    """One configuration: solved (closed forms) or trained, scored on the held-out rows."""
+    st = sh.moments.stats(size)
+    extra: dict = {"warnings": []}
+    if st.n < sh.dv:
+        extra["warnings"].append(f"trained on {st.n} rows, fewer than the source's {sh.dv} dimensions: "
+                                 f"the map is underdetermined and may not generalise; use more rows")
+    t_start = time.perf_counter()
+    U = e = None
+    if c.method == "procrustes":
+        W, b = procrustes_map(st)
+    elif c.method == "ridge":
+        lam, extra["ridge"] = choose_ridge_lambda(c, st, sh.sample)
+        W, b, U, e = ridge_maps(st, lam)
+    else:
+        from .iterative import train_config
+
+        c, (W, b, U, e), more = train_config(c, st, sh, progress, bar)
+        extra.update(more, warnings=extra["warnings"] + more.get("warnings", []))
+    extra["train_time_s"] = round(time.perf_counter() - t_start, 4)
+    m = _mapping(c, st, W, b, U, e, extra, sh)
+    if sh.held is not None:
+        m.run["holdout"]["final"] = _held_metrics(m, sh)
+    return m
+
+
+def _held_metrics(m: Mapping, sh: Shared) -> dict:
+    import torch
+
+    from .holdout import holdout_metrics
+
+    W, b = torch.from_numpy(m.W).to(sh.device), torch.from_numpy(m.b).to(sh.device)
+    mean, std = torch.from_numpy(m.mean).to(sh.device), torch.from_numpy(m.std).to(sh.device)
+    h = ((sh.held.v - mean) / std) @ W.T + b
+    return holdout_metrics(h, sh.held.c, sh.T)
 
 
 def _device(name: str):
@@ -175,7 +200,8 @@ def _device(name: str):
 
 
 def _text(cache: Cache, target: str, vocab: str | None, cfgs):
-    """The (K, d) text classifier when some configuration needs it, and the vocabulary's name."""
+    """The (K, d) normalised text classifier and the vocabulary's name: needed by zoomshot's KD and
+    text cycle, used by the held-out agreement when the cache has a vocabulary."""
     import torch
 
     needs = [c for c in cfgs if c.method == "zoomshot" and (c.lambda_kd > 0 or c.lambda_cycle > 0)]
@@ -183,12 +209,14 @@ def _text(cache: Cache, target: str, vocab: str | None, cfgs):
     if vocab is not None and vocab not in have:
         raise ZsError(f"{cache.path}: encoders/{target} has no vocabulary {vocab!r}; it has: "
                       f"{', '.join(have) or 'none'}")
-    if not needs:
-        return None, vocab
     if not have:
-        raise ZsError(f"{cache.path}: the CLIP encoder {target!r} has no text vocabulary, which "
-                      f"zoomshot's distillation and text-cycle losses need; extract with --vocab "
-                      f"NAME, or use --method ridge|linear-aligner|procrustes")
+        if needs:
+            raise ZsError(f"{cache.path}: the CLIP encoder {target!r} has no text vocabulary, which "
+                          f"zoomshot's distillation and text-cycle losses need; extract with --vocab "
+                          f"NAME, or use --method ridge|linear-aligner|procrustes")
+        return None, vocab
+    if vocab is None and len(have) > 1 and not needs:
+        return None, None  # several vocabularies and none named: no held-out agreement
     tv = cache.text(target, vocab, embeddings=False)
     T = torch.from_numpy(tv.classifier.astype(np.float32))
     if not torch.isfinite(T).all():
@@ -197,79 +225,36 @@ def _text(cache: Cache, target: str, vocab: str | None, cfgs):
     return T, tv.name
 
 
-def _job(i: int, c: FitConfig, st, dv: int, d: int, device) -> Job:
-    import torch
-
-    f32 = dict(dtype=torch.float32, device=device)
-    gen = torch.Generator().manual_seed(int(c.seed))
-    name = f"{c.method} (epochs {c.epochs}, fraction {c.fraction:g}, #{i})"
-    if c.method == "linear-aligner":
-        # The published recipe: each side scaled by one scalar to per-entry variance la_variance,
-        # nn.Linear's default init, trained on raw (unstandardised) features.
-        s_in = (c.la_variance / st.entry_variance("v")) ** 0.5
-        s_out = (c.la_variance / st.entry_variance("c")) ** 0.5
-        bound = 1.0 / dv ** 0.5
-        W = (torch.rand(d, dv, generator=gen) * 2 - 1) * bound
-        b = (torch.rand(d, generator=gen) * 2 - 1) * bound
-        job = Job(name, c.method, st.n, c.epochs, c.lr, c.momentum, c.weight_decay, c.seed,
-                  in_shift=torch.zeros(dv, **f32), in_scale=torch.full((dv,), s_in, **f32),
-                  out_scale=s_out, W=W, b=b)
-        job.extra = {"scales": {"source": s_in, "target": s_out}}
-        return job
-    if c.init == "ridge":
-        W, b, U, e = (t.float() for t in ridge_maps(st, c.ridge_lambda))
-    else:
-        W = torch.randn(d, dv, generator=gen) * (0.01 / dv ** 0.5)
-        U = torch.randn(dv, d, generator=gen) * (0.01 / d ** 0.5)
-        b = st.mean_c.float().clone()
-        e = torch.zeros(dv)
-    job = Job(name, c.method, st.n, c.epochs, c.lr, c.momentum, c.weight_decay, c.seed,
-              in_shift=st.mean_v.to(**f32), in_scale=(1.0 / st.std_v()).to(**f32), out_scale=1.0,
-              W=W, b=b, U=U, e=e, lambda_align=c.lambda_align, lambda_cycle=c.lambda_cycle,
-              lambda_kd=c.lambda_kd, tau=c.tau, kd=c.kd)
-    job.extra = {"init": c.init}
-    return job
-
-
-def _mapping(c: FitConfig, st, W, b, U, e, history, extra: dict, ctx: dict, batched_with: int) -> Mapping:
+def _mapping(c: FitConfig, st, W, b, U, e, extra: dict, sh: Shared) -> Mapping:
     """A Mapping in the standardised form h(v) = W ((v − mean) / std) + b, with its run record."""
-    import torch
-
-    mean = st.mean_v.double().cpu()
-    std = st.std_v().double().cpu()
-    W = W.double().cpu()
-    b = b.double().cpu()
-    if c.method == "linear-aligner":
-        # trained on (s_in · v) -> (s_out · ĉ): fold the scales back, then into standardised form
-        s_in, s_out = extra["scales"]["source"], extra["scales"]["target"]
-        W_raw, b_raw = W * (s_in / s_out), b / s_out
-        W, b = W_raw * std[None, :], b_raw + W_raw @ mean
-    encs, plan = ctx["encs"], ctx["plan"]
-    now = time.perf_counter()
+    f32 = lambda t: None if t is None else t.detach().double().cpu().numpy().astype(np.float32)  # noqa: E731
+    plan = sh.plan
+    history = extra.pop("history", [])
     run = {
         "method": c.method,
         "epochs": int(c.epochs) if c.method in ITERATIVE else 0,
         "fraction": float(c.fraction),
         "seed": int(c.seed),
         "hyper": c.hyper(),
-        "device": str(ctx["device"]),  # what --device (default auto) resolved to
-        "source": _enc(encs[ctx["src"]]),
-        "target": _enc(encs[ctx["tgt"]]),
-        "vocab": ctx["vocab"],
-        "cache": ctx["fingerprint"],
-        "rows": {"usable": int(plan.usable), "used": int(st.n), "streamed": not plan.resident,
-                 "chunks": len(ctx["feed"]), "read_wait_s": round(ctx["feed"].read_wait_s, 4)},
+        "device": str(sh.device),  # what --device (default auto) resolved to
+        "source": _enc(sh.encs[sh.src]),
+        "target": _enc(sh.encs[sh.tgt]),
+        "vocab": sh.vocab,
+        "cache": sh.fingerprint,
+        "rows": {"usable": int(plan.usable), "used": int(st.n), "held_out": int(plan.holdout),
+                 "streamed": not plan.resident, "blocks": len(sh.feed),
+                 "read_wait_s": round(sh.feed.read_wait_s, 4)},
         "standardization": {"tensors": ["mean", "std"], "form": "h(v) = W ((v - mean) / std) + b"},
+        "holdout": {"share": c.holdout, "rows": int(plan.holdout), "final": None},
         **extra,
         "history": history,
-        "stats_time_s": round(ctx["stats_s"], 4),
-        "wall_time_s": round(now - ctx["t0"], 4),
-        "batched_with": batched_with,
+        "stats_time_s": round(sh.stats_s, 4),
+        "wall_time_s": round(time.perf_counter() - sh.t0, 4),
         "zoomshot_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    f32 = lambda t: None if t is None else t.detach().double().cpu().numpy().astype(np.float32)  # noqa: E731
-    return Mapping(W=f32(W), b=f32(b), mean=f32(mean), std=f32(std), run=run, U=f32(U), e=f32(e))
+    return Mapping(W=f32(W), b=f32(b), mean=f32(st.mean_v), std=f32(st.std_v()), run=run, U=f32(U),
+                   e=f32(e))
 
 
 def _enc(e) -> dict:

@@ -6,6 +6,7 @@ only through sums: the order of rows changes nothing beyond float rounding.
 
 ridge       W = Σ_cx (Σ_xx + λ I)⁻¹, b = mean ĉ  (Σ_xx has unit diagonal, so λ is relative).
             The inverse map g is the ridge regression the other way, with penalty λ·tr(Σ_cc)/d.
+            λ is chosen by exact leave-one-out error (`ridge_loo`) over `LAMBDAS` unless given.
 procrustes  an orthogonal map between whitened spaces. x is projected onto its top k = min(dv, d)
             principal axes and whitened (P = Λ^-1/2 Eᵀ); ĉ is whitened by Σ_cc^-1/2 (eigenvalues
             floored at 1e-6 of the largest). R = A Bᵀ from the SVD A Σ Bᵀ of the whitened
@@ -15,12 +16,44 @@ procrustes  an orthogonal map between whitened spaces. x is projected onto its t
 """
 from __future__ import annotations
 
+import numpy as np
+
 
 def _standardised_cov(st):
     std = st.std_v()
     cxx = st.cov_vv / std[:, None] / std[None, :]
     cxc = st.cov_vc / std[:, None]
     return cxx, cxc
+
+
+# The ridge penalties tried (relative to the unit variance of the standardised features).
+LAMBDAS = tuple(10.0 ** (k / 2) for k in range(-8, 7))  # 1e-4 .. 1e3
+
+
+def ridge_loo(st, x, y, lambdas=LAMBDAS) -> list[float]:
+    """Exact leave-one-out mean squared error (per coordinate) of the forward ridge map, per λ.
+
+    x (m, dv) raw source rows and y (m, d) their normalised CLIP rows, which must be among the rows
+    `st` was computed from (a sample of them is enough). With Σ_xx = Q diag(s) Qᵀ (one
+    eigendecomposition for every λ), a = Qᵀ x_std and z = Qᵀ Σ_xc, the fitted row is
+    ŷ = mean ĉ + a diag(1/(s+λ)) z and its leverage h = 1/n + Σ_j a_j² / (n (s_j + λ)) (the
+    intercept is unpenalised, the standardisation fixed); the leave-one-out residual is
+    (y − ŷ) / (1 − h), what refitting without the row gives."""
+    import torch
+
+    cxx, cxc = _standardised_cov(st)
+    s, Q = torch.linalg.eigh(cxx)
+    s = s.clamp_min(0)
+    z = Q.T @ cxc
+    a = ((x.double() - st.mean_v) / st.std_v()) @ Q
+    yc = y.double() - st.mean_c
+    scores = []
+    for lam in lambdas:
+        inv = 1.0 / (s + lam)
+        resid = yc - (a * inv) @ z
+        lev = 1.0 / st.n + (a * a * inv).sum(1) / st.n
+        scores.append(float((resid / (1.0 - lev)[:, None]).square().mean()))
+    return scores
 
 
 def ridge_maps(st, lam: float):
@@ -59,3 +92,16 @@ def procrustes_map(st, floor: float = 1e-6):
     R = A @ Bt
     W = c_colour @ R @ P
     return W, st.mean_c.clone()
+
+
+def choose_ridge_lambda(c, st, sample) -> tuple[float, dict]:
+    """The ridge penalty of FitConfig c: as given, or the one with the least exact leave-one-out error
+    on the in-memory sample (its held-out rows, ranks >= st.n, left out)."""
+    if c.ridge_lambda is not None:
+        return c.ridge_lambda, {"lambda": c.ridge_lambda, "chosen_by": "--ridge-lambda"}
+    keep = sample.ranks < st.n
+    x, y = sample.v[keep], sample.c[keep]
+    scores = ridge_loo(st, x, y, LAMBDAS)
+    best = int(np.argmin(scores))
+    return LAMBDAS[best], {"lambda": LAMBDAS[best], "chosen_by": "leave-one-out", "loo_rows": int(len(x)),
+                           "tried": list(LAMBDAS), "loo_mse": scores}

@@ -1,7 +1,8 @@
 """Fit configuration: every hyper-parameter of every method, its documented default, validation.
 
 Fields left None take the method's default (`METHOD_DEFAULTS`); `resolved()` fills them in, and
-the resolved values are what a mapping's run.json records.
+the resolved values are what a mapping's run.json records. zoomshot's batch size and epochs
+depend on the training rows (`schedule`): every cache size gets enough optimizer steps.
 """
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from zoomshot.errors import ZsError, did_you_mean
 
 METHODS = ("zoomshot", "linear-aligner", "ridge", "procrustes")
 ITERATIVE = ("zoomshot", "linear-aligner")
-KD_MODES = ("soft", "hard")
+KD_MODES = ("soft", "hard", "lm")
 INITS = ("ridge", "random")
 OPTIMIZERS = ("adam", "sgd")
 
 # Per-method defaults for the fields a user may leave unset. The linear-aligner row is the
 # published Text-to-Concept recipe; the zoomshot row is ours, chosen on planted worlds (README).
 METHOD_DEFAULTS = {
-    "zoomshot": dict(epochs=5, batch_size=4096, lr=3e-4, optimizer="adam", momentum=0.9,
-                     weight_decay=0.0),
+    "zoomshot": dict(epochs=None, batch_size=None, lr=3e-4, optimizer="adam", momentum=0.9,
+                     weight_decay=0.0),  # epochs and batch size: from the row count (schedule)
     "linear-aligner": dict(epochs=6, batch_size=100, lr=0.01, optimizer="sgd", momentum=0.9,
                            weight_decay=5e-4),
     "ridge": dict(epochs=0, batch_size=0, lr=0.0, optimizer="none", momentum=0.0, weight_decay=0.0),
@@ -52,7 +53,9 @@ class FitConfig:
     momentum: float | None = None
     weight_decay: float | None = None
     init: str = "ridge"  # zoomshot start: the closed-form ridge solution, or small random weights
-    ridge_lambda: float = 1e-3  # ridge penalty, relative to the (standardised) feature variance
+    ridge_lambda: float | None = None  # ridge penalty relative to the standardised feature
+    # variance; None: chosen by exact leave-one-out error over closed_form.LAMBDAS
+    holdout: float = 0.05  # share of the rows held out for label-free validation (0: none)
     la_variance: float = 4.5  # linear-aligner: per-entry variance each side is scaled to
     # resources
     device: str = "auto"  # zoomshot.devices.resolve_device: CUDA when present
@@ -79,8 +82,12 @@ class FitConfig:
             raise ZsError(f"--fraction must be in (0, 1], got {self.fraction}")
         if self.epochs is not None and self.epochs < 1 and self.method in ITERATIVE:
             raise ZsError(f"--epochs must be at least 1 for {self.method}, got {self.epochs}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ZsError(f"--holdout must be in [0, 1), got {self.holdout}")
         for name in ("lambda_align", "lambda_cycle", "lambda_kd", "ridge_lambda"):
             v = getattr(self, name)
+            if v is None:
+                continue
             if not v >= 0.0:
                 raise ZsError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
         if not self.tau > 0:
@@ -97,9 +104,32 @@ class FitConfig:
             raise ZsError("all loss weights are 0: set at least one of --lambda-align, "
                           "--lambda-cycle, --lambda-kd above 0")
 
+    def scheduled(self, rows: int) -> "FitConfig":
+        """A resolved copy with zoomshot's batch size and epochs set from the training rows."""
+        batch, epochs = schedule(rows, self.batch_size, self.epochs)
+        return replace(self, batch_size=batch, epochs=epochs)
+
     def hyper(self) -> dict:
         """Every hyper-parameter, for run.json (device and memory budget say how, not what)."""
         return asdict(self)
+
+
+# zoomshot's schedule from the row count n: batches of about n/32 rows (a power of two, 32 to
+# 4096), and enough epochs for MIN_STEPS optimizer steps (at least 5, at most 100). A 2,000-row
+# cache gets batch 64 and 19 epochs (608 steps); 1.28M rows get batch 4096 and 5 epochs (1,565).
+MIN_STEPS = 600
+
+
+def schedule(n: int, batch_size: int | None, epochs: int | None) -> tuple[int, int]:
+    """(batch size, epochs) for n training rows; given values are kept."""
+    import math
+
+    if batch_size is None:
+        batch_size = int(min(max(2 ** round(math.log2(max(n, 1) / 32)), 32), 4096))
+    if epochs is None:
+        per_epoch = math.ceil(n / batch_size)
+        epochs = int(min(max(math.ceil(MIN_STEPS / per_epoch), 5), 100))
+    return batch_size, epochs
 
 
 def config_fields() -> list[str]:

@@ -2,13 +2,16 @@
 
 Rows are read from the cache as float16 in row-range chunks and become float32 on the device. When
 every needed row fits in the memory budget there is one chunk, read once and kept resident; when
-not, the rows are split into fixed file-row ranges that are streamed each epoch (chunk order and
-order within a chunk shuffled) by a background reader that keeps the next chunk ready.
+not, they are streamed each epoch by a background reader that keeps the next block ready. Either
+way the rows come in fixed file-row blocks (`BLOCK_BYTES`), and the batch order is a function of
+the seed, the epoch and the rows' ranks only, so a fit gives the same mapping under any budget.
 
 Subsets: `--fraction f` keeps the first round(f·n) rows of a seeded permutation of the usable rows,
 so fractions with one seed are nested. A row's *rank* is its place in that permutation; a fit with
-fraction f uses the rows with rank < round(f·n). Several fits over one cache (a sweep) read the rows
-once and tell their rows apart by rank.
+fraction f uses the rows with rank < round(f·n'), n' = usable rows minus the held-out rows, which
+are the rows of highest rank (the last `holdout_size` of the permutation): disjoint from every
+fraction's rows and fixed by the seed. Several fits over one cache (a sweep) read the rows once and
+tell their rows apart by rank.
 """
 from __future__ import annotations
 
@@ -58,6 +61,23 @@ def resolve_encoders(cache: Cache, source: str | None, target: str | None) -> tu
     return source, target
 
 
+# A block is the unit of reading and of shuffling: a fixed file-row range holding about this many
+# bytes of float32 rows. Its size depends on the encoders' widths only, never on --memory-budget,
+# so the batch order (a function of the seed, the epoch and the rows' ranks) is the same whether
+# the rows are held in memory or streamed.
+BLOCK_BYTES = 16 << 20
+HOLDOUT_MIN = 256  # held-out rows at least (when the cache has 5x as many)
+HOLDOUT_MAX = 10_000  # held-out rows at most: enough to measure agreement to ±0.5 points
+
+
+def holdout_size(n: int, share: float) -> int:
+    """Rows held out for label-free validation: share·n, at least HOLDOUT_MIN, at most HOLDOUT_MAX,
+    never more than a fifth of the rows; 0 when share is 0."""
+    if share <= 0 or n < 10:
+        return 0
+    return int(min(max(round(share * n), HOLDOUT_MIN), HOLDOUT_MAX, n // 5))
+
+
 def subset_sizes(n: int, fractions) -> list[int]:
     """Rows kept for each fraction (at least one row)."""
     return [max(1, int(round(f * n))) for f in fractions]
@@ -73,53 +93,56 @@ def row_ranks(usable: np.ndarray, seed: int) -> np.ndarray:
 
 @dataclass
 class RowPlan:
-    """The rows one or several fits read: global row indices (sorted) and their ranks."""
+    """The rows one or several fits read: global row indices (sorted) and their ranks.
+
+    Fit g trains on the rows with rank < sizes[g]; the held-out rows are those with rank >=
+    usable - holdout, so they are disjoint from every fit's training rows and fixed by the seed."""
 
     rows: np.ndarray  # (n,) int64, sorted global row indices of the union of all fits' rows
-    ranks: np.ndarray  # (n,) int64, rank of each row; fit g uses rows with rank < sizes[g]
+    ranks: np.ndarray  # (n,) int64, rank of each row
     usable: int  # how many usable rows the cache has
-    sizes: list[int]  # per fraction asked for
-    chunk_rows: int  # file rows per chunk; >= cache rows when everything is resident
+    sizes: list[int]  # training rows per fraction asked for
+    holdout: int  # held-out rows
+    block_rows: int  # file rows per block
     n_file: int
+    resident: bool  # every row held in memory (read once) rather than streamed per epoch
 
     @property
-    def resident(self) -> bool:
-        return self.chunk_rows >= self.n_file
+    def holdout_from(self) -> int:
+        return self.usable - self.holdout
 
-    def chunks(self) -> list[tuple[int, int]]:
-        """(start, stop) index ranges into `rows` per chunk, empty chunks dropped."""
-        edges = np.arange(0, self.n_file + self.chunk_rows, self.chunk_rows)
+    def blocks(self) -> list[tuple[int, int]]:
+        """(start, stop) index ranges into `rows` per block, empty blocks dropped."""
+        edges = np.arange(0, self.n_file + self.block_rows, self.block_rows)
         cut = np.searchsorted(self.rows, edges)
         return [(int(a), int(b)) for a, b in zip(cut[:-1], cut[1:]) if b > a]
 
 
 def plan_rows(cache: Cache, source: str, target: str, fractions, seed: int, bytes_per_row: int,
-              memory_budget: int) -> RowPlan:
+              memory_budget: int, holdout: float = 0.0) -> RowPlan:
     usable = cache.usable_rows(source, target)
-    if len(usable) == 0:
+    n = len(usable)
+    if n == 0:
         raise ZsError(f"{cache.path} has no usable rows for {source} and {target} (status 0 and done "
                       f"for both); finish the extraction first (`zs cache info {cache.path}`)")
-    sizes = subset_sizes(len(usable), fractions)
+    n_hold = holdout_size(n, holdout)
+    sizes = subset_sizes(n - n_hold, fractions)
     rank = row_ranks(usable, seed)
-    keep = rank < max(sizes)
+    keep = (rank < max(sizes)) | (rank >= n - n_hold)
     rows, ranks = usable[keep], rank[keep]
-    need = len(rows) * bytes_per_row
-    if need <= memory_budget:
-        chunk_rows = cache.n
-    else:
-        # Three chunks live at once: the one trained on, the one read ahead, the one being read.
-        # Chunks are file-row ranges sized by the density of usable rows (not of this fit's
-        # subset), so every fit on a cache and budget sees the same chunks, alone or in a sweep.
-        density = len(usable) / cache.n
-        chunk_rows = max(1, int(memory_budget // (3 * bytes_per_row * density)))
-    return RowPlan(rows, ranks, len(usable), sizes, chunk_rows, cache.n)
+    block_rows = max(1, BLOCK_BYTES // bytes_per_row)
+    resident = len(rows) * bytes_per_row <= memory_budget
+    return RowPlan(rows, ranks, n, sizes, n_hold, block_rows, cache.n, resident)
 
 
 class Chunk:
-    """One chunk on the device: source features v (raw), target features c (L2-normalised), ranks."""
+    """Rows on the device: source features v (raw), target features c (L2-normalised), ranks."""
 
     def __init__(self, v, c, ranks, rows):
         self.v, self.c, self.ranks, self.rows = v, c, ranks, rows
+
+    def take(self, idx) -> "Chunk":
+        return Chunk(self.v[idx], self.c[idx], self.ranks[idx], None)
 
 
 def read_arrays(cache: Cache, source: str, target: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,16 +181,17 @@ def to_device(v16: np.ndarray, c16: np.ndarray, rows: np.ndarray, ranks: np.ndar
 
 
 class ChunkFeed:
-    """The chunks of a plan, on the device: resident (read once) or streamed with read-ahead.
+    """The blocks of a plan, on the device: resident (read once, blocks are views) or streamed.
 
-    `passes(orders)` yields (pass_index, chunk_index, Chunk) for each chunk order in `orders`;
-    a streamed feed reads in a background thread, at most `ahead` chunks before the trainer.
+    `blocks(order)` yields the Chunk of each block index in `order`; a streamed feed reads them in a
+    background thread, at most `ahead` blocks before the trainer, so at most about three blocks of
+    rows are in memory at once.
     """
 
     def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device, ahead: int = 1):
         self.cache_path, self.source, self.target = cache_path, source, target
         self.plan, self.device, self.ahead = plan, device, ahead
-        self.ranges = plan.chunks()
+        self.ranges = plan.blocks()
         self._resident: Chunk | None = None
         self.read_wait_s = 0.0  # time the trainer spent waiting for the reader
 
@@ -183,28 +207,47 @@ class ChunkFeed:
         return to_device(*arrays, self.plan.rows[a:b], self.plan.ranks[a:b], self.device,
                          self.cache_path, self.target)
 
-    def passes(self, orders):
-        import time
-
+    def blocks(self, order):
         if self.plan.resident:
             if self._resident is None:
-                with Cache(self.cache_path) as cache:
-                    self._resident = self._chunk(0, self._read(cache, 0))
-            for p, order in enumerate(orders):
-                for i in order:
-                    yield p, i, self._resident
+                self._resident = self._read_all()
+            r = self._resident
+            for i in order:
+                a, b = self.ranges[i]
+                yield Chunk(r.v[a:b], r.c[a:b], r.ranks[a:b], self.plan.rows[a:b])
             return
-        jobs = [(p, i) for p, order in enumerate(orders) for i in order]
+        yield from self._stream(list(order))
+
+    def _read_all(self) -> Chunk:
+        """Every block into one float32 tensor pair, filled block by block (no second copy)."""
+        import torch
+
+        n = self.ranges[-1][1]
+        v = torch.empty(n, 0)
+        c = None
+        with Cache(self.cache_path) as cache:
+            for i, (a, b) in enumerate(self.ranges):
+                blk = self._chunk(i, self._read(cache, i))
+                if c is None:
+                    v = torch.empty(n, blk.v.shape[1], device=blk.v.device)
+                    c = torch.empty(n, blk.c.shape[1], device=blk.c.device)
+                v[a:b], c[a:b] = blk.v, blk.c
+        ranks = torch.from_numpy(self.plan.ranks[:n]).to(v.device)
+        return Chunk(v, c, ranks, self.plan.rows[:n])
+
+    def _stream(self, order):
+        import time
+
         q: queue.Queue = queue.Queue(maxsize=self.ahead)
         stop = threading.Event()
 
         def reader():
             try:
                 with Cache(self.cache_path) as cache:
-                    for p, i in jobs:
+                    for i in order:
                         if stop.is_set():
                             return
-                        item = (p, i, self._read(cache, i))
+                        item = (i, self._read(cache, i))
                         while not stop.is_set():
                             try:
                                 q.put(item, timeout=0.1)
@@ -227,11 +270,56 @@ class ChunkFeed:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                p, i, arrays = item
-                yield p, i, self._chunk(i, arrays)
+                i, arrays = item
+                yield self._chunk(i, arrays)
         finally:
             stop.set()
             t.join(timeout=10)
+
+
+def release_freed_memory() -> None:
+    """Have glibc return freed blocks of 1 MiB and more to the system at once (Linux; no-op elsewhere).
+
+    Its default threshold rises as large buffers are freed, after which each block's buffers come
+    from the heap and fragment it: a streamed fit then grows by hundreds of MB over the budget."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def epoch_batches(feed: ChunkFeed, size: int, batch_size: int, seed: int, epoch: int):
+    """The (v, c) batches of one epoch of a fit on the rows with rank < size.
+
+    Block order and the order within each block come from a generator seeded by (seed, epoch);
+    batches run across block boundaries, so every batch but the last has batch_size rows. The
+    order depends on the seed, the epoch and the rows' ranks only (not on memory or chunking)."""
+    import torch
+
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    order = rng.permutation(len(feed))
+    carry_v = carry_c = None
+    for blk in feed.blocks(order):
+        pos = np.flatnonzero(blk.ranks.cpu().numpy() < size)
+        if len(pos) == 0:
+            continue
+        idx = torch.from_numpy(pos[rng.permutation(len(pos))]).to(blk.v.device)
+        v, c = blk.v.index_select(0, idx), blk.c.index_select(0, idx)
+        if carry_v is not None:
+            v, c = torch.cat([carry_v, v]), torch.cat([carry_c, c])
+        full = len(v) - len(v) % batch_size
+        for s in range(0, full, batch_size):
+            yield v[s:s + batch_size], c[s:s + batch_size]
+        carry_v, carry_c = (v[full:], c[full:]) if full < len(v) else (None, None)
+    if carry_v is not None:
+        yield carry_v, carry_c
 
 
 class Moments:
@@ -244,7 +332,7 @@ class Moments:
     only per-dimension sums (enough for standardisation).
     """
 
-    BLOCK = 16384  # rows per product
+    BLOCK_BYTES = 8 << 20  # float64 rows per product (a bound on the pass's transient memory)
 
     def __init__(self, sizes: list[int], dv: int, d: int, full: bool, device):
         import torch
@@ -268,10 +356,11 @@ class Moments:
 
         bounds = torch.tensor(self.bounds, device=chunk.ranks.device)
         tier = torch.bucketize(chunk.ranks, bounds, right=True)
+        step = max(64, self.BLOCK_BYTES // (8 * (chunk.v.shape[1] + chunk.c.shape[1])))
         for j in range(len(self.bounds)):
             idx = (tier == j).nonzero()[:, 0]
-            for lo in range(0, len(idx), self.BLOCK):
-                sel = idx[lo:lo + self.BLOCK]
+            for lo in range(0, len(idx), step):
+                sel = idx[lo:lo + step]
                 v = chunk.v.index_select(0, sel).double()
                 c = chunk.c.index_select(0, sel).double()
                 self.n[j] += len(sel)

@@ -10,12 +10,12 @@ import pytest
 from zoomshot.cache import open_cache
 from zoomshot.errors import ZsError
 from zoomshot.fit import METHODS, FitConfig, fit_cache, fit_configs
-from zoomshot.fit.ablation import teacher_accuracy, zero_shot_accuracy
+from zoomshot.sweep import teacher_accuracy, zero_shot_accuracy
 from zoomshot.mapping import load_mapping, save_mapping
 from zoomshot.synth import write_synth_world
 
-# A small world with the default knobs; the fits use their default hyper-parameters except
-# batch size (the world is small, so zoomshot takes smaller batches to get enough steps).
+# A small world with the default knobs; the fits use their default hyper-parameters (zoomshot's
+# batch size and epochs come from the row count).
 WORLD = dict(rows=6000, test_rows=3000, classes=40, dv=48, d=32, seed=11)
 # Share of the CLIP teacher's top-1 each method must reach on the test split.
 SHARE = {"zoomshot": 0.95, "linear-aligner": 0.85, "ridge": 0.85, "procrustes": 0.75}
@@ -29,7 +29,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fitted(world):
-    cfgs = [FitConfig(method=m, batch_size=512 if m == "zoomshot" else None) for m in METHODS]
+    cfgs = [FitConfig(method=m) for m in METHODS]
     maps = fit_configs(world["train"], cfgs)
     return {m.method: m for m in maps}
 
@@ -46,19 +46,29 @@ def test_every_method_reaches_its_share_of_the_teacher(world, fitted):
 def test_run_record_rebuilds_the_run(world, fitted, tmp_path):
     m = fitted["zoomshot"]
     r = m.run
-    assert r["method"] == "zoomshot" and r["epochs"] == 5 and r["fraction"] == 1.0 and r["seed"] == 0
-    assert r["hyper"]["lambda_kd"] == FitConfig().lambda_kd and r["hyper"]["batch_size"] == 512
+    held = r["rows"]["held_out"]
+    assert held == 300 and r["holdout"]["rows"] == held and r["holdout"]["final"]["agreement"] > 0.5
+    used = WORLD["rows"] - held
+    sched = r["schedule"]
+    assert sched["batch_size"] == 128 and sched["steps_per_epoch"] == -(-used // 128)
+    assert sched["steps"] == sched["steps_per_epoch"] * r["epochs"] >= 600  # enough steps at this size
+    assert r["method"] == "zoomshot" and r["fraction"] == 1.0 and r["seed"] == 0
+    assert r["hyper"]["lambda_kd"] == FitConfig().lambda_kd and r["hyper"]["batch_size"] == 128
     assert r["source"]["spec"] == "synth:vision" and r["source"]["dim"] == WORLD["dv"]
     assert r["target"]["spec"] == "synth:clip" and r["target"]["weights"] == "planted"
     assert r["vocab"] == "synth" and r["cache"]["rows"] == WORLD["rows"]
-    assert r["rows"]["usable"] == r["rows"]["used"] == WORLD["rows"]
-    assert r["rows"]["streamed"] is False and r["rows"]["chunks"] == 1
-    assert [h["epoch"] for h in r["history"]] == [1, 2, 3, 4, 5]
-    assert all(np.isfinite(h["loss"]) for h in r["history"]) and r["wall_time_s"] > 0
+    assert r["rows"]["usable"] == WORLD["rows"] and r["rows"]["used"] == used
+    assert r["rows"]["streamed"] is False and r["rows"]["blocks"] == 1
+    assert [h["epoch"] for h in r["history"]] == list(range(r["epochs"] + 1))  # 0: the start
+    assert all(np.isfinite(h["loss"]) for h in r["history"][1:]) and r["wall_time_s"] > 0
+    kept = r["history"][sched["best_epoch"]]  # early stopping: the kept state is never below the start
+    assert r["holdout"]["final"]["agreement"] == pytest.approx(kept["holdout"]["agreement"], abs=1e-6)
+    assert kept["holdout"]["agreement"] >= r["history"][0]["holdout"]["agreement"]
     with open_cache(world["train"]) as c:
         v = c.image("synth_vision")
-    np.testing.assert_allclose(m.mean, v.mean(0), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(m.std, v.std(0), rtol=1e-3)
+    trained = v[np.random.default_rng(0).permutation(WORLD["rows"])[:used]]  # ranks < used
+    np.testing.assert_allclose(m.mean, trained.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(m.std, trained.std(0), rtol=1e-3)
     # the saved folder rebuilds the same map
     save_mapping(m, tmp_path / "m")
     back = load_mapping(tmp_path / "m")
@@ -111,9 +121,9 @@ def test_labels_are_never_read(world, tmp_path):
 def test_closed_forms_ignore_row_order(world, tmp_path):
     perm = np.random.default_rng(1).permutation(WORLD["rows"])
     other = _copy_with(world["train"], tmp_path / "shuf.h5", perm=perm)
-    for method in ("ridge", "procrustes"):
-        a = fit_cache(world["train"], FitConfig(method=method))
-        b = fit_cache(other, FitConfig(method=method))
+    for method in ("ridge", "procrustes"):  # every row, no held-out or leave-one-out sample by rank
+        cfg = FitConfig(method=method, holdout=0.0, ridge_lambda=1e-3)
+        a, b = fit_cache(world["train"], cfg), fit_cache(other, cfg)
         np.testing.assert_allclose(a.W, b.W, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.b, b.b, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.std, b.std, rtol=1e-5)
@@ -123,7 +133,7 @@ def test_fraction_is_a_seeded_nested_subset(world):
     small = fit_cache(world["train"], FitConfig(method="ridge", fraction=0.1, seed=3))
     same = fit_cache(world["train"], FitConfig(method="ridge", fraction=0.1, seed=3))
     other = fit_cache(world["train"], FitConfig(method="ridge", fraction=0.1, seed=4))
-    assert small.run["rows"]["used"] == 600 and small.run["fraction"] == 0.1
+    assert small.run["rows"]["used"] == 570 and small.run["fraction"] == 0.1  # of 6000 − 300 held out
     np.testing.assert_array_equal(small.W, same.W)
     assert not np.allclose(small.W, other.W)
 
@@ -161,7 +171,8 @@ def test_a_diverging_loss_stops_the_run(world):
 
 @pytest.mark.parametrize("cfg, words", [
     (FitConfig(method="zoomshott"), "did you mean: zoomshot"),
-    (FitConfig(kd="medium"), "--kd must be one of soft, hard"),
+    (FitConfig(kd="medium"), "--kd must be one of soft, hard, lm"),
+    (FitConfig(holdout=1.0), "--holdout must be in [0, 1)"),
     (FitConfig(fraction=0.0), "--fraction must be in (0, 1]"),
     (FitConfig(lambda_align=0, lambda_cycle=0, lambda_kd=0), "all loss weights are 0"),
     (FitConfig(source="nope"), "no encoder 'nope'"),

@@ -24,12 +24,13 @@ def test_fit_writes_a_mapping_folder(world, tmp_path):
                               "--lambda-cycle", "0", "--kd", "hard", "--seed", "3", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "epoch 1/2: loss" in res.stdout and "epoch 2/2: loss" in res.stdout
-    assert f"wrote {out}: zoomshot synth_vision -> synth_clip, 1500 rows" in res.stdout
+    assert f"wrote {out}: zoomshot synth_vision -> synth_clip, 1244 rows" in res.stdout
+    assert "epoch 0/2 (start); held-out (256 rows): agreement" in res.stdout
     run = json.loads((out / "run.json").read_text())
     assert run["format"] == "zs-mapping" and run["method"] == "zoomshot" and run["seed"] == 3
     assert run["hyper"]["lambda_cycle"] == 0 and run["hyper"]["kd"] == "hard" and run["hyper"]["batch_size"] == 256
     last = run["history"][-1]  # terms are recorded unweighted; the loss weighs them
-    assert len(run["history"]) == 2
+    assert len(run["history"]) == 3  # the start and two epochs
     assert last["loss"] == pytest.approx(last["align"] + 1000 * last["kd"], rel=1e-4)
     m = load_mapping(out)
     assert m.W.shape == (16, 24) and m.mean.shape == (24,) and m.std.shape == (24,)
@@ -40,7 +41,7 @@ def test_fit_streams_under_a_small_budget_and_takes_other_methods(world, tmp_pat
                               "--memory-budget", "1M", "--fraction", "0.5", "--out", str(tmp_path / "la")])
     assert res.exit_code == 0, res.output
     run = json.loads((tmp_path / "la" / "run.json").read_text())
-    assert run["rows"]["used"] == 750 and run["hyper"]["memory_budget"] == 1 << 20
+    assert run["rows"]["used"] == 622 and run["hyper"]["memory_budget"] == 1 << 20  # half of 1500 − 256
     res = runner.invoke(app, ["fit", "--cache", world["train"], "--method", "procrustes",
                               "--out", str(tmp_path / "p")])
     assert res.exit_code == 0 and "procrustes" in res.stdout and "0 epochs" in res.stdout

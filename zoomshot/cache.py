@@ -452,7 +452,7 @@ class Cache:
         i = 0
         while i < len(srt):
             lo = int(srt[i])
-            hi = min(lo + READ_BLOCK_ROWS, self.n)
+            hi = min(lo + READ_BLOCK_ROWS, self.n, int(srt[-1]) + 1)  # never past the last row asked for
             j = int(np.searchsorted(srt, hi, side="left"))
             block = ds[lo:hi]
             out[order[i:j]] = block[srt[i:j] - lo]

@@ -155,30 +155,36 @@ def fit_cmd(
     vocab: Optional[str] = typer.Option(None, "--vocab", help="The target's text vocabulary (class names for "
                                         "distillation), when it holds several."),
     method: str = typer.Option("zoomshot", "--method", help="zoomshot | linear-aligner | ridge | procrustes."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: zoomshot 5, linear-aligner 6)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: zoomshot from the row count, "
+                                         "at least 600 steps; linear-aligner 6)."),
     fraction: float = typer.Option(1.0, "--fraction", help="Seeded share of the usable rows to train on."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the row sample, the batch order and the init."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the row sample, the held-out rows, the batch order "
+                             "and the init."),
     out: Optional[Path] = typer.Option(None, "--out", help="Mapping folder to write "
                                        "(default: mappings/CACHE-METHOD)."),
+    holdout: float = typer.Option(0.05, "--holdout", help="Share of the rows held out for label-free "
+                                  "validation and early stopping (at least 256 rows; 0 turns it off)."),
     lambda_align: float = typer.Option(1.0, "--lambda-align", help="Weight of L_align (0 turns it off)."),
     lambda_cycle: float = typer.Option(0.1, "--lambda-cycle", help="Weight of L_cycle (0 turns it off)."),
     lambda_kd: float = typer.Option(1000.0, "--lambda-kd", help="Weight of L_kd, the τ²-scaled distillation "
                                     "(0 turns it off)."),
     tau: float = typer.Option(0.03, "--tau", help="Distillation temperature τ."),
-    kd: str = typer.Option("soft", "--kd", help="Distillation target: soft (KL to the teacher's softmax) or "
-                           "hard (its argmax)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: zoomshot 4096, "
-                                             "linear-aligner 100)."),
+    kd: str = typer.Option("soft", "--kd", help="Distillation target: soft (KL to the teacher's softmax), "
+                           "hard (its argmax) or lm (MSE of the logits)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: zoomshot "
+                                             "from the row count, linear-aligner 100)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, cosine-annealed to 0 "
                                        "(default: zoomshot 3e-4 Adam, linear-aligner 0.01 SGD)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam | sgd (default: per method)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (default: per method)."),
     init: str = typer.Option("ridge", "--init", help="zoomshot start: ridge (closed form) or random."),
-    ridge_lambda: float = typer.Option(1e-3, "--ridge-lambda", help="Ridge penalty, relative to the "
-                                       "standardised feature variance."),
+    ridge_lambda: Optional[float] = typer.Option(None, "--ridge-lambda", help="Ridge penalty, relative to the "
+                                                 "standardised feature variance (default: chosen by "
+                                                 "leave-one-out error)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     memory_budget: str = typer.Option("4G", "--memory-budget", help="Float32 rows held in memory at once; a "
-                                      "cache needing more is streamed in chunks (bytes, or 512M, 4G)."),
+                                      "cache needing more is streamed in blocks (bytes, or 512M, 4G)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines or progress bar."),
 ):
     """Fit a mapping from the source encoder's features into CLIP's space; write it to --out."""
     from zoomshot.fit import FitConfig, fit_cache
@@ -187,23 +193,38 @@ def fit_cmd(
     cfg = FitConfig(method=method, epochs=epochs, fraction=fraction, seed=seed, source=source, target=target,
                     vocab=vocab, lambda_align=lambda_align, lambda_cycle=lambda_cycle, lambda_kd=lambda_kd,
                     tau=tau, kd=kd, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                    weight_decay=weight_decay, init=init, ridge_lambda=ridge_lambda, device=device,
-                    memory_budget=_parse_bytes(memory_budget))
+                    weight_decay=weight_decay, init=init, ridge_lambda=ridge_lambda, holdout=holdout,
+                    device=device, memory_budget=_parse_bytes(memory_budget))
     cfg.validate()
     if not cache.is_file():
         raise ZsError(f"no cache at {cache}")
     out = check_mapping_out(out or Path("mappings") / f"{cache.stem}-{cfg.method}")  # before the fit
-
-    def progress(rec: dict) -> None:
-        terms = ", ".join(f"{k} {rec[k]:.5g}" for k in ("align", "cycle", "kd") if rec.get(k))
-        typer.echo(f"epoch {rec['epoch']}/{rec['epochs']}: loss {rec['loss']:.5g}" + (f" ({terms})" if terms else ""))
-
-    m = fit_cache(cache, cfg, progress=progress)
+    m = fit_cache(cache, cfg, progress=None if quiet else _print_epoch, bar=not quiet)
     save_mapping(m, out)
     r = m.run
+    for w in r.get("warnings") or []:
+        typer.echo(f"warning: {w}", err=True)
+    sched = r.get("schedule") or {}
+    steps = f", {sched['steps']} steps (kept epoch {sched['best_epoch']})" if sched else ""
     typer.echo(f"wrote {out}: {r['method']} {r['source']['key']} -> {r['target']['key']}, "
                f"{r['rows']['used']} rows{' (streamed)' if r['rows']['streamed'] else ''}, "
-               f"{r['epochs']} epochs, {r['wall_time_s']:.1f} s")
+               f"{r['epochs']} epochs{steps}, {r['wall_time_s']:.1f} s" + _held_text(r["holdout"]["final"]))
+    if r.get("diverged"):  # written, so it can be inspected, but the run did not do its job
+        typer.echo(f"error: the fit diverged; {out} is not to be trusted (see warnings in its run.json)", err=True)
+        raise typer.Exit(1)
+
+
+def _held_text(held: dict | None) -> str:
+    if not held:
+        return ""
+    agree = "" if held.get("agreement") is None else f"agreement {100 * held['agreement']:.1f}%, "
+    return f"; held-out ({held['rows']} rows): {agree}cosine {held['cosine']:.3f}, R² {held['r2']:.3f}"
+
+
+def _print_epoch(rec: dict) -> None:
+    terms = ", ".join(f"{k} {rec[k]:.5g}" for k in ("align", "cycle", "kd") if rec.get(k))
+    loss = f": loss {rec['loss']:.5g}" + (f" ({terms})" if terms else "") if "loss" in rec else " (start)"
+    typer.echo(f"epoch {rec['epoch']}/{rec['epochs']}{loss}" + _held_text(rec.get("holdout")))
 
 
 @command(name="synth")
@@ -293,18 +314,30 @@ def sweep_cmd(
     target: Optional[str] = typer.Option(None, "--target", help="Target (CLIP) encoder key; inferred when one."),
     seed: int = typer.Option(0, "--seed", help="Seed for the row sample and initialisation."),
     device: str = typer.Option("auto", "--device", help="Device to fit on: " + DEVICE_HELP),
+    holdout: float = typer.Option(0.05, "--holdout", help="Share of each training cache held out for "
+                                  "label-free validation (0 turns it off)."),
+    select: bool = typer.Option(False, "--select", help="Name the cell with the best held-out agreement "
+                                "(label-free) in the report, beside the best labelled one."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar over the cells."),
 ):
     """Fit every epochs × fractions (× method) cell and evaluate each; write the report and a heatmap."""
-    from zoomshot.evaluate.sweep import SweepConfig, parse_list, run_sweep
     from zoomshot.fit import FitConfig
+    from zoomshot.sweep import SweepConfig, parse_list, run_sweep
 
     methods = [m for spec in method for m in spec.split(",") if m] or None
-    fit_cfg = FitConfig(seed=seed, source=source, target=target, vocab=train_vocab, device=device)
+    fit_cfg = FitConfig(seed=seed, source=source, target=target, vocab=train_vocab, device=device,
+                        holdout=holdout)
     cfg = SweepConfig(train_caches=[str(c) for c in cache], eval_caches=[str(e) for e in eval_],
                       epochs=parse_list(epochs, int, "--epochs"),
                       fractions=parse_list(fractions, float, "--fractions"),
-                      out_dir=str(out), methods=methods, vocab=vocab, fit=fit_cfg)
+                      out_dir=str(out), methods=methods, vocab=vocab, fit=fit_cfg, select=select,
+                      quiet=quiet)
     res = run_sweep(cfg, progress=typer.echo)
+    for sel in (res.selection or {}).values():
+        pick, best = sel["by_holdout"], sel["by_label"]
+        typer.echo(f"selected on {sel['dataset']} (label-free): {pick['mapping_name']}, held-out agreement "
+                   f"{100 * pick['holdout']['agreement']:.1f}%, acc1 {100 * pick['metrics']['acc1']:.1f}% "
+                   f"(best acc1 of the sweep: {100 * best['metrics']['acc1']:.1f}%)")
     _print_skipped(res.skipped)
     typer.echo(f"wrote {', '.join(Path(p).name for p in res.paths.values())} to {out}")
 

@@ -28,7 +28,7 @@ class DemoResult:
 def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device: str = "auto",
              world_rows: int = 20_000, progress: Callable[[str], None] = print) -> DemoResult:
     from zoomshot.evaluate.run import EvaluateConfig, run_evaluate, summary_lines
-    from zoomshot.evaluate.sweep import SweepConfig, run_sweep
+    from zoomshot.sweep import SweepConfig, run_sweep
     from zoomshot.extract.runner import ExtractConfig, extract
     from zoomshot.fit import METHODS, FitConfig, fit_cache
     from zoomshot.mapping import save_mapping

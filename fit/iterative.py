@@ -1,0 +1,101 @@
+"""The iterative methods' set-up around the training loop: initial maps, inputs, loss, validation.
+
+zoomshot   h and g start from the ridge solution (its penalty chosen by leave-one-out, as for the
+           ridge method) or small random weights, and train on standardised source features; the
+           state kept is the best epoch by held-out agreement, the start included (early stopping).
+linear-aligner  the published Text-to-Concept recipe: each side scaled by one scalar to per-entry
+           variance la_variance, nn.Linear's default init, trained on raw features; its scales are
+           folded back into the standardised form afterwards.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .closed_form import choose_ridge_lambda, ridge_maps
+from .data import epoch_batches
+from .holdout import holdout_metrics
+from .losses import aligner_loss, text_moments, zoomshot_loss
+from .trainer import threads_for, train
+
+
+def _linear(W, b):
+    lin = torch.nn.Linear(W.shape[1], W.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(W)
+        lin.bias.copy_(b)
+    return lin
+
+
+def _zoomshot_maps(c, st, sh, extra: dict):
+    """(h, g) as nn.Linear on the device, at the ridge solution or small random weights."""
+    gen = torch.Generator().manual_seed(int(c.seed))
+    if c.init == "ridge":
+        lam, extra["ridge_start"] = choose_ridge_lambda(c, st, sh.sample)
+        W, b, U, e = (t.float().cpu() for t in ridge_maps(st, lam))
+    else:
+        W = torch.randn(sh.d, sh.dv, generator=gen) * (0.01 / sh.dv ** 0.5)
+        U = torch.randn(sh.dv, sh.d, generator=gen) * (0.01 / sh.d ** 0.5)
+        b, e = st.mean_c.float().cpu().clone(), torch.zeros(sh.dv)
+    return _linear(W, b).to(sh.device), _linear(U, e).to(sh.device)
+
+
+def _aligner_map(c, st, sh, extra: dict):
+    s_in = (c.la_variance / st.entry_variance("v")) ** 0.5
+    s_out = (c.la_variance / st.entry_variance("c")) ** 0.5
+    extra["scales"] = {"source": s_in, "target": s_out}
+    gen = torch.Generator().manual_seed(int(c.seed))
+    bound = 1.0 / sh.dv ** 0.5
+    W = (torch.rand(sh.d, sh.dv, generator=gen) * 2 - 1) * bound
+    b = (torch.rand(sh.d, generator=gen) * 2 - 1) * bound
+    return _linear(W, b).to(sh.device), s_in, s_out
+
+
+def train_config(c, st, sh, progress=None, bar: bool = False):
+    """Train one iterative configuration. Returns (the scheduled config, (W, b, U, e) in the
+    standardised form, run-record extras)."""
+
+    c = c.scheduled(st.n)
+    extra: dict = {}
+    mean, std = st.mean_v.float().to(sh.device), st.std_v().float().to(sh.device)
+    if c.method == "zoomshot":
+        h, g = _zoomshot_maps(c, st, sh, extra)
+        text = None if sh.T is None else (sh.T, *text_moments(sh.T))
+        modules = [h, g]
+        loss_fn = lambda v, cc: zoomshot_loss(h, g, (v - mean) / std, cc, text, c)  # noqa: E731
+        predict = lambda v: h((v - mean) / std)  # noqa: E731
+    else:
+        h, s_in, s_out = _aligner_map(c, st, sh, extra)
+        modules = [h]
+        loss_fn = lambda v, cc: aligner_loss(h, v * s_in, cc * s_out)  # noqa: E731
+        predict = lambda v: h(v * s_in) / s_out  # noqa: E731
+    validate = None
+    if sh.held is not None:  # zoomshot keeps its best epoch (per-row hits); the aligner its last
+        hits = c.method == "zoomshot"
+        validate = lambda: holdout_metrics(predict(sh.held.v), sh.held.c, sh.T, hits=hits)  # noqa: E731
+    per_epoch = math.ceil(st.n / c.batch_size)
+    total = per_epoch * c.epochs
+    on_epoch = None if progress is None else (lambda rec: progress({**rec, "epochs": c.epochs}))
+    with _bar(bar, total, c) as pbar, threads_for(sh.device, c.batch_size * sh.dv * sh.d):
+        res = train(modules, loss_fn, lambda ep: epoch_batches(sh.feed, st.n, c.batch_size, c.seed, ep),
+                    c, total, validate=validate, on_epoch=on_epoch, bar=pbar)
+    extra.update(history=res.history, warnings=res.warnings, diverged=bool(res.warnings),
+                 schedule={"batch_size": c.batch_size, "epochs": c.epochs, "steps_per_epoch": per_epoch,
+                           "steps": res.steps, "best_epoch": res.best_epoch})
+    W, b = h.weight.detach().double().cpu(), h.bias.detach().double().cpu()
+    if c.method == "linear-aligner":  # trained on (s_in · v) -> (s_out · ĉ): fold the scales back
+        W_raw, b_raw = W * (s_in / s_out), b / s_out
+        return c, (W_raw * std.double().cpu()[None, :], b_raw + W_raw @ mean.double().cpu(), None, None), extra
+    return c, (W, b, g.weight.detach().double().cpu(), g.bias.detach().double().cpu()), extra
+
+
+def _bar(show: bool, total: int, c):
+    """A tqdm step bar that appears only for fits that take more than a couple of seconds."""
+    import contextlib
+
+    if not show:
+        return contextlib.nullcontext(None)
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"fit {c.method}", unit="step", delay=2, leave=False)

@@ -1,0 +1,110 @@
+"""Label-free validation and selection: held-out rows, the ridge penalty by leave-one-out, early
+stopping on held-out agreement, and the schedule set from the row count."""
+import numpy as np
+import pytest
+import torch
+
+from zoomshot.cache import open_cache
+from zoomshot.fit import FitConfig, fit_cache, fit_configs
+from zoomshot.fit.closed_form import ridge_loo
+from zoomshot.fit.config import schedule
+from zoomshot.fit.data import Moments, plan_rows, resolve_encoders
+from zoomshot.synth import write_synth_world
+
+WORLD = dict(rows=2000, test_rows=500, classes=12, dv=40, d=24, seed=7)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_synth_world(tmp_path_factory.mktemp("select") / "w", **WORLD)
+
+
+def _plan(path, seed, fractions=(0.3, 1.0), holdout=0.05):
+    with open_cache(path) as c:
+        src, tgt = resolve_encoders(c, None, None)
+        return plan_rows(c, src, tgt, fractions, seed, bytes_per_row=256, memory_budget=1 << 30,
+                         holdout=holdout)
+
+
+def test_held_out_rows_are_disjoint_from_trained_rows_and_fixed_by_the_seed(world):
+    a, same, other = _plan(world["train"], 0), _plan(world["train"], 0), _plan(world["train"], 1)
+    assert a.holdout == 256  # 5% of 2000 is 100; at least 256
+    held = set(a.rows[a.ranks >= a.holdout_from])
+    assert len(held) == 256
+    for size in a.sizes:  # every fraction's training rows
+        assert not held & set(a.rows[a.ranks < size])
+    assert held == set(same.rows[same.ranks >= same.holdout_from])
+    assert held != set(other.rows[other.ranks >= other.holdout_from])
+    assert _plan(world["train"], 0, holdout=0.0).holdout == 0
+    # a fit's statistics come from its training rows only: the held-out rows change nothing
+    m = fit_cache(world["train"], FitConfig(method="ridge", ridge_lambda=1e-2))
+    with open_cache(world["train"]) as c:
+        v = c.image("synth_vision")
+    train_rows = sorted(set(range(WORLD["rows"])) - held)
+    np.testing.assert_allclose(m.mean, v[train_rows].mean(0), rtol=1e-4, atol=1e-4)
+    assert m.run["holdout"]["final"]["rows"] == 256
+
+
+def _stats(x, y):
+    chunk = type("C", (), {})()
+    chunk.v, chunk.c, chunk.ranks = x.float(), y.float(), torch.zeros(len(x), dtype=torch.long)
+    mom = Moments([len(x)], x.shape[1], y.shape[1], full=True, device="cpu")
+    mom.add(chunk)
+    return mom.stats(len(x))
+
+
+def test_leave_one_out_ridge_equals_brute_force_refits():
+    g = torch.Generator().manual_seed(0)
+    n, p, d = 40, 6, 3
+    x = torch.randn(n, p, generator=g) * torch.linspace(0.5, 3, p) + 1.0
+    y = x[:, :d] @ torch.randn(d, d, generator=g) + 0.5 * torch.randn(n, d, generator=g)
+    x, y = x.float().double(), y.float().double()  # values exact in float32, as the moments see them
+    st = _stats(x, y)
+    lambdas = (1e-3, 0.1, 1.0, 10.0)
+    ours = ridge_loo(st, x, y, lambdas)
+    xs = (x - st.mean_v) / st.std_v()  # standardisation fixed, as the fit has it
+    for lam, score in zip(lambdas, ours):
+        errs = []
+        for i in range(n):
+            keep = torch.arange(n) != i
+            xk, yk = xs[keep], y[keep]
+            xm, ym = xk.mean(0), yk.mean(0)
+            A = (xk - xm).T @ (xk - xm) + n * lam * torch.eye(p, dtype=torch.float64)
+            W = torch.linalg.solve(A, (xk - xm).T @ (yk - ym))
+            errs.append(((y[i] - ym - (xs[i] - xm) @ W) ** 2).mean())
+        assert score == pytest.approx(float(torch.stack(errs).mean()), rel=1e-6)
+    assert len(set(np.round(ours, 12))) == len(lambdas)
+
+
+def test_the_fit_records_the_penalties_it_tried(world):
+    m = fit_cache(world["train"], FitConfig(method="ridge"))
+    r = m.run["ridge"]
+    assert r["chosen_by"] == "leave-one-out" and r["lambda"] == r["tried"][int(np.argmin(r["loo_mse"]))]
+    z = fit_cache(world["train"], FitConfig(epochs=1))
+    assert z.run["ridge_start"]["lambda"] == r["lambda"]
+    fixed = fit_cache(world["train"], FitConfig(method="ridge", ridge_lambda=0.5))
+    assert fixed.run["ridge"] == {"lambda": 0.5, "chosen_by": "--ridge-lambda"}
+
+
+def test_early_stopping_returns_the_start_when_training_only_hurts(world):
+    # Adam at lr 0.05 on the standardised map takes steps far larger than the ridge weights: every
+    # epoch leaves the start for worse, and the fit must hand back the start itself.
+    cfgs = [FitConfig(method="ridge"), FitConfig(lr=0.05, epochs=3, batch_size=64)]
+    ridge, zs = fit_configs(world["train"], cfgs)
+    hist = zs.run["history"]
+    assert all(h["holdout"]["agreement"] < hist[0]["holdout"]["agreement"] for h in hist[1:])
+    assert zs.run["schedule"]["best_epoch"] == 0
+    np.testing.assert_allclose(zs.W, ridge.W, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(zs.b, ridge.b, rtol=1e-5, atol=1e-6)
+    assert zs.run["holdout"]["final"]["agreement"] == pytest.approx(hist[0]["holdout"]["agreement"], abs=1e-6)
+    # without a held-out share there is nothing to stop on: the last epoch is kept
+    last = fit_cache(world["train"], FitConfig(lr=0.05, epochs=3, batch_size=64, holdout=0))
+    assert last.run["schedule"]["best_epoch"] == 3 and not np.allclose(last.W, ridge.W, atol=1e-3)
+
+
+@pytest.mark.parametrize("n, batch, epochs", [(2_000, 64, 19), (1_280_000, 4096, 5), (300, 32, 60)])
+def test_the_schedule_gives_enough_steps_at_any_size(n, batch, epochs):
+    b, e = schedule(n, None, None)
+    assert (b, e) == (batch, epochs)
+    assert -(-n // b) * e >= 600
+    assert schedule(n, 100, 3) == (100, 3)  # given values are kept
