@@ -30,6 +30,7 @@ from zoomshot.sources import ImageSource, open_source, subset_fraction
 from zoomshot.vocab import embed_prompts
 
 from . import distributed as D
+from .config import ExtractConfig  # noqa: F401  (re-exported: extract(ExtractConfig(...)))
 from .devices import DECODERS, DevicePrefetcher, gpu_decode, make_forward, tensor_transform, to_host
 from .layout import Layout, Manifest
 from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
@@ -38,32 +39,6 @@ from .stitch import shard_progress, write_entry
 from .text import resolve_vocabularies, save_text, stored_digest
 from .text import digest as vocab_digest
 from .writer import Rows, ShardWriterThread
-
-
-@dataclass
-class ExtractConfig:
-    out: str
-    encoders: list[str]
-    images: str | None = None
-    image_column: str | None = None  # parquet input: the image column (default by layout)
-    label_column: str | None = None  # parquet input: the label column
-    dataset: str | None = None
-    root: str | None = None
-    split: str | None = None
-    fraction: float = 1.0
-    seed: int = 0
-    vocabs: list[str] = field(default_factory=list)
-    batch_size: int = 64
-    device: str = "auto"
-    workers: int | None = None  # None: a default from the core count
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    decode: str = "cpu"  # "gpu": torchvision.io.decode_jpeg on the device
-    compile: bool = False
-    channels_last: bool | None = None  # None: on for CUDA
-    num_shards: int = 1  # job-array tasks
-    shard_index: int = 0
-    shard_rows: int | None = None  # rows per shard file; fixed by the first run
-    progress: bool = True
 
 
 @dataclass
