@@ -30,14 +30,7 @@ class ShardPaths:
     def __init__(self, entry: str | os.PathLike):
         self.entry = Path(entry)
         self.root = shard_dir(self.entry)
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def images_path(self) -> Path:
-        return self.root / "images.h5"
+        self.manifest_path, self.images_path = self.root / "manifest.json", self.root / "images.h5"
 
     def lock_path(self, what: str) -> Path:
         """The lock file of a short critical section: "manifest" or "entry"."""

@@ -46,10 +46,6 @@ OFFSET_SCALE = 3.0  # length of a class's private vision offset at mismatch 1, i
 DEFAULTS = dict(spread=5.0, clip_noise=2.0, gap=1.0, mismatch=2.0, cond=10.0, template_noise=0.3)
 
 
-def _unit(x, axis=-1):
-    return x / np.linalg.norm(x, axis=axis, keepdims=True).clip(1e-12)
-
-
 class _World:
     """The fixed parameters of one world (class codes, bases, maps); `sample` draws images from it.
 
