@@ -123,6 +123,7 @@ class RunPlan:
     procs: D.Processes
     device: str
     source: ImageSource
+    ids_digest: str  # the source's ids_sha256, computed once
     parsed: list  # one ParsedSpec per --encoder
     compute: dict  # the precision and decoder rows computed now are recorded with
     layout: Layout
@@ -139,7 +140,7 @@ class RunPlan:
 
     def open_manifest(self) -> None:
         src, layout = self.source, self.layout
-        self.manifest = layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names, src.ids_digest(),
+        self.manifest = layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names, self.ids_digest,
                                               self.cfg.shard_rows, self.procs.world)
         first, last = self.procs.span(self.manifest.shards)
         self.mine = {s: self.manifest.bounds(s) for s in range(first, last)}
@@ -180,8 +181,9 @@ def plan_run(cfg: ExtractConfig, procs: D.Processes, device: str) -> RunPlan:
     if cfg.vocabs and procs.rank == 0:
         resolve_vocabularies(cfg.vocabs, source)  # a bad --vocab is refused before any file is written
     layout = Layout(cfg.out)
-    in_entry = _check_entry(layout.entry, source.ids_digest(), source.ids, parsed, compute)
-    return RunPlan(cfg, procs, device, source, parsed, compute, layout, in_entry, started)
+    digest = source.ids_digest()
+    in_entry = _check_entry(layout.entry, digest, source.ids, parsed, compute)
+    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, started)
 
 
 def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict) -> dict:
