@@ -42,7 +42,8 @@ def model_only(spec: str, images: Path, batch_size: int, device: str, precision:
     import torch
 
     from zoomshot.encoders import build_encoder
-    from zoomshot.extract.devices import make_forward, resolve_device
+    from zoomshot.devices import resolve_device
+    from zoomshot.extract.devices import make_forward
     from zoomshot.sources import decode_rgb, open_source
 
     device = resolve_device(device)

@@ -8,8 +8,6 @@ import numpy as np
 
 from zoomshot.fileutil import atomic_path
 
-from .report import best_per_method, row_order
-
 
 def _pyplot():
     import matplotlib
@@ -40,13 +38,13 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list], ylabel: str, p
     ax.grid(axis="y", alpha=0.3)
 
 
-def write_plots(records: list[dict], out: Path, labels: dict[str, str], heatmap: bool = False) -> dict:
-    """Write the plots for records into out; returns {name: path}."""
+def write_plots(records: list[dict], out: Path, labels: dict[str, str], best: dict, rows: list[str],
+                heatmap: bool = False) -> dict:
+    """Write the plots for records into out; returns {name: path}. best: the report's best record per
+    (row, cache), rows: its row names in order."""
     plt = _pyplot()
     caches = list(labels)
     groups = [labels[c] for c in caches]
-    best = best_per_method(records)
-    rows = row_order(best)
     paths: dict[str, str] = {}
 
     def series(metric, rows_, pick=lambda m, k: m.get(k)):

@@ -148,22 +148,8 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
     if not records:
         lines += ["No records.", ""]
 
-    best = best_per_method(records)
-    row_names = row_order(best)
     if records:
-        lines += ["## Top-1 accuracy per method", "",
-                  "CLIP is the teacher itself; a method's cell is its best mapping on that dataset "
-                  "(agreement with CLIP's predictions in brackets).", ""]
-        body = []
-        for name in row_names:
-            cells = []
-            for p in paths:
-                r = best.get((name, p))
-                agree = r["metrics"].get("agreement") if r and r["mapping"] else None
-                cells.append("–" if r is None else _pct(r["metrics"].get("acc1"))
-                             + (f" ({_pct(agree)})" if agree is not None else ""))
-            body.append([name] + cells)
-        lines += _table([""] + [cols[p] for p in paths], body) + [""]
+        lines += _method_table(records, cols)
 
     mapped = [r for r in records if r["mapping"] is not None]
     if mapped:
@@ -187,23 +173,7 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
                         + [cols[p] for p in paths], body) + [""]
 
     if records:
-        lines += ["## All metrics", "",
-                  "acc5 is empty below 5 classes. Share of CLIP = acc1 / CLIP's acc1 on the same cache. "
-                  "Gap: distance between the image and text centroids, and their mean cosine.", ""]
-        body = []
-        for r in records:
-            m, rows = r["metrics"], r.get("rows") or {}
-            gap = m.get("modality_gap") or {}
-            left = sum(rows.get(k, 0) for k in ("unreadable", "not_done", "unlabelled"))
-            body.append([cols[r["cache"]], row_label(r), _pct(m.get("acc1")), _pct(m.get("acc5")),
-                         _pct(m.get("mean_per_class_recall")), _pct(m.get("agreement")),
-                         _pct(m.get("clip_share")), _fmt(gap.get("centroid_distance") and
-                                                          round(gap["centroid_distance"], 3)),
-                         _fmt(gap.get("mean_cosine") and round(gap["mean_cosine"], 3)),
-                         str(rows.get("scored", "")), str(left)])
-        lines += _table(["dataset", "row", "acc1", "acc5", "mean per-class recall", "agreement",
-                         "share of CLIP", "gap distance", "gap mean cos", "rows scored", "rows left out"],
-                        body) + [""]
+        lines += _metrics_table(records, cols)
 
     extra = retrieval_columns(records)
     if extra:
@@ -223,6 +193,45 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({Path(p).name})" for name, p in plots.items()] + [""]
     return "\n".join(lines)
+
+
+def _method_table(records: list[dict], cols: dict[str, str]) -> list[str]:
+    """Top-1 per method and dataset: CLIP, then each method's best mapping."""
+    best = best_per_method(records)
+    body = []
+    for name in row_order(best):
+        cells = []
+        for p in cols:
+            r = best.get((name, p))
+            agree = r["metrics"].get("agreement") if r and r["mapping"] else None
+            cells.append("–" if r is None else _pct(r["metrics"].get("acc1"))
+                         + (f" ({_pct(agree)})" if agree is not None else ""))
+        body.append([name] + cells)
+    return (["## Top-1 accuracy per method", "",
+             "CLIP is the teacher itself; a method's cell is its best mapping on that dataset "
+             "(agreement with CLIP's predictions in brackets).", ""]
+            + _table([""] + list(cols.values()), body) + [""])
+
+
+def _metrics_table(records: list[dict], cols: dict[str, str]) -> list[str]:
+    """Every metric of every record."""
+    body = []
+    for r in records:
+        m, rows = r["metrics"], r.get("rows") or {}
+        gap = m.get("modality_gap") or {}
+        left = sum(rows.get(k, 0) for k in ("unreadable", "not_done", "unlabelled"))
+        body.append([cols[r["cache"]], row_label(r), _pct(m.get("acc1")), _pct(m.get("acc5")),
+                     _pct(m.get("mean_per_class_recall")), _pct(m.get("agreement")),
+                     _pct(m.get("clip_share")), _fmt(gap.get("centroid_distance") and
+                                                      round(gap["centroid_distance"], 3)),
+                     _fmt(gap.get("mean_cosine") and round(gap["mean_cosine"], 3)),
+                     str(rows.get("scored", "")), str(left)])
+    return (["## All metrics", "",
+             "acc5 is empty below 5 classes. Share of CLIP = acc1 / CLIP's acc1 on the same cache. "
+             "Gap: distance between the image and text centroids, and their mean cosine.", ""]
+            + _table(["dataset", "row", "acc1", "acc5", "mean per-class recall", "agreement",
+                      "share of CLIP", "gap distance", "gap mean cos", "rows scored", "rows left out"], body)
+            + [""])
 
 
 def per_class_tables(records: list[dict], cols: dict[str, str]) -> list[str]:
@@ -324,7 +333,9 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
     write_text_atomic(out / "skipped.json", json.dumps(list(skipped), indent=2, default=json_default))
     paths["skipped.json"] = str(out / "skipped.json")
 
-    plots = write_plots(records, out, labels=dataset_labels(records), heatmap=heatmap) if records else {}
+    best = best_per_method(records)
+    plots = (write_plots(records, out, dataset_labels(records), best, row_order(best), heatmap=heatmap)
+             if records else {})
     paths.update(plots)
 
     write_text_atomic(out / "report.md", markdown_report(records, skipped, plots))

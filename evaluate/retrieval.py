@@ -134,29 +134,3 @@ def retrieval_metrics(feats: np.ndarray, labels: np.ndarray, classifier: np.ndar
     recall = text_to_image_recall(feats, labels, classifier, ks)
     out.update({f"t2i_recall@{x}": recall[f"recall@{x}"] for x in ks})
     return out
-
-
-def add_retrieval_metrics(es, records: list[dict], mappings: list) -> None:
-    """Add `retrieval_metrics` to the metrics of records scored on one EvalSet: a mapping's record
-    on its mapped source features, CLIP's on its own image features, each with the record's text
-    classifier. The scored rows' features are held in memory (rows × dim float32)."""
-    from .scoring import mapping_id
-
-    by_id = {mapping_id(m): m for m in mappings}
-    by_key: dict[str, list] = {}  # records on one encoder's features share one read of them
-    for rec in records:
-        m = by_id.get(rec["mapping"]) if rec["mapping"] is not None else None
-        if m is not None:
-            key, target = m.source_key(es.encoders), es.target_for(m)
-        else:
-            target = next(t for t in es.targets.values() if t.entry.spec == rec["encoder"])
-            key = target.key
-        by_key.setdefault(key, []).append((rec, m, target))
-    for key, group in by_key.items():
-        parts = list(es.chunks(key))
-        rows = np.concatenate([r for r, _ in parts])
-        feats = np.concatenate([f for _, f in parts])
-        labels = es.labels[rows]
-        for rec, m, target in group:
-            mapped = m.forward(feats) if m is not None else feats
-            rec["metrics"].update(retrieval_metrics(mapped, labels, target.vocab.classifier))

@@ -7,7 +7,9 @@ from pathlib import Path
 from zoomshot.errors import ZsError
 
 from .report import check_out_dir, dataset_labels, read_results, row_label, write_report
-from .scoring import _resolved, evaluate, record_key, record_place
+from zoomshot.fileutil import resolved_path
+
+from .scoring import evaluate, record_key, record_place
 
 
 @dataclass
@@ -20,9 +22,23 @@ class EvaluateResult:
     failed: str | None = None  # why the run did not do its whole job (a mapping that fits no cache)
 
 
-def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | None = None,
-                 per_class: bool = False, skip_existing: bool = False, retrieval: bool = False,
-                 progress: bool = True, formats: tuple[str, ...] = ()) -> EvaluateResult:
+@dataclass
+class EvaluateConfig:
+    """What `zs evaluate` scores and where the report goes."""
+
+    mappings: list[str]
+    caches: list[str]
+    out_dir: str
+    vocab: str | None = None  # the caches' vocabulary, when a CLIP encoder holds several
+    per_class: bool = False
+    skip_existing: bool = False
+    retrieval: bool = False
+    progress: bool = True
+    formats: tuple[str, ...] = ()
+
+
+def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
+    mappings, caches, out_dir, formats = list(cfg.mappings), list(cfg.caches), cfg.out_dir, tuple(cfg.formats)
     if not caches:
         raise ZsError("give at least one --cache to evaluate on")
     for c in caches:
@@ -34,10 +50,10 @@ def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | N
     for f in formats:
         if f not in REPORT_FORMATS:  # before any work
             raise ZsError(f"--format {f!r}: choose from {', '.join(REPORT_FORMATS)}")
-    earlier = read_results(out_dir) if skip_existing else []
+    earlier = read_results(out_dir) if cfg.skip_existing else []
     skip = {record_key(r) for r in earlier}
-    new, skipped = evaluate(list(mappings), list(caches), vocab=vocab, skip=skip, per_class=per_class,
-                            retrieval=retrieval, progress=progress)
+    new, skipped = evaluate(mappings, caches, vocab=cfg.vocab, skip=skip, per_class=cfg.per_class,
+                            retrieval=cfg.retrieval, progress=cfg.progress)
     if not new and not earlier:
         reasons = "; ".join(f"{Path(s['mapping']).name} on {Path(s['cache']).name}: {s['reason']}"
                             for s in skipped[:3])
@@ -47,10 +63,10 @@ def run_evaluate(mappings: list[str], caches: list[str], out_dir, vocab: str | N
     earlier = [r for r in earlier if record_place(r) not in replaced]  # stale: refit or re-extracted since
     records = earlier + new
     paths = write_report(records, out_dir, skipped, formats=formats)
-    scored = {_resolved(r["mapping"]) for r in records if r.get("mapping")}
+    scored = {resolved_path(r["mapping"]) for r in records if r.get("mapping")}
     unmatched = {}
     for sk in skipped:
-        if _resolved(sk["mapping"]) not in scored:
+        if resolved_path(sk["mapping"]) not in scored:
             unmatched.setdefault(sk["mapping"], sk["reason"])
     failed = None
     if unmatched:  # the report of the rest is written; the run still did not do its whole job

@@ -15,9 +15,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from zoomshot.cache import STATUS_OK, Cache, EncoderEntry, TextVocab, open_cache
+from zoomshot.fileutil import resolved_path
 from zoomshot.mapping import Mapping, load_mapping, mapping_fingerprint, stack_forward
 
 from .metrics import ScoreAccumulator, normalize_rows, text_centroid
+from .retrieval import retrieval_metrics
 
 CHUNK_ROWS = 16384
 STACK_LOGITS = 1 << 24  # float32 logits per stacked block (64 MiB)
@@ -37,20 +39,16 @@ def record_key(record: dict) -> tuple:
     mapping or a re-extracted cache is scored again), encoder, vocabulary. Records written before
     fingerprints were stored fall back to paths, which never match a fingerprinted key."""
     mapping = record.get("mapping")
-    return (record.get("mapping_sha256") or (_resolved(mapping) if mapping else None),
-            record.get("cache_sha256") or _resolved(record["cache"]), record["encoder"], record.get("vocab"))
+    return (record.get("mapping_sha256") or (resolved_path(mapping) if mapping else None),
+            record.get("cache_sha256") or resolved_path(record["cache"]), record["encoder"], record.get("vocab"))
 
 
 def record_place(record: dict) -> tuple:
     """Where a record came from (mapping folder, cache path, encoder, vocabulary): a new record
     replaces an earlier one from the same place."""
     mapping = record.get("mapping")
-    return (_resolved(mapping) if mapping else None, _resolved(record["cache"]), record["encoder"],
+    return (resolved_path(mapping) if mapping else None, resolved_path(record["cache"]), record["encoder"],
             record.get("vocab"))
-
-
-def _resolved(p: str) -> str:
-    return os.path.realpath(p) if os.path.exists(p) else str(p)
 
 
 @dataclass
@@ -324,10 +322,10 @@ def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None
     `progress`, reading a cache of more than one chunk shows a progress bar on stderr."""
     skip = skip or set()
     ms = _unique([m if isinstance(m, Mapping) else load_mapping(m) for m in mappings],
-                 lambda m: _resolved(mapping_id(m)))
+                 lambda m: resolved_path(mapping_id(m)))
     records: list[dict] = []
     skipped: list[dict] = []
-    for path in _unique([str(c) for c in caches], _resolved):
+    for path in _unique([str(c) for c in caches], resolved_path):
         with EvalSet(path, vocab, progress=progress) as es:
             first = len(records)
             todo = []
@@ -347,7 +345,29 @@ def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None
                             records.append(ref)
             records.extend(es.score(todo, per_class))
             if retrieval:
-                from .retrieval import add_retrieval_metrics
-
                 add_retrieval_metrics(es, records[first:], ms)
     return records, skipped
+
+
+def add_retrieval_metrics(es, records: list[dict], mappings: list) -> None:
+    """Add `retrieval_metrics` to the metrics of records scored on one EvalSet: a mapping's record
+    on its mapped source features, CLIP's on its own image features, each with the record's text
+    classifier. The scored rows' features are held in memory (rows × dim float32)."""
+    by_id = {mapping_id(m): m for m in mappings}
+    by_key: dict[str, list] = {}  # records on one encoder's features share one read of them
+    for rec in records:
+        m = by_id.get(rec["mapping"]) if rec["mapping"] is not None else None
+        if m is not None:
+            key, target = m.source_key(es.encoders), es.target_for(m)
+        else:
+            target = next(t for t in es.targets.values() if t.entry.spec == rec["encoder"])
+            key = target.key
+        by_key.setdefault(key, []).append((rec, m, target))
+    for key, group in by_key.items():
+        parts = list(es.chunks(key))
+        rows = np.concatenate([r for r, _ in parts])
+        feats = np.concatenate([f for _, f in parts])
+        labels = es.labels[rows]
+        for rec, m, target in group:
+            mapped = m.forward(feats) if m is not None else feats
+            rec["metrics"].update(retrieval_metrics(mapped, labels, target.vocab.classifier))

@@ -9,28 +9,10 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
-from zoomshot.devices import resolve_device  # noqa: F401  (the one home of `auto`; re-exported)
+from zoomshot.devices import autocast_dtype
 from zoomshot.errors import ZsError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODERS = ("cpu", "gpu")
-
-
-def precision_name(precision: str, device: str) -> str:
-    """The precision a run computes in: fp32, bf16 or fp16 (auto resolved for the device)."""
-    if precision not in PRECISIONS:
-        raise ZsError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    return ("bf16" if device.startswith("cuda") else "fp32") if precision == "auto" else precision
-
-
-def autocast_dtype(precision: str, device: str):
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ZsError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        precision = "bf16" if device.startswith("cuda") else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def make_forward(encoder, device: str, precision: str = "auto", channels_last: bool | None = None,

@@ -1,20 +1,7 @@
-"""The on-disk layout of an extraction: shard files beside the entry file, a manifest, locks.
+"""Writing an extraction's shard folder: the manifest, the image list, encoder records and locks.
 
-```
-NAME.h5                      the entry file: written last, stitches final shards (virtual datasets)
-NAME.shards/
-  manifest.json              rows, shard_rows, shards, digest of the ids: fixed by the first run
-  images.h5                  ids, labels, class names of the rows (written once, atomically)
-  .manifest.lock .entry.lock
-  KEY/encoder.json           the encoder's cache attributes (spec, family, dim, weights, ...)
-  KEY/00003.h5               shard 3 of encoder KEY, final (renamed into place when complete)
-  KEY/00003.h5.partial       shard 3 being written; a rerun resumes it from its done rows
-  KEY/.lock                  byte-range locks: a process holds bytes [first, last) of its shards
-  KEY/text/VOCAB.h5          a CLIP encoder's prompt embeddings of one vocabulary
-```
-
-Shards have a fixed row count chosen by the first run, so later runs with another number of
-processes reuse every finished shard.
+The file names are `zoomshot.shards`'. Shards have a fixed row count chosen by the first run, so
+later runs with another number of processes reuse every finished shard.
 """
 from __future__ import annotations
 
@@ -29,10 +16,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoomshot.cache import STR, CacheError, _strs, checksummed, read_ids, shard_dir, write_ids
+from zoomshot.cache import (COMPUTE, IDENTITY, STR, CacheError, EncoderEntry, check_image_list, checksummed,
+                            read_ids, read_strings, write_ids)
 from zoomshot.fileutil import atomic_path, write_text_atomic
-
-from .shardfile import partial_of
+from zoomshot.shards import ShardPaths
 
 MANIFEST_FORMAT = "zs-shards"
 MANIFEST_VERSION = 1
@@ -66,36 +53,8 @@ class Manifest:
         return s * self.shard_rows, min((s + 1) * self.shard_rows, self.rows)
 
 
-class Layout:
-    """Paths and bookkeeping of one cache's shard folder."""
-
-    def __init__(self, entry: str | os.PathLike):
-        self.entry = Path(entry)
-        self.root = shard_dir(self.entry)
-
-    # -- paths ----------------------------------------------------------------------------------
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def images_path(self) -> Path:
-        return self.root / "images.h5"
-
-    def encoder_dir(self, key: str) -> Path:
-        return self.root / key
-
-    def shard_path(self, key: str, s: int) -> Path:
-        return self.root / key / f"{s:05d}.h5"
-
-    def partial_path(self, key: str, s: int) -> Path:
-        return partial_of(self.shard_path(key, s))
-
-    def text_path(self, key: str, vocab: str) -> Path:
-        return self.root / key / "text" / f"{vocab}.h5"
-
-    def relative_to_entry(self, p: Path) -> str:
-        return Path(os.path.relpath(p, self.entry.parent)).as_posix()
+class Layout(ShardPaths):
+    """The bookkeeping of one cache's shard folder."""
 
     # -- manifest and image list ----------------------------------------------------------------
     def read_manifest(self) -> Manifest | None:
@@ -110,13 +69,10 @@ class Layout:
                        ids_sha256: str, shard_rows: int | None, world: int) -> Manifest:
         """The manifest of this shard folder, created by the first run and checked by later ones."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with self.lock_file(self.root / ".manifest.lock"):
+        with self.lock_file(self.lock_path("manifest")):
             have = self.read_manifest()
             if have is not None:
-                if have.rows != len(ids) or have.ids_sha256 != ids_sha256:
-                    raise CacheError(
-                        f"{self.root} holds shards of a different image list ({have.rows} rows) than this run "
-                        f"({len(ids)} rows); use another --out or the same images, fraction and seed")
+                check_image_list(f"{self.root} (shards)", have.rows, have.ids_sha256, ids, ids_sha256)
                 if shard_rows is not None and shard_rows != have.shard_rows:
                     raise CacheError(f"{self.root} was started with --shard-rows {have.shard_rows}; "
                                      f"rerun with that value or without --shard-rows")
@@ -136,51 +92,41 @@ class Layout:
 
     def read_images(self) -> tuple[list[str], np.ndarray, list[str] | None]:
         with h5py.File(self.images_path, "r") as f:
-            names = _strs(f["class_names"]) if "class_names" in f else None
+            names = read_strings(f["class_names"]) if "class_names" in f else None
             return read_ids(f["ids"], self.images_path), f["labels"][()], names
 
     # -- encoders -------------------------------------------------------------------------------
-    def write_encoder_attrs(self, key: str, attrs: dict) -> None:
-        """Record (or check against the record) an encoder's attributes in its shard folder."""
-        path = self.encoder_dir(key) / "encoder.json"
+    def write_encoder(self, entry: EncoderEntry) -> None:
+        """Record (or check against the record) an encoder's identity in its shard folder."""
+        path = self.encoder_record_path(entry.key)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            self.check_encoder_attrs(key, attrs)
+            self.check_encoder(entry)
             return
-        write_text_atomic(path, json.dumps(attrs, indent=1, sort_keys=True))
+        write_text_atomic(path, json.dumps(entry.record(), indent=1, sort_keys=True))
 
-    def check_encoder_attrs(self, key: str, attrs: dict) -> None:
+    def check_encoder(self, entry: EncoderEntry) -> None:
         """Refuse a run whose encoder identity differs from the shards': spec, family, dim, weights, and
         the precision and decoder the rows were computed with (folders written before these were
         recorded are not checked on them)."""
-        have = self.encoder_attrs(key)
-        if have is None:
-            return
-        for name in ("spec", "family", "dim", "weights"):
-            if have.get(name) != attrs.get(name):
-                raise CacheError(f"{self.root}/{key} holds shards with {name}={have.get(name)!r}, this run has "
-                                 f"{attrs.get(name)!r}; write to another --out")
-        for name in ("precision", "decode"):
-            if name in have and name in attrs and have[name] != attrs[name]:
-                raise CacheError(f"{self.root}/{key} holds rows computed with --{name} {have[name]}, this run "
-                                 f"uses {attrs[name]}; rerun with --{name} {have[name]} (rows computed differently "
-                                 f"are not mixed in one encoder) or write to another --out")
+        have = self.encoder(entry.key)
+        name = have.mismatch(entry) if have is not None else None
+        if name in IDENTITY:
+            raise CacheError(f"{self.root}/{entry.key} holds shards with {name}={getattr(have, name)!r}, this run "
+                             f"has {getattr(entry, name)!r}; write to another --out")
+        if name in COMPUTE:
+            was, now = getattr(have, name), getattr(entry, name)
+            raise CacheError(f"{self.root}/{entry.key} holds rows computed with --{name} {was}, this run "
+                             f"uses {now}; rerun with --{name} {was} (rows computed differently "
+                             f"are not mixed in one encoder) or write to another --out")
 
-    def encoder_attrs(self, key: str) -> dict | None:
-        path = self.encoder_dir(key) / "encoder.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def encoder_keys(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "encoder.json").exists())
+    def encoder(self, key: str) -> EncoderEntry | None:
+        """The encoder recorded in KEY/encoder.json, or None."""
+        path = self.encoder_record_path(key)
+        return EncoderEntry.from_record(key, json.loads(path.read_text()), str(path)) if path.exists() else None
 
     def final_shards(self, key: str, m: Manifest) -> list[bool]:
         return [self.shard_path(key, s).exists() for s in range(m.shards)]
-
-    def vocabularies(self, key: str) -> list[str]:
-        d = self.encoder_dir(key) / "text"
-        return sorted(p.stem for p in d.glob("*.h5")) if d.is_dir() else []
 
     # -- locks ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -205,7 +151,7 @@ class ShardClaim:
     """
 
     def __init__(self, layout: Layout, key: str, first: int, last: int):
-        self.path = layout.encoder_dir(key) / ".lock"
+        self.path = layout.claim_lock_path(key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.first, self.last = first, last
         self.fd = None

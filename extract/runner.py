@@ -17,52 +17,28 @@ import contextlib
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from zoomshot.cache import STATUS_OK, CacheError, open_cache
+from zoomshot.cache import COMPUTE, STATUS_OK, CacheError, EncoderEntry, check_image_list, open_cache
+from zoomshot.devices import autocast_dtype, precision_name, resolve_device
 from zoomshot.errors import ZsError
 from zoomshot.progress import progress_bar
 from zoomshot.sources import ImageSource, open_source, subset_fraction
+from zoomshot.vocab import embed_prompts
 
 from . import distributed as D
-from .devices import (DECODERS, DevicePrefetcher, autocast_dtype, gpu_decode, make_forward, precision_name,
-                      resolve_device, tensor_transform, to_host)
-from .layout import Layout
+from .config import ExtractConfig  # noqa: F401  (re-exported: extract(ExtractConfig(...)))
+from .devices import DECODERS, DevicePrefetcher, gpu_decode, make_forward, tensor_transform, to_host
+from .layout import Layout, Manifest
 from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
 from .shardfile import ShardFile, keep_sound_final
 from .stitch import shard_progress, write_entry
-from .text import embed_vocabulary, resolve_vocabularies, save_text, stored_digest
+from .text import resolve_vocabularies, save_text, stored_digest
 from .text import digest as vocab_digest
 from .writer import Rows, ShardWriterThread
-
-
-@dataclass
-class ExtractConfig:
-    out: str
-    encoders: list[str]
-    images: str | None = None
-    image_column: str | None = None  # parquet input: the image column (default by layout)
-    label_column: str | None = None  # parquet input: the label column
-    dataset: str | None = None
-    root: str | None = None
-    split: str | None = None
-    fraction: float = 1.0
-    seed: int = 0
-    vocabs: list[str] = field(default_factory=list)
-    batch_size: int = 64
-    device: str = "auto"
-    workers: int | None = None  # None: a default from the core count
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    decode: str = "cpu"  # "gpu": torchvision.io.decode_jpeg on the device
-    compile: bool = False
-    channels_last: bool | None = None  # None: on for CUDA
-    num_shards: int = 1  # job-array tasks
-    shard_index: int = 0
-    shard_rows: int | None = None  # rows per shard file; fixed by the first run
-    progress: bool = True
 
 
 @dataclass
@@ -139,42 +115,56 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         D.shutdown(procs)
 
 
-def _check_entry(entry: Path, ids: list[str], parsed, identity: dict) -> dict:
-    """Refuse a run that does not fit an existing entry file; returns its encoders."""
-    if not entry.exists():
-        return {}
-    with open_cache(entry) as c:
-        if c.ids != ids:
-            raise CacheError(f"{entry} holds a different image list ({c.n} rows) than this run ({len(ids)} rows); "
-                             f"use another --out or the same images, fraction and seed")
-        encs = c.encoders
-        complete = {k for k in encs if bool(np.all(c.done(k) | (c.status != STATUS_OK)))}
-    for p in parsed:
-        e = encs.get(p.key)
-        if e is not None and (e.spec, e.weights) != (p.spec, p.weights):
-            what = "spec" if e.spec != p.spec else "weights"
-            raise CacheError(f"{entry}: encoders/{p.key} has {what}={getattr(e, what)!r}, this run has "
-                             f"{getattr(p, what)!r}; write to another --out")
-        for name, value in identity.items():
-            if e is not None and getattr(e, name) and getattr(e, name) != value and p.key not in complete:
-                raise CacheError(f"{entry}: encoders/{p.key} holds rows computed with --{name} {getattr(e, name)}, "
-                                 f"this run uses {value}; rerun with --{name} {getattr(e, name)} or write to another --out")
-    return {k: (e, k in complete) for k, e in encs.items()}
+@dataclass
+class RunPlan:
+    """What a run decided before loading any model: planned in one pass by `plan_run`."""
+
+    cfg: ExtractConfig
+    procs: D.Processes
+    device: str
+    source: ImageSource
+    ids_digest: str  # the source's ids_sha256, computed once
+    parsed: list  # one ParsedSpec per --encoder
+    compute: dict  # the precision and decoder rows computed now are recorded with
+    layout: Layout
+    in_entry: dict[str, tuple[EncoderEntry, bool]]  # the existing entry file's encoders: (entry, complete)
+    started: float
+    manifest: Manifest | None = None  # the shard folder's, once opened
+    mine: dict[int, tuple[int, int]] = field(default_factory=dict)  # this process's shards -> row bounds
+    run_keys: list[str] = field(default_factory=list)  # encoders this run is responsible for
+    vocabs: list | None = None  # resolved on first need (global rank 0 only)
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.parsed]
+
+    def open_manifest(self) -> None:
+        src, layout = self.source, self.layout
+        self.manifest = layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names, self.ids_digest,
+                                              self.cfg.shard_rows, self.procs.world)
+        first, last = self.procs.span(self.manifest.shards)
+        self.mine = {s: self.manifest.bounds(s) for s in range(first, last)}
+        # An encoder the entry holds complete without shards (written by another tool) needs nothing.
+        self.run_keys = [p.key for p in self.parsed if not (p.key in self.in_entry and self.in_entry[p.key][1]
+                                                            and p.key not in layout.encoder_keys())]
+
+    def text_pending(self, key: str, family: str) -> bool:
+        """Whether CLIP encoder KEY has a vocabulary left to embed (only global rank 0 writes them)."""
+        if family != "clip" or self.procs.rank != 0:
+            return False
+        if self.vocabs is None:
+            self.vocabs = resolve_vocabularies(self.cfg.vocabs, self.source)
+        return any(stored_digest(self.layout.text_path(key, v.name)) != vocab_digest(v) for v in self.vocabs)
 
 
-def _encoder_attrs(enc, identity: dict) -> dict:
-    e = enc.entry()
-    return {"spec": e.spec, "family": e.family, "dim": int(e.dim), "normalized": bool(e.normalized),
-            "weights": e.weights, "preprocess": e.preprocess, "versions": e.versions, **identity}
-
-
-def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSummary:
+def plan_run(cfg: ExtractConfig, procs: D.Processes, device: str) -> RunPlan:
+    """Resolve everything the run needs before any byte is written: the output location, the specs,
+    the weights (in the local hub cache, or the hub reachable), the image list, --vocab names, and
+    the fit of an existing entry file."""
     from zoomshot.encoders import check_loadable, parse_spec
     from zoomshot.fileutil import check_writable
 
-    t0 = time.perf_counter()
-    # Everything the run needs is resolved before the image listing and before any byte is written:
-    # the output location, the specs, the weights (in the local hub cache, or the hub reachable).
+    started = time.perf_counter()
     check_writable(cfg.out)
     parsed = [parse_spec(s) for s in cfg.encoders]
     keys = [p.key for p in parsed]
@@ -182,7 +172,7 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
         raise ZsError(f"an encoder is given twice: {', '.join(keys)}")
     for p in parsed:
         check_loadable(p)
-    identity = {"precision": precision_name(cfg.precision, device), "decode": cfg.decode}
+    compute = {"precision": precision_name(cfg.precision, device), "decode": cfg.decode}
     source: ImageSource = subset_fraction(open_source(cfg.images, cfg.dataset, cfg.root, cfg.split,
                                                         cfg.image_column, cfg.label_column),
                                           cfg.fraction, cfg.seed)
@@ -191,82 +181,115 @@ def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSumm
     if cfg.vocabs and procs.rank == 0:
         resolve_vocabularies(cfg.vocabs, source)  # a bad --vocab is refused before any file is written
     layout = Layout(cfg.out)
-    in_entry = _check_entry(layout.entry, source.ids, parsed, identity)
+    digest = source.ids_digest()
+    in_entry = _check_entry(layout.entry, digest, source.ids, parsed, compute)
+    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, started)
+
+
+def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict) -> dict:
+    """Refuse a run that does not fit an existing entry file; returns its encoders as (entry, complete)."""
+    if not entry.exists():
+        return {}
+    with open_cache(entry) as c:
+        check_image_list(str(entry), c.n, c.ids_digest, ids, digest)
+        encs = c.encoders
+        complete = {k for k in encs if bool(np.all(c.done(k) | (c.status != STATUS_OK)))}
+    for p in parsed:
+        e = encs.get(p.key)
+        if e is None:
+            continue
+        want = replace(e, spec=p.spec, weights=p.weights, **compute)
+        what = e.mismatch(want, ("spec", "weights"))
+        if what:
+            raise CacheError(f"{entry}: encoders/{p.key} has {what}={getattr(e, what)!r}, this run has "
+                             f"{getattr(want, what)!r}; write to another --out")
+        what = e.mismatch(want, COMPUTE) if p.key not in complete else None
+        if what:
+            raise CacheError(f"{entry}: encoders/{p.key} holds rows computed with --{what} {getattr(e, what)}, "
+                             f"this run uses {getattr(want, what)}; rerun with --{what} {getattr(e, what)} or "
+                             f"write to another --out")
+    return {k: (e, k in complete) for k, e in encs.items()}
+
+
+def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSummary:
+    plan = plan_run(cfg, procs, device)
     # A first run that fails before its first row (a model, plug-in or vocabulary that does not
     # load) removes the shard folder it created, so the corrected rerun starts clean.
-    created = not layout.root.exists() and procs.world == 1
-    with _removed_on_failure(layout.root if created else None):
-        return _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, identity, t0)
+    created = not plan.layout.root.exists() and procs.world == 1
+    with _removed_on_failure(plan.layout if created else None):
+        plan.open_manifest()
+        encoders = build_encoders(plan)
+        counts = compute_rows(plan, encoders)
+    seconds = time.perf_counter() - plan.started
+    D.barrier(procs, device)
+    return finish(plan, counts, seconds)
 
 
 @contextlib.contextmanager
-def _removed_on_failure(root: Path | None):
+def _removed_on_failure(layout: Layout | None):
     try:
         yield
     except BaseException:
-        if root is not None and not any(root.glob("*/[0-9]*.h5*")):  # no row was written: nothing to resume
-            shutil.rmtree(root, ignore_errors=True)
+        if layout is not None and not layout.any_rows_written():  # no row written: nothing to resume
+            shutil.rmtree(layout.root, ignore_errors=True)
         raise
 
 
-def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, identity, t0):
+def build_encoders(plan: RunPlan) -> dict:
+    """Build only the encoders with work left here; a finished rerun loads no model at all."""
     from zoomshot.encoders import build_encoder
 
-    m = layout.open_or_create(source.ids, source.labels_or_unknown(), source.class_names, source.ids_digest(),
-                              cfg.shard_rows, procs.world)
-    first, last = procs.span(m.shards)
-    mine = {s: m.bounds(s) for s in range(first, last)}
-    # An encoder the entry holds complete without shards (written by another tool) needs nothing.
-    run_keys = [p.key for p in parsed
-                if not (p.key in in_entry and in_entry[p.key][1] and p.key not in layout.encoder_keys())]
-    vocabs = None
-
-    def text_pending(key: str, family: str) -> bool:
-        nonlocal vocabs
-        if family != "clip" or procs.rank != 0:
-            return False
-        if vocabs is None:
-            vocabs = resolve_vocabularies(cfg.vocabs, source)
-        return any(stored_digest(layout.text_path(key, v.name)) != vocab_digest(v) for v in vocabs)
-
-    # Build only the encoders with work left here; a finished rerun loads no model at all.
-    encoders = {}
-    for p, spec in zip(parsed, cfg.encoders):
-        if p.key not in run_keys:
+    layout, encoders = plan.layout, {}
+    for p, spec in zip(plan.parsed, plan.cfg.encoders):
+        if p.key not in plan.run_keys:
             continue
-        attrs = layout.encoder_attrs(p.key)
-        for s in mine:
+        for s in plan.mine:
             if layout.shard_path(p.key, s).exists():
                 keep_sound_final(layout.shard_path(p.key, s))
-        rows_identity = identity
-        if attrs is not None:  # refuse a mismatch before loading any model
-            layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights})
-            finals = layout.final_shards(p.key, m)
-            if all(finals[s] for s in mine):
-                if not text_pending(p.key, attrs["family"]):
+        compute = plan.compute
+        have = layout.encoder(p.key)
+        if have is not None:  # refuse a mismatch before loading any model
+            layout.check_encoder(replace(have, spec=p.spec, weights=p.weights))
+            finals = layout.final_shards(p.key, plan.manifest)
+            if all(finals[s] for s in plan.mine):
+                if not plan.text_pending(p.key, have.family):
                     continue
-                rows_identity = {k: attrs[k] for k in identity if k in attrs}  # only text to compute
+                compute = {"precision": have.precision, "decode": have.decode}  # only text to compute
             else:  # rows left: computed as the earlier ones were
-                layout.check_encoder_attrs(p.key, {**attrs, "spec": p.spec, "weights": p.weights, **identity})
+                layout.check_encoder(replace(have, spec=p.spec, weights=p.weights, **compute))
         # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
-        enc = build_encoder(spec, device=device)
-        have = in_entry.get(p.key)
-        if have is not None and (have[0].dim, have[0].family) != (enc.dim, enc.family):
-            raise CacheError(f"{layout.entry}: encoders/{p.key} has dim {have[0].dim} ({have[0].family}), "
+        enc = build_encoder(spec, device=plan.device)
+        in_entry = plan.in_entry.get(p.key)
+        if in_entry is not None and in_entry[0].mismatch(enc.entry(), ("dim", "family")):
+            e = in_entry[0]
+            raise CacheError(f"{layout.entry}: encoders/{p.key} has dim {e.dim} ({e.family}), "
                              f"this run has {enc.dim} ({enc.family}); write to another --out")
-        layout.write_encoder_attrs(p.key, _encoder_attrs(enc, rows_identity))
+        layout.write_encoder(replace(enc.entry(), **compute))
         encoders[p.key] = enc
+    return encoders
 
+
+@dataclass
+class RowCounts:
+    computed: dict[str, int]  # rows newly computed per encoder
+    decoded: int = 0
+    unreadable: int = 0
+    loop_seconds: float = 0.0
+
+
+def compute_rows(plan: RunPlan, encoders: dict) -> RowCounts:
+    """Claim this process's shards, write pending vocabularies, finish interrupted shards, then run
+    the batches left."""
+    layout, mine = plan.layout, plan.mine
+    first, last = plan.procs.span(plan.manifest.shards)
+    counts = RowCounts({k: 0 for k in plan.run_keys})
     claims = []
-    computed = {k: 0 for k in run_keys}
-    decoded = unreadable = 0
-    loop_seconds = 0.0
     try:
         for key in encoders:
             claims.append(layout.claim_shards(key, first, last))
         for key, enc in encoders.items():
-            if text_pending(key, enc.family):
-                _write_vocabularies(enc, vocabs, layout, device)
+            if plan.text_pending(key, enc.family):
+                _write_vocabularies(enc, plan.vocabs, layout)
         resume = {key: {s: ShardFile.resume_point(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim)
                         for s, (a, b) in mine.items()}
                   for key, enc in encoders.items()}
@@ -276,42 +299,44 @@ def _extract_in(cfg, procs, device, source, parsed, keys, layout, in_entry, iden
                     ShardFile.open(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim).finalize()
         _check_free_space(layout, {key: (enc.dim, sum(b - resume[key][s] for s, (_, b) in mine.items()))
                                    for key, enc in encoders.items()})
-        batches = plan_batches(mine, resume, cfg.batch_size)
+        batches = plan_batches(mine, resume, plan.cfg.batch_size)
         if batches:
             t_loop = time.perf_counter()
-            decoded, unreadable, computed = _run_batches(cfg, source, batches, encoders, layout, m, device,
-                                                         procs, computed)
-            loop_seconds = time.perf_counter() - t_loop
+            _run_batches(plan, batches, encoders, counts)
+            counts.loop_seconds = time.perf_counter() - t_loop
     finally:
         for c in claims:
             c.release()
-    seconds = time.perf_counter() - t0
-    D.barrier(procs, device)
-    written, cache_bad, unfinished, failed = False, None, {}, None
-    if procs.dist_rank == 0:
-        written = write_entry(layout, m, require=run_keys)
-        if written:
-            with open_cache(layout.entry) as c:
-                bad = c.status != STATUS_OK
-                cache_bad = int(bad.sum())
-                missing = {k: int((~c.done(k) & ~bad).sum()) for k in run_keys}
-                errors = c.errors if bad.all() else []
+    return counts
+
+
+def finish(plan: RunPlan, counts: RowCounts, seconds: float) -> ExtractSummary:
+    """Stitch the entry file (global rank 0) and say whether the run did its job."""
+    layout, m = plan.layout, plan.manifest
+    written, cache_bad, unfinished, failed = None, None, {}, None
+    if plan.procs.dist_rank == 0:
+        written = write_entry(layout, m, require=plan.run_keys)
+        if written is not None:
+            bad = written.status != STATUS_OK
+            cache_bad = int(bad.sum())
+            missing = {k: int((~written.done[k] & ~bad).sum()) for k in plan.run_keys}
             if any(missing.values()):
                 failed = (f"{layout.entry}: readable rows missing: "
                           + ", ".join(f"{k} {v}" for k, v in missing.items() if v)
                           + "; rerun the same zs extract to compute them")
             elif bad.all():
-                failed = (f"every one of the {m.rows} images is unreadable (first reason: {errors[0] or '?'}); "
-                          f"the cache holds no features — check the image source")
+                failed = (f"every one of the {m.rows} images is unreadable (first reason: "
+                          f"{written.errors[0] or '?'}); the cache holds no features — check the image source")
         else:
             prog = shard_progress(layout, m)
             unfinished = {k: f"{prog.final.get(k, 0)} of {m.shards} shards final, {prog.partial.get(k, 0)} partial"
-                          for k in run_keys if not prog.complete(k)}
-    return ExtractSummary(out=layout.entry, rows=m.rows, encoders=keys, shards=(first, last, m.shards),
-                          computed=computed, decoded=decoded, unreadable=unreadable, seconds=seconds,
-                          images_per_s=decoded / loop_seconds if loop_seconds > 0 else 0.0, entry_written=written,
-                          cache_unreadable=cache_bad, unfinished=unfinished, device=device,
-                          failed=failed)
+                          for k in plan.run_keys if not prog.complete(k)}
+    first, last = plan.procs.span(m.shards)
+    return ExtractSummary(out=layout.entry, rows=m.rows, encoders=plan.keys, shards=(first, last, m.shards),
+                          computed=counts.computed, decoded=counts.decoded, unreadable=counts.unreadable,
+                          seconds=seconds, entry_written=written is not None,
+                          images_per_s=counts.decoded / counts.loop_seconds if counts.loop_seconds > 0 else 0.0,
+                          cache_unreadable=cache_bad, unfinished=unfinished, device=plan.device, failed=failed)
 
 
 # float16 features plus per-row done/status/errors and HDF5's chunk overhead, per row and dim
@@ -327,26 +352,18 @@ def _check_free_space(layout: Layout, left: dict[str, tuple[int, int]]) -> None:
                       f"{free / 1e9:.2f} GB free; free space or write to another --out")
 
 
-def _write_vocabularies(enc, vocabs, layout: Layout, device: str) -> None:
-    import torch
-
-    dtype = autocast_dtype("auto", device)
+def _write_vocabularies(enc, vocabs, layout: Layout) -> None:
     for v in vocabs:
         path = layout.text_path(enc.key, v.name)
-        if stored_digest(path) == vocab_digest(v):
-            continue
-
-        def encode(texts):
-            autocast = (torch.autocast(device.split(":")[0], dtype=dtype) if dtype is not None
-                        else contextlib.nullcontext())
-            with torch.inference_mode(), autocast:
-                return enc.encode_text(texts).float().cpu().numpy()
-
-        save_text(path, v, embed_vocabulary(encode, v, enc.dim))
+        if stored_digest(path) != vocab_digest(v):
+            save_text(path, v, embed_prompts(enc, v))
 
 
-def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, computed):
+def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> None:
+    """Decode each image once per batch, feed every encoder, hand the rows to the writer thread."""
     import torch
+
+    cfg, device, procs = plan.cfg, plan.device, plan.procs
 
     cuda = device.startswith("cuda")
     groups = PreprocessGroups(encoders.values())
@@ -354,7 +371,7 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
     tensor_tfs = [tensor_transform(t, k) for k, t in zip(groups.keys, groups.transforms)] if gpu else None
     workers = default_workers(device) if cfg.workers is None else cfg.workers
     workers = min(workers, len(batches))
-    dataset = DecodedBatches(source, batches, [] if gpu else groups.transforms, gpu=gpu,
+    dataset = DecodedBatches(plan.source, batches, [] if gpu else groups.transforms, gpu=gpu,
                              threads=1 if workers else torch.get_num_threads())
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=identity_collate,
@@ -364,8 +381,7 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
     progress = progress_bar(rows_total, f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
                             enabled=cfg.progress and procs.local_rank == 0)
     batches_iter = DevicePrefetcher(iter(loader), device)  # forks the decode workers before the writer thread starts
-    writer = ShardWriterThread(layout, m, {k: (e.spec, e.dim) for k, e in encoders.items()})
-    decoded = unreadable = 0
+    writer = ShardWriterThread(plan.layout, plan.manifest, {k: (e.spec, e.dim) for k, e in encoders.items()})
     try:
         with torch.inference_mode():
             for item in batches_iter:
@@ -381,9 +397,9 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
                     else:
                         feats = to_host(forwards[key](x), device)
                     writer.put(Rows(key, b.shard, b.start, b.stop, feats, ok, errors))
-                    computed[key] += int(ok.sum())
-                decoded += b.stop - b.start
-                unreadable += int((~ok).sum())
+                    counts.computed[key] += int(ok.sum())
+                counts.decoded += b.stop - b.start
+                counts.unreadable += int((~ok).sum())
                 progress.update(b.stop - b.start)
         writer.close()
     except BaseException:
@@ -392,7 +408,6 @@ def _run_batches(cfg, source, batches, encoders, layout, m, device, procs, compu
     finally:
         progress.close()
         dataset.close()
-    return decoded, unreadable, computed
 
 
 def _gpu_tensors(item, tensor_tfs, device):

@@ -17,7 +17,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, STR, CacheError, _strs, chunk_rows
+from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, STR, CacheError, read_strings, chunk_rows
+
+from zoomshot.shards import partial_of
 
 from .faults import fault_point
 
@@ -33,11 +35,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def partial_of(final: Path) -> Path:
-    """The name a shard has while it is written."""
-    return Path(str(final) + ".partial")
 
 
 class ShardFile:
@@ -200,7 +197,7 @@ def verify_shard(path: Path, start: int, stop: int) -> None:
                 block = img[lo:lo + step]
                 if not np.isfinite(block[done[lo:lo + step]]).all():
                     raise CacheError(f"non-finite features in done rows near row {start + lo}")
-            _strs(f["errors"])
+            read_strings(f["errors"])
     except (OSError, KeyError, ValueError) as e:
         err = CacheError(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except CacheError as e:
@@ -236,6 +233,6 @@ def read_shard_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
                 raise CacheError(f"shard file {path} is final but {int((~done & (status == STATUS_OK)).sum())} of its "
                                  f"readable rows are not done (written by a run that lost writes); delete it and "
                                  f"rerun zs extract")
-            return done, status, _strs(f["errors"])
+            return done, status, read_strings(f["errors"])
     except (OSError, KeyError) as e:
         raise CacheError(f"shard file {path} does not read back ({e}); delete it and rerun zs extract") from None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from zoomshot.cache import Cache, CacheError, CacheWriter, EncoderEntry, _strs, checksummed, open_cache
+from zoomshot.cache import Cache, CacheError, CacheWriter, check_image_list, checksummed, open_cache, read_strings
 from zoomshot.fileutil import atomic_path
 
 from .faults import fault_point
@@ -39,12 +39,21 @@ def shard_progress(layout: Layout, m: Manifest) -> ShardProgress:
     return p
 
 
-def write_entry(layout: Layout, m: Manifest, require: list[str]) -> bool:
-    """Write the entry file when every encoder in `require` has all shards final; True when written."""
-    with layout.lock_file(layout.root / ".entry.lock"):
+@dataclass
+class Stitched:
+    """What a written entry file holds, per row: status, first error, and each encoder's done rows."""
+
+    status: np.ndarray
+    errors: list[str]
+    done: dict[str, np.ndarray]
+
+
+def write_entry(layout: Layout, m: Manifest, require: list[str]) -> Stitched | None:
+    """Write the entry file when every encoder in `require` has all shards final; None when not written."""
+    with layout.lock_file(layout.lock_path("entry")):
         progress = shard_progress(layout, m)
         if not all(progress.complete(k) for k in require):
-            return False
+            return None
         ids, labels, class_names = layout.read_images()
         keys = [k for k in layout.encoder_keys() if progress.complete(k)]
         per_key = {}
@@ -75,6 +84,7 @@ def write_entry(layout: Layout, m: Manifest, require: list[str]) -> bool:
                                 old.f.copy(old.f[f"encoders/{key}"], encs, name=key)
                         status = np.maximum(status, old.status)
                         _keep_first_errors(errors, 0, old.errors)
+                        per_key.update({k: old.done(k) for k in old.encoders if k not in per_key})
                     w.f["images/status"][...] = status
                     w.f["images/errors"][...] = np.array(errors, dtype=object)
                 finally:
@@ -83,7 +93,7 @@ def write_entry(layout: Layout, m: Manifest, require: list[str]) -> bool:
         finally:
             if old is not None:
                 old.close()
-        return True
+        return Stitched(status, errors, per_key)
 
 
 def _keep_first_errors(errors: list[str], offset: int, new: list[str]) -> None:
@@ -97,18 +107,16 @@ def _open_old_entry(layout: Layout, ids: list[str]) -> Cache | None:
     if not layout.entry.exists():
         return None
     old = open_cache(layout.entry)  # refuses a file that is not a readable zs-cache of this version
-    if old.ids != ids:
+    try:
+        check_image_list(str(layout.entry), old.n, old.ids_digest, ids, than="its shards")
+    except CacheError:
         old.close()
-        raise CacheError(f"{layout.entry} holds a different image list than its shards; write to another --out")
+        raise
     return old
 
 
 def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest, key: str, done: np.ndarray):
-    attrs = layout.encoder_attrs(key)
-    entry = EncoderEntry(key=key, spec=attrs["spec"], family=attrs["family"], dim=int(attrs["dim"]),
-                         normalized=bool(attrs["normalized"]), weights=attrs["weights"],
-                         preprocess=attrs.get("preprocess", {}), versions=attrs.get("versions", {}),
-                         precision=attrs.get("precision", ""), decode=attrs.get("decode", ""))
+    entry = layout.encoder(key)
     g = encs.create_group(key)
     for k, v in entry.attrs().items():
         g.attrs[k] = v
@@ -122,4 +130,4 @@ def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest
     g.create_dataset("done", data=done, **checksummed(len(done)))
     for vocab in layout.vocabularies(key):
         with h5py.File(layout.text_path(key, vocab), "r") as t:
-            w.write_text(key, vocab, _strs(t["names"]), _strs(t["templates"]), t["emb"][()])
+            w.write_text(key, vocab, read_strings(t["names"]), read_strings(t["templates"]), t["emb"][()])

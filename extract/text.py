@@ -22,7 +22,6 @@ from zoomshot.sources import ImageSource
 from zoomshot.vocab import Vocabulary, default_templates, load_vocabulary
 
 CLASSES = "classes"
-TEXT_BATCH = 1024
 
 
 def resolve_vocabularies(names: list[str], source: ImageSource) -> list[Vocabulary]:
@@ -60,15 +59,6 @@ def stored_digest(path: Path) -> str | None:
             return str(f.attrs.get("digest", ""))
     except OSError:
         return None
-
-
-def embed_vocabulary(encode_text, v: Vocabulary, dim: int, batch: int = TEXT_BATCH) -> np.ndarray:
-    """(K, T, dim) float32 embeddings of every class × template prompt."""
-    prompts = [p for c in v.classnames for p in v.prompts(c)]
-    out = np.empty((len(prompts), dim), np.float32)
-    for i in range(0, len(prompts), batch):
-        out[i:i + batch] = encode_text(prompts[i:i + batch])
-    return out.reshape(len(v.classnames), len(v.templates), dim)
 
 
 def save_text(path: Path, v: Vocabulary, emb: np.ndarray) -> None:

@@ -15,7 +15,9 @@ from typing import Callable
 import numpy as np
 
 from .layout import Layout, Manifest
-from .shardfile import ShardFile, partial_of, write_failed
+from zoomshot.shards import partial_of
+
+from .shardfile import ShardFile, write_failed
 
 
 @dataclass

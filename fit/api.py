@@ -9,7 +9,6 @@ is written (see `zoomshot.mapping.save_mapping`).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import time
 from dataclasses import dataclass, replace
@@ -17,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from zoomshot import __version__
 from zoomshot.cache import Cache
 from zoomshot.errors import ZsError
 from zoomshot.mapping import Mapping
+from zoomshot.version import __version__
 
-from .closed_form import LAMBDAS, procrustes_map, ridge_loo, ridge_maps
+from .closed_form import choose_ridge_lambda, procrustes_map, ridge_maps
 from .config import ITERATIVE, FitConfig
 from .data import ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
 
@@ -129,6 +128,8 @@ def _read_statistics(sh: Shared, cfgs: list[FitConfig]) -> None:
     """The one pass over every block: moments per rank tier, the held-out rows, the LOO sample."""
     import torch
 
+    from .trainer import threads_for
+
     full = any(c.method in ("ridge", "procrustes") or (c.method == "zoomshot" and c.init == "ridge")
                for c in cfgs)
     plan = sh.plan
@@ -165,7 +166,7 @@ def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool) -> Mappin
     if c.method == "procrustes":
         W, b = procrustes_map(st)
     elif c.method == "ridge":
-        lam, extra["ridge"] = _ridge_lambda(c, st, sh)
+        lam, extra["ridge"] = choose_ridge_lambda(c, st, sh.sample)
         W, b, U, e = ridge_maps(st, lam)
     else:
         from .iterative import train_config
@@ -188,39 +189,6 @@ def _held_metrics(m: Mapping, sh: Shared) -> dict:
     mean, std = torch.from_numpy(m.mean).to(sh.device), torch.from_numpy(m.std).to(sh.device)
     h = ((sh.held.v - mean) / std) @ W.T + b
     return holdout_metrics(h, sh.held.c, sh.T)
-
-
-def _ridge_lambda(c: FitConfig, st, sh: Shared) -> tuple[float, dict]:
-    """The ridge penalty: as given, or the one with the least exact leave-one-out error."""
-    if c.ridge_lambda is not None:
-        return c.ridge_lambda, {"lambda": c.ridge_lambda, "chosen_by": "--ridge-lambda"}
-    keep = sh.sample.ranks < st.n
-    x, y = sh.sample.v[keep], sh.sample.c[keep]
-    scores = ridge_loo(st, x, y, LAMBDAS)
-    best = int(np.argmin(scores))
-    return LAMBDAS[best], {"lambda": LAMBDAS[best], "chosen_by": "leave-one-out", "loo_rows": int(len(x)),
-                           "tried": list(LAMBDAS), "loo_mse": scores}
-
-
-# Below this many multiply-adds per step, one thread beats a team: tiny matmuls gain nothing from
-# splitting, and a second thread that waits for a busy core makes every op wait with it.
-SMALL_STEP_MACS = 1 << 22
-
-
-@contextlib.contextmanager
-def threads_for(device, step_macs: int):
-    """Run small CPU problems single-threaded (torch's thread count is process-wide; restored after)."""
-    import torch
-
-    n = torch.get_num_threads()
-    small = device.type == "cpu" and step_macs < SMALL_STEP_MACS and n > 1
-    if small:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small:
-            torch.set_num_threads(n)
 
 
 def _device(name: str):

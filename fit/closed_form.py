@@ -16,6 +16,8 @@ procrustes  an orthogonal map between whitened spaces. x is projected onto its t
 """
 from __future__ import annotations
 
+import numpy as np
+
 
 def _standardised_cov(st):
     std = st.std_v()
@@ -90,3 +92,16 @@ def procrustes_map(st, floor: float = 1e-6):
     R = A @ Bt
     W = c_colour @ R @ P
     return W, st.mean_c.clone()
+
+
+def choose_ridge_lambda(c, st, sample) -> tuple[float, dict]:
+    """The ridge penalty of FitConfig c: as given, or the one with the least exact leave-one-out error
+    on the in-memory sample (its held-out rows, ranks >= st.n, left out)."""
+    if c.ridge_lambda is not None:
+        return c.ridge_lambda, {"lambda": c.ridge_lambda, "chosen_by": "--ridge-lambda"}
+    keep = sample.ranks < st.n
+    x, y = sample.v[keep], sample.c[keep]
+    scores = ridge_loo(st, x, y, LAMBDAS)
+    best = int(np.argmin(scores))
+    return LAMBDAS[best], {"lambda": LAMBDAS[best], "chosen_by": "leave-one-out", "loo_rows": int(len(x)),
+                           "tried": list(LAMBDAS), "loo_mse": scores}

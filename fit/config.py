@@ -6,7 +6,7 @@ depend on the training rows (`schedule`): every cache size gets enough optimizer
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 from zoomshot.errors import ZsError, did_you_mean
 
@@ -131,6 +131,3 @@ def schedule(n: int, batch_size: int | None, epochs: int | None) -> tuple[int, i
         epochs = int(min(max(math.ceil(MIN_STEPS / per_epoch), 5), 100))
     return batch_size, epochs
 
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(FitConfig)]

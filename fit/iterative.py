@@ -13,11 +13,11 @@ import math
 
 import torch
 
-from .closed_form import ridge_maps
+from .closed_form import choose_ridge_lambda, ridge_maps
 from .data import epoch_batches
 from .holdout import holdout_metrics
 from .losses import aligner_loss, text_moments, zoomshot_loss
-from .trainer import train
+from .trainer import threads_for, train
 
 
 def _linear(W, b):
@@ -32,9 +32,7 @@ def _zoomshot_maps(c, st, sh, extra: dict):
     """(h, g) as nn.Linear on the device, at the ridge solution or small random weights."""
     gen = torch.Generator().manual_seed(int(c.seed))
     if c.init == "ridge":
-        from .api import _ridge_lambda
-
-        lam, extra["ridge_start"] = _ridge_lambda(c, st, sh)
+        lam, extra["ridge_start"] = choose_ridge_lambda(c, st, sh.sample)
         W, b, U, e = (t.float().cpu() for t in ridge_maps(st, lam))
     else:
         W = torch.randn(sh.d, sh.dv, generator=gen) * (0.01 / sh.dv ** 0.5)
@@ -57,7 +55,6 @@ def _aligner_map(c, st, sh, extra: dict):
 def train_config(c, st, sh, progress=None, bar: bool = False):
     """Train one iterative configuration. Returns (the scheduled config, (W, b, U, e) in the
     standardised form, run-record extras)."""
-    from .api import threads_for
 
     c = c.scheduled(st.n)
     extra: dict = {}

@@ -14,6 +14,7 @@ with a ZsError; one that rises a hundredfold over the first step's is a warning 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -114,3 +115,24 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
     else:
         res.best_epoch = cfg.epochs
     return res
+
+
+# Below this many multiply-adds per step, one thread beats a team: tiny matmuls gain nothing from
+# splitting, and a second thread that waits for a busy core makes every op wait with it.
+SMALL_STEP_MACS = 1 << 22
+
+
+@contextlib.contextmanager
+def threads_for(device, step_macs: int):
+    """Run small CPU problems single-threaded (torch's thread count is process-wide; restored after)."""
+    import torch
+
+    n = torch.get_num_threads()
+    small = device.type == "cpu" and step_macs < SMALL_STEP_MACS and n > 1
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(n)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tiny_models import CLIP_PLUGIN, make_image_folder
+from conftest import CLIP_PLUGIN, make_image_folder
 from zoomshot.cache import open_cache
 from zoomshot.cli import app
 from zoomshot.extract.layout import Layout

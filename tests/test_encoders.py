@@ -6,18 +6,13 @@ import torch
 from typer.testing import CliRunner
 
 from zoomshot.cli import app
-from zoomshot.encoders import ALIASES, build_encoder, parse_spec, register_open_clip_config
+from conftest import register_tiny_clip
+from zoomshot.encoders import ALIASES, build_encoder, parse_spec
 from zoomshot.errors import ZsError
-
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    register_open_clip_config("zs-test-tiny-clip", TINY_CLIP)
-    return "open_clip:zs-test-tiny-clip"
+    return register_tiny_clip().removesuffix("@random")
 
 
 @pytest.mark.parametrize("alias", sorted(ALIASES))

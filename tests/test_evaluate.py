@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, recall_score
-from test_evaluate_world import make_mapping, make_world
+from conftest import make_mapping, make_world
 from typer.testing import CliRunner
 
 from zoomshot.cli import app

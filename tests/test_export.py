@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from test_model import CLASSES, pil_images, tiny_world
+from conftest import USE_CLASSES as CLASSES
+from conftest import pil_images
 from typer.testing import CliRunner
 
 import zoomshot
@@ -17,8 +18,8 @@ from zoomshot.errors import ZsError
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory)
+def world(use_world):
+    return use_world
 
 
 @pytest.fixture(scope="module")

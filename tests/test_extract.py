@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tiny_models import (CLIP_PLUGIN, RESIZABLE_PLUGIN_SRC, VISION_PLUGIN, folder_to_webdataset, make_flat_folder,
+from conftest import (CLIP_PLUGIN, RESIZABLE_PLUGIN_SRC, VISION_PLUGIN, folder_to_webdataset, make_flat_folder,
                          make_image_folder, register_tiny_clip)
 from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, open_cache
 from zoomshot.cli import app

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tiny_models import CLIP_PLUGIN, RESIZABLE_PLUGIN_SRC, make_image_folder
+from conftest import CLIP_PLUGIN, RESIZABLE_PLUGIN_SRC, make_image_folder
 from zoomshot.cache import CacheError, open_cache
 from zoomshot.cli import app
 from zoomshot.errors import ZsError

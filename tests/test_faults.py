@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from test_evaluate_world import make_mapping, make_world
-from tiny_models import VISION_PLUGIN, image_bytes, make_image_folder
+from conftest import make_mapping, make_world
+from conftest import VISION_PLUGIN, image_bytes, make_image_folder
 from zoomshot.cache import CacheError, open_cache
 from zoomshot.cli import app
 
@@ -461,13 +461,17 @@ def test_18_resume_with_another_precision_is_refused(tmp_path, images):
 
 
 def test_18_decoder_is_part_of_the_identity(tmp_path):
+    from dataclasses import replace
+
+    from zoomshot.cache import EncoderEntry
     from zoomshot.extract.layout import Layout
 
     lay = Layout(tmp_path / "c.h5")
-    attrs = {"spec": "s", "family": "vision", "dim": 4, "weights": "random", "precision": "fp32", "decode": "cpu"}
-    lay.write_encoder_attrs("k", attrs)
+    entry = EncoderEntry("k", "s", "vision", 4, weights="random", precision="fp32", decode="cpu")
+    lay.write_encoder(entry)
+    assert lay.encoder("k") == entry
     with pytest.raises(CacheError, match="--decode cpu"):
-        lay.check_encoder_attrs("k", {**attrs, "decode": "gpu"})
+        lay.check_encoder(replace(entry, decode="gpu"))
 
 
 # ------------------------------------------------------------------ 19: float16 range ----------------

@@ -4,125 +4,27 @@ The world: generated PNG/JPEG images in class folders, a tiny random ViT (timm t
 open_clip model whose random weights are saved to files (so `load` rebuilds the very models the
 cache was extracted with), a cache written by `zs extract` with both encoders' features and a
 vocabulary, and a mapping fitted on it by `zoomshot.fit` (closed-form ridge, the fastest method).
-`tiny_world` builds it once per test session; the other use-the-model tests import it from here.
+conftest's `use_world` builds it once per test session for every use-the-model test.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import zoomshot
+from conftest import USE_CLASSES, USE_TEMPLATES, USE_VOCAB, UseWorld, pil_images
 from zoomshot.errors import ZsError
 
-TINY_CLIP_NAME = "zs-test-use-clip"
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-CLASSES = ("blue", "green", "red")  # sorted, as ImageFolder labels them
-TEMPLATES = ("a photo of a {c}.", "a {c} thing.")
-VOCAB = "colors"
-PER_CLASS = 4
-
-
-@dataclass
-class World:
-    root: Path
-    images: Path  # ImageFolder: images/CLASS/NAME.{png,jpg}
-    paths: list[Path]  # in cache row order
-    labels: np.ndarray
-    cache: Path
-    mapping: Path
-    vision_spec: str  # with @weights-file
-    clip_spec: str
-    vision_key: str
-    clip_key: str
-
-
-def write_images(root: Path, classes=CLASSES, per_class: int = PER_CLASS) -> None:
-    """Noisy images tinted by class, of varied sizes, half PNG half JPEG."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    tints = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            h, w = int(rng.integers(28, 72)), int(rng.integers(28, 72))
-            arr = np.clip(np.array(tints.get(c, (128, 128, 128))) + rng.normal(0, 40, (h, w, 3)), 0, 255)
-            p = root / c / f"{c}_{i}.{'png' if i % 2 else 'jpg'}"
-            Image.fromarray(arr.astype(np.uint8)).save(p)
-
-
-def extract_cache(path: Path, images: Path, specs: list[str], vocab_file: Path) -> None:
-    """`zs extract` over the image folder, on the CPU, in this process."""
-    from typer.testing import CliRunner
-
-    from zoomshot.cli import app
-
-    args = ["extract", "--images", str(images), "--out", str(path), "--vocab", str(vocab_file),
-            "--device", "cpu", "--workers", "0", "--quiet"]
-    for spec in specs:
-        args += ["--encoder", spec]
-    r = CliRunner().invoke(app, args)
-    assert r.exit_code == 0, r.output
-
-
-_WORLD: dict = {}
-
-
-def tiny_world(tmp_path_factory) -> World:
-    """The session's one world (built on first use)."""
-    if "world" not in _WORLD:
-        _WORLD["world"] = _build_world(tmp_path_factory.mktemp("use-world"))
-    return _WORLD["world"]
-
-
-def register_tiny_clip() -> None:
-    from zoomshot.encoders import register_open_clip_config
-
-    register_open_clip_config(TINY_CLIP_NAME, TINY_CLIP)
-
-
-def _build_world(root: Path) -> World:
-    from safetensors.torch import save_file
-
-    from zoomshot.cache import open_cache
-    from zoomshot.encoders import build_encoder
-    from zoomshot.fit import FitConfig, fit_cache
-    from zoomshot.mapping import save_mapping
-
-    register_tiny_clip()
-    torch.manual_seed(0)
-    vit = build_encoder("timm:test_vit@random")
-    save_file({k: t.contiguous() for k, t in vit.model.state_dict().items()}, str(root / "test_vit.safetensors"))
-    clip = build_encoder(f"open_clip:{TINY_CLIP_NAME}@random")
-    torch.save(clip.model.state_dict(), root / "tiny_clip.pt")
-    vit = build_encoder(f"timm:test_vit@{root / 'test_vit.safetensors'}")
-    clip = build_encoder(f"open_clip:{TINY_CLIP_NAME}@{root / 'tiny_clip.pt'}")
-
-    write_images(root / "images")
-    vocab_file = root / f"{VOCAB}.json"
-    vocab_file.write_text(json.dumps({"classnames": list(CLASSES), "templates": list(TEMPLATES)}))
-    cache = root / "world.h5"
-    extract_cache(cache, root / "images", [f"{e.spec}@{e.weights}" for e in (vit, clip)], vocab_file)
-    with open_cache(cache) as c:
-        assert c.class_names == list(CLASSES)  # ImageFolder labels: sorted class folders
-        paths, labels = [root / "images" / i for i in c.ids], c.labels
-    mapping = save_mapping(fit_cache(cache, FitConfig(method="ridge")), root / "mapping")
-    return World(root, root / "images", paths, labels, cache, mapping,
-                 f"{vit.spec}@{vit.weights}", f"{clip.spec}@{clip.weights}", vit.key, clip.key)
+CLASSES, TEMPLATES, VOCAB = USE_CLASSES, USE_TEMPLATES, USE_VOCAB
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    return tiny_world(tmp_path_factory)
+def world(use_world) -> UseWorld:
+    return use_world
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +32,7 @@ def clf(world):
     return zoomshot.load(world.mapping).set_labels(CLASSES, templates=TEMPLATES)
 
 
-def pil_images(paths):
-    from PIL import Image
-
-    return [Image.open(p) for p in paths]
-
-
-def cached_logits(world: World) -> np.ndarray:
+def cached_logits(world: UseWorld) -> np.ndarray:
     """What `zs evaluate` scores: the cache's vision features, mapped, against the cache's classifier."""
     from zoomshot.cache import open_cache
     from zoomshot.evaluate import zero_shot_logits
@@ -212,7 +108,7 @@ def test_labels_from_cache_need_no_clip_model(world, monkeypatch):
     from zoomshot import model as model_mod
 
     clf = zoomshot.load(world.mapping)
-    monkeypatch.setattr(model_mod, "_build", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(model_mod, "build_role_encoder", lambda *a, **k: pytest.fail("a model was built"))
     clf.set_labels_from_cache(world.cache)
     assert clf.labels == list(CLASSES)
     with torch.inference_mode():

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tiny_models import VISION_PLUGIN, folder_to_webdataset, make_image_folder
+from conftest import VISION_PLUGIN, folder_to_webdataset, make_image_folder
 from zoomshot.cache import open_cache
 from zoomshot.cli import app
 from zoomshot.errors import ZsError

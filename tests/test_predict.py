@@ -5,7 +5,8 @@ import json
 import shutil
 
 import pytest
-from test_model import CLASSES, pil_images, tiny_world
+from conftest import USE_CLASSES as CLASSES
+from conftest import pil_images
 from typer.testing import CliRunner
 
 import zoomshot
@@ -13,8 +14,8 @@ from zoomshot.cli import app
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory)
+def world(use_world):
+    return use_world
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tiny_models import VISION_PLUGIN, make_flat_folder
+from conftest import VISION_PLUGIN, make_flat_folder
 from zoomshot.progress import progress_bar
 
 REPO = Path(__file__).resolve().parents[1]

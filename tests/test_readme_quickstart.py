@@ -15,7 +15,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tiny_models import CLIP_PLUGIN, VISION_PLUGIN, image_bytes, make_image_folder
+from conftest import CLIP_PLUGIN, VISION_PLUGIN, image_bytes, make_image_folder
 from zoomshot.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -7,7 +7,7 @@ import json
 
 from typer.testing import CliRunner
 
-from test_evaluate_world import make_mapping, make_world
+from conftest import make_mapping, make_world
 from zoomshot.cli import app
 from zoomshot.evaluate.clip_benchmark import model_and_pretrained
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_model import tiny_world
 from typer.testing import CliRunner
 
 from zoomshot.cache import CacheWriter, open_cache
@@ -139,12 +138,12 @@ def test_mapping_that_does_not_fit_the_cache_is_refused(synth, tmp_path):
         search_cache(synth["test"], tmp_path / "other-weights", "class_0001", vocab_query=True)
 
 
-def test_text_query_through_clips_text_tower(tmp_path_factory):
+def test_text_query_through_clips_text_tower(use_world):
     import torch
 
     from zoomshot.encoders import build_encoder
 
-    world = tiny_world(tmp_path_factory)
+    world = use_world
     clip = build_encoder(world.clip_spec)
     with torch.inference_mode():
         q = clip.encode_text(["a red thing"]).numpy()[0]

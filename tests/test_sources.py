@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tiny_models import corrupt_bytes, folder_to_webdataset, image_bytes, make_flat_folder, make_image_folder
+from conftest import corrupt_bytes, folder_to_webdataset, image_bytes, make_flat_folder, make_image_folder
 from zoomshot.errors import ZsError
 from zoomshot.sources import (decode_rgb, expand_braces, list_source, open_source, subset_fraction,
                               webdataset_source)

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from test_evaluate_world import make_mapping, make_world
+from conftest import make_mapping, make_world
 from typer.testing import CliRunner
 
 import zoomshot.fit

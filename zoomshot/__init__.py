@@ -5,7 +5,9 @@ Stages: `zoomshot.extract` (images -> cache), `zoomshot.fit` (cache -> mapping),
 modules: the cache format (`zoomshot.cache`), the mapping format (`zoomshot.mapping`),
 encoder specs (`zoomshot.encoders`) and vocabularies (`zoomshot.vocab`).
 """
-__version__ = "0.1.0"
+from zoomshot.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(mapping_dir, **kwargs):

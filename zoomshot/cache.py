@@ -11,14 +11,16 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 import h5py
 import numpy as np
 
-from zoomshot import __version__
+from zoomshot.version import __version__
 from zoomshot.errors import ZsError
+from zoomshot.shards import shard_dir, shard_report
 
 FORMAT = "zs-cache"
 FORMAT_VERSION = 1
@@ -46,9 +48,14 @@ def chunk_rows(dim: int, n: int) -> int:
     return max(1, min(n, CHUNK_BYTES // (2 * max(dim, 1))))
 
 
+IDENTITY = ("spec", "family", "dim", "weights")  # what an encoder is
+COMPUTE = ("precision", "decode")  # how its rows were computed ("" = not recorded, not compared)
+
+
 @dataclass
 class EncoderEntry:
-    """The attributes of one `encoders/KEY` group."""
+    """An encoder's identity and record: the attributes of one `encoders/KEY` group (and of a shard
+    folder's KEY/encoder.json). `mismatch` is the one encoder-identity comparison of the package."""
 
     key: str
     spec: str
@@ -61,37 +68,44 @@ class EncoderEntry:
     precision: str = ""  # fp32 | bf16 | fp16 the rows were computed in; "" when not recorded
     decode: str = ""  # cpu | gpu image decoder; "" when not recorded
 
+    def mismatch(self, other: "EncoderEntry", fields: Sequence[str] = IDENTITY + COMPUTE) -> str | None:
+        """The first of `fields` in which `other` differs from this entry, or None. A compute field
+        (precision, decode) left unrecorded on either side is not compared."""
+        for name in fields:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name in COMPUTE and not (mine and theirs):
+                continue
+            if mine != theirs:
+                return name
+        return None
+
+    def record(self) -> dict:
+        """The JSON-able attributes (no key); unrecorded compute fields are left out."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "key"}
+        return {k: v for k, v in out.items() if not (k in COMPUTE and not v)}
+
     def attrs(self) -> dict:
-        out = {
-            "spec": self.spec,
-            "family": self.family,
-            "dim": int(self.dim),
-            "normalized": bool(self.normalized),
-            "weights": self.weights,
-            "preprocess": json.dumps(self.preprocess, sort_keys=True),
-            "versions": json.dumps(self.versions, sort_keys=True),
-        }
-        out.update({k: v for k, v in (("precision", self.precision), ("decode", self.decode)) if v})
-        return out
+        """The record as HDF5 attributes (dicts as sorted JSON)."""
+        return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in self.record().items()}
+
+    @classmethod
+    def from_record(cls, key: str, a, where: str = "") -> "EncoderEntry":
+        """From `record()` or `attrs()` output (a dict, or an HDF5 group's attrs)."""
+        def plain(name, default):
+            v = _s(a[name]) if name in a and isinstance(a[name], (str, bytes)) else a.get(name, default)
+            return json.loads(v) if isinstance(default, dict) and isinstance(v, str) else v
+
+        try:
+            return cls(key=key, spec=_s(a["spec"]), family=_s(a["family"]), dim=int(a["dim"]),
+                       normalized=bool(a.get("normalized", False)), weights=plain("weights", "default"),
+                       preprocess=plain("preprocess", {}), versions=plain("versions", {}),
+                       precision=plain("precision", ""), decode=plain("decode", ""))
+        except KeyError as e:
+            raise CacheError(f"{where or 'encoders/' + key} lacks attribute {e.args[0]!r}") from None
 
     @classmethod
     def from_group(cls, key: str, g: h5py.Group) -> "EncoderEntry":
-        a = g.attrs
-        try:
-            return cls(
-                key=key,
-                spec=_s(a["spec"]),
-                family=_s(a["family"]),
-                dim=int(a["dim"]),
-                normalized=bool(a.get("normalized", False)),
-                weights=_s(a.get("weights", "default")),
-                preprocess=json.loads(_s(a.get("preprocess", "{}"))),
-                versions=json.loads(_s(a.get("versions", "{}"))),
-                precision=_s(a.get("precision", "")),
-                decode=_s(a.get("decode", "")),
-            )
-        except KeyError as e:
-            raise CacheError(f"encoders/{key} lacks attribute {e.args[0]!r}") from None
+        return cls.from_record(key, g.attrs)
 
 
 @dataclass
@@ -109,7 +123,8 @@ def _s(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def _strs(ds) -> list[str]:
+def read_strings(ds) -> list[str]:
+    """A string dataset as a list of str."""
     return [_s(x) for x in ds[()]]
 
 
@@ -152,11 +167,7 @@ class CacheWriter:
                 raise CacheError(f"{self.path} exists and is not a zs-cache file; choose another --out")
             _check_version(self.f, self.path)
             have = read_ids(self.f["images/ids"], self.path)
-            if have != [str(i) for i in ids]:
-                raise CacheError(
-                    f"{self.path} holds a different image list ({len(have)} rows) than this run "
-                    f"({len(ids)} rows); use another --out or the same images, fraction and seed"
-                )
+            check_image_list(str(self.path), len(have), ids_sha256(have), ids)
         except CacheError:
             self.f.close()
             raise
@@ -189,12 +200,10 @@ class CacheWriter:
         grp = self.f.require_group("encoders")
         if entry.key in grp:
             have = EncoderEntry.from_group(entry.key, grp[entry.key])
-            for name in ("spec", "family", "dim", "weights"):
-                if getattr(have, name) != getattr(entry, name):
-                    raise CacheError(
-                        f"{self.path}: encoders/{entry.key} has {name}={getattr(have, name)!r}, "
-                        f"this run has {getattr(entry, name)!r}; write to another --out"
-                    )
+            name = have.mismatch(entry, IDENTITY)
+            if name:
+                raise CacheError(f"{self.path}: encoders/{entry.key} has {name}={getattr(have, name)!r}, "
+                                 f"this run has {getattr(entry, name)!r}; write to another --out")
             return
         g = grp.create_group(entry.key)
         for k, v in entry.attrs().items():
@@ -278,6 +287,15 @@ def ids_sha256(ids: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def check_image_list(holder: str, have_rows: int, have_digest: str, ids: Sequence[str],
+                     digest: str | None = None, than: str = "this run") -> None:
+    """The one image-list identity check: refuse ids (digest: their ids_sha256, when known) that are not
+    the rows a cache or shard folder holds (have_rows rows of digest have_digest), in order."""
+    if have_rows != len(ids) or have_digest != (digest or ids_sha256(ids)):
+        raise CacheError(f"{holder} holds a different image list ({have_rows} rows) than {than} ({len(ids)} rows); "
+                         f"use another --out or the same images, fraction and seed")
+
+
 def write_ids(group: h5py.Group, ids: Sequence[str]) -> None:
     """images/ids with a sha256 attribute (strings cannot carry HDF5's checksum filter)."""
     ds = group.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=STR)
@@ -285,7 +303,7 @@ def write_ids(group: h5py.Group, ids: Sequence[str]) -> None:
 
 
 def read_ids(ds, where) -> list[str]:
-    ids = _strs(ds)
+    ids = read_strings(ds)
     want = ds.attrs.get("sha256")
     if want is not None and _s(want) != ids_sha256(ids):
         raise CacheError(f"{where}: images/ids does not match its checksum (the file is damaged); "
@@ -339,31 +357,54 @@ class Cache:
             raise CacheError(f"{self.path}: {name} does not read back ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                              f"the file is damaged: re-extract it or restore a copy") from None
 
-    @property
+    # Metadata is read once per open (a Cache is read-only): the properties below are cached.
+    @cached_property
     def ids(self) -> list[str]:
         try:
             return read_ids(self.f["images/ids"], self.path)
         except (OSError, KeyError) as e:
             raise CacheError(f"{self.path}: images/ids does not read back ({e}); the file is damaged") from None
 
-    @property
-    def labels(self) -> np.ndarray:
+    @cached_property
+    def ids_digest(self) -> str:
+        """ids_sha256 of the image list (the stored checksum, checked against the ids)."""
+        return ids_sha256(self.ids)
+
+    @cached_property
+    def _labels(self) -> np.ndarray:
         return self._read("images/labels").astype(np.int64)
 
     @property
-    def status(self) -> np.ndarray:
+    def labels(self) -> np.ndarray:
+        return self._labels.copy()
+
+    @cached_property
+    def _status(self) -> np.ndarray:
         return self._read("images/status")
 
     @property
-    def errors(self) -> list[str]:
-        return _strs(self.f["images/errors"]) if "images/errors" in self.f else [""] * self.n
+    def status(self) -> np.ndarray:
+        return self._status.copy()
 
-    @property
+    @cached_property
+    def created(self) -> str:
+        """When the file was written (ISO 8601, UTC); "" when not recorded."""
+        return _s(self.f.attrs.get("created", ""))
+
+    def row(self, i: int) -> tuple[str, int]:
+        """(id, label) of one row, read alone (no whole-list read for a few rows)."""
+        return _s(self.f["images/ids"][i]), int(self.f["images/labels"][i])
+
+    @cached_property
+    def errors(self) -> list[str]:
+        return read_strings(self.f["images/errors"]) if "images/errors" in self.f else [""] * self.n
+
+    @cached_property
     def class_names(self) -> list[str] | None:
-        return _strs(self.f["classes/names"]) if "classes/names" in self.f else None
+        return read_strings(self.f["classes/names"]) if "classes/names" in self.f else None
 
     # -- encoders -------------------------------------------------------------------------
-    @property
+    @cached_property
     def encoders(self) -> dict[str, EncoderEntry]:
         g = self.f.get("encoders")
         return {k: EncoderEntry.from_group(k, g[k]) for k in g} if g is not None else {}
@@ -484,7 +525,7 @@ class Cache:
             raise CacheError(f"{self.path}: encoders/{key} has no vocabulary {vocab!r}; "
                              f"it has: {', '.join(have) or 'none'}")
         g = self.f[f"encoders/{key}/text/{vocab}"]
-        return TextVocab(vocab, _strs(g["names"]), _strs(g["templates"]), g["emb"][()] if embeddings else None,
+        return TextVocab(vocab, read_strings(g["names"]), read_strings(g["templates"]), g["emb"][()] if embeddings else None,
                          g["classifier"][()].astype(np.float32))
 
     # -- summary --------------------------------------------------------------------------
@@ -503,9 +544,9 @@ class Cache:
         import hashlib
 
         h = hashlib.sha256()
-        h.update(_s(self.f.attrs.get("created", "")).encode())
+        h.update(self.created.encode())
         ids = self.f["images/ids"]
-        h.update((_s(ids.attrs["sha256"]) if "sha256" in ids.attrs else ids_sha256(self.ids)).encode())
+        h.update((_s(ids.attrs["sha256"]) if "sha256" in ids.attrs else self.ids_digest).encode())
         h.update(np.ascontiguousarray(self.labels).tobytes())
         h.update(np.ascontiguousarray(self.status).tobytes())
         for k, e in sorted(self.encoders.items()):
@@ -599,35 +640,3 @@ class ShardedRows:
 
 def open_cache(path: str | os.PathLike) -> Cache:
     return Cache(path)
-
-
-def shard_dir(entry: str | os.PathLike) -> Path:
-    """NAME.shards/ beside the entry file NAME.h5: where extraction writes its shard files."""
-    entry = Path(entry)
-    return entry.with_name(entry.stem + ".shards")
-
-
-def shard_report(entry: str | os.PathLike, skip_complete: set[str] = frozenset()) -> list[str]:
-    """Lines on unfinished extractions in NAME.shards/ beside an entry file (see zoomshot.extract.layout).
-
-    An encoder folder counts its final shards (`NNNNN.h5`) against the manifest's shard count and
-    its partial ones (`NNNNN.h5.partial`); complete encoders in skip_complete are not reported.
-    """
-    root = shard_dir(entry)
-    man = root / "manifest.json"
-    if not man.exists():
-        return []
-    try:
-        total = int(json.loads(man.read_text())["shards"])
-    except (ValueError, KeyError):
-        return [f"{man} is unreadable"]
-    out = []
-    for d in sorted(p for p in root.iterdir() if (p / "encoder.json").exists()):
-        final = len(list(d.glob("[0-9]*.h5")))
-        partial = len(list(d.glob("[0-9]*.h5.partial")))
-        if final == total and d.name in skip_complete:
-            continue
-        if final < total or partial:
-            out.append(f"encoder {d.name}: unfinished in {root}: {final} of {total} shards final, "
-                       f"{partial} partial (rerun the same zs extract to finish)")
-    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,6 +16,10 @@ import typer
 
 from zoomshot.devices import DEVICE_HELP
 from zoomshot.errors import ZsError
+from zoomshot.extract.config import ExtractConfig
+from zoomshot.fit.config import FitConfig
+from zoomshot.sweep import SweepConfig
+from zoomshot.synth import WARPED_DEFAULTS, SynthParams
 
 app = typer.Typer(
     add_completion=False,
@@ -41,6 +46,17 @@ def command(typer_app: typer.Typer = app, name: str | None = None):
         return typer_app.command(name=name)(run)
 
     return wrap
+
+
+def given(**options) -> dict:
+    """The options given on the command line: an unset one (None) leaves the config's default."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def default(config, name: str) -> str:
+    """'default: X' from a config's field: a help text names the one default, kept in the config."""
+    f = next(f for f in fields(config) if f.name == name)
+    return f"default: {f.default_factory() if f.default is MISSING else f.default}"
 
 
 # ---------------------------------------------------------------- cache --------------------
@@ -96,12 +112,13 @@ def extract_cmd(
                                                "label, when there is one)."),
     encoder: List[str] = typer.Option(..., "--encoder", help="Encoder spec (repeat for several; see `zs encoders`)."),
     out: Path = typer.Option(..., "--out", help="Cache file, e.g. cache/NAME.h5 (shards go to cache/NAME.shards/)."),
-    fraction: float = typer.Option(1.0, "--fraction", help="Seeded random subset, stratified when labelled."),
-    seed: int = typer.Option(0, "--seed"),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Seeded random subset, stratified when "
+                                             f"labelled ({default(ExtractConfig, 'fraction')})."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of the subset ({default(ExtractConfig, 'seed')})."),
     vocab: List[str] = typer.Option([], "--vocab", help="Vocabulary for CLIP encoders: built-in name, 'classes' "
                                     "or FILE.json (repeatable; default: the source's classes, else imagenet1k)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=default(ExtractConfig, "batch_size") + "."),
+    device: Optional[str] = typer.Option(None, "--device", help=f"{DEVICE_HELP} ({default(ExtractConfig, 'device')})"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode worker processes (default: on CUDA "
                                           "the cores less one; on the CPU 0: threads decode between forwards)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A torchvision dataset read from --root "
@@ -109,23 +126,27 @@ def extract_cmd(
                                           "eurosat, imagenet1k); never downloaded."),
     root: Optional[str] = typer.Option(None, "--root", help="Folder holding the --dataset copy."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: test, or the only one)."),
-    num_shards: int = typer.Option(1, "--num-shards", help="Job-array size: this run does 1/K of the rows."),
-    shard_index: int = typer.Option(0, "--shard-index", help="This job's index in 0..K-1."),
+    num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Job-array size: this run does 1/K of the "
+                                             f"rows ({default(ExtractConfig, 'num_shards')})."),
+    shard_index: Optional[int] = typer.Option(None, "--shard-index", help="This job's index in 0..K-1 "
+                                              f"({default(ExtractConfig, 'shard_index')})."),
     shard_rows: Optional[int] = typer.Option(None, "--shard-rows", help="Rows per shard file (fixed by the first run)."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16."),
-    decode: str = typer.Option("cpu", "--decode", help="cpu (PIL in workers) or gpu (JPEGs decoded on the device)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16 "
+                                            f"({default(ExtractConfig, 'precision')})."),
+    decode: Optional[str] = typer.Option(None, "--decode", help="cpu (PIL in workers) or gpu (JPEGs decoded on the "
+                                         f"device) ({default(ExtractConfig, 'decode')})."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the image encoders."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Run encoders over images once and write their embeddings (and CLIP text vocabularies) to a cache."""
-    from zoomshot.extract.runner import ExtractConfig, extract
+    from zoomshot.extract.runner import extract
 
-    summary = extract(ExtractConfig(
-        out=str(out), encoders=list(encoder), images=images, image_column=image_column,
-        label_column=label_column, dataset=dataset, root=root, split=split,
-        fraction=fraction, seed=seed, vocabs=list(vocab), batch_size=batch_size, device=device, workers=workers,
-        precision=precision, decode=decode, compile=compile, num_shards=num_shards, shard_index=shard_index,
-        shard_rows=shard_rows, progress=not quiet))
+    summary = extract(ExtractConfig(out=str(out), encoders=list(encoder), vocabs=list(vocab), compile=compile,
+                                    progress=not quiet, **given(
+        images=images, image_column=image_column, label_column=label_column, dataset=dataset, root=root,
+        split=split, fraction=fraction, seed=seed, batch_size=batch_size, device=device, workers=workers,
+        precision=precision, decode=decode, num_shards=num_shards, shard_index=shard_index,
+        shard_rows=shard_rows)))
     typer.echo(summary.text(), err=True)
     if summary.failed:
         raise ZsError(summary.failed)
@@ -154,47 +175,58 @@ def fit_cmd(
     target: Optional[str] = typer.Option(None, "--target", help="Target (CLIP) encoder key; inferred when one."),
     vocab: Optional[str] = typer.Option(None, "--vocab", help="The target's text vocabulary (class names for "
                                         "distillation), when it holds several."),
-    method: str = typer.Option("zoomshot", "--method", help="zoomshot | linear-aligner | ridge | procrustes."),
+    method: Optional[str] = typer.Option(None, "--method", help="zoomshot | linear-aligner | ridge | procrustes "
+                                         f"({default(FitConfig, 'method')})."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: zoomshot from the row count, "
                                          "at least 600 steps; linear-aligner 6)."),
-    fraction: float = typer.Option(1.0, "--fraction", help="Seeded share of the usable rows to train on."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the row sample, the held-out rows, the batch order "
-                             "and the init."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Seeded share of the usable rows to train "
+                                             f"on ({default(FitConfig, 'fraction')})."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the row sample, the held-out rows, the batch "
+                                       f"order and the init ({default(FitConfig, 'seed')})."),
     out: Optional[Path] = typer.Option(None, "--out", help="Mapping folder to write "
                                        "(default: mappings/CACHE-METHOD)."),
-    holdout: float = typer.Option(0.05, "--holdout", help="Share of the rows held out for label-free "
-                                  "validation and early stopping (at least 256 rows; 0 turns it off)."),
-    lambda_align: float = typer.Option(1.0, "--lambda-align", help="Weight of L_align (0 turns it off)."),
-    lambda_cycle: float = typer.Option(0.1, "--lambda-cycle", help="Weight of L_cycle (0 turns it off)."),
-    lambda_kd: float = typer.Option(1000.0, "--lambda-kd", help="Weight of L_kd, the τ²-scaled distillation "
-                                    "(0 turns it off)."),
-    tau: float = typer.Option(0.03, "--tau", help="Distillation temperature τ."),
-    kd: str = typer.Option("soft", "--kd", help="Distillation target: soft (KL to the teacher's softmax), "
-                           "hard (its argmax) or lm (MSE of the logits)."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="Share of the rows held out for label-free "
+                                            "validation and early stopping (at least 256 rows; 0 turns it off; "
+                                            f"{default(FitConfig, 'holdout')})."),
+    lambda_align: Optional[float] = typer.Option(None, "--lambda-align", help="Weight of L_align (0 turns it off; "
+                                                 f"{default(FitConfig, 'lambda_align')})."),
+    lambda_cycle: Optional[float] = typer.Option(None, "--lambda-cycle", help="Weight of L_cycle (0 turns it off; "
+                                                 f"{default(FitConfig, 'lambda_cycle')})."),
+    lambda_kd: Optional[float] = typer.Option(None, "--lambda-kd", help="Weight of L_kd, the τ²-scaled "
+                                              f"distillation (0 turns it off; {default(FitConfig, 'lambda_kd')})."),
+    tau: Optional[float] = typer.Option(None, "--tau", help=f"Distillation temperature τ ({default(FitConfig, 'tau')})."),
+    kd: Optional[str] = typer.Option(None, "--kd", help="Distillation target: soft (KL to the teacher's softmax), "
+                                     f"hard (its argmax) or lm (MSE of the logits) ({default(FitConfig, 'kd')})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: zoomshot "
                                              "from the row count, linear-aligner 100)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, cosine-annealed to 0 "
                                        "(default: zoomshot 3e-4 Adam, linear-aligner 0.01 SGD)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam | sgd (default: per method)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (default: per method)."),
-    init: str = typer.Option("ridge", "--init", help="zoomshot start: ridge (closed form) or random."),
+    init: Optional[str] = typer.Option(None, "--init", help="zoomshot start: ridge (closed form) or random "
+                                       f"({default(FitConfig, 'init')})."),
+    la_variance: Optional[float] = typer.Option(None, "--la-variance", help="linear-aligner: the per-entry "
+                                                "variance each side is scaled to "
+                                                f"({default(FitConfig, 'la_variance')})."),
     ridge_lambda: Optional[float] = typer.Option(None, "--ridge-lambda", help="Ridge penalty, relative to the "
                                                  "standardised feature variance (default: chosen by "
                                                  "leave-one-out error)."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    memory_budget: str = typer.Option("4G", "--memory-budget", help="Float32 rows held in memory at once; a "
-                                      "cache needing more is streamed in blocks (bytes, or 512M, 4G)."),
+    device: Optional[str] = typer.Option(None, "--device", help=f"{DEVICE_HELP} ({default(FitConfig, 'device')})"),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Float32 rows held in memory at "
+                                                f"once ({default(FitConfig, 'memory_budget')} bytes); a cache "
+                                                "needing more is streamed in blocks (bytes, or 512M, 4G)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines or progress bar."),
 ):
     """Fit a mapping from the source encoder's features into CLIP's space; write it to --out."""
-    from zoomshot.fit import FitConfig, fit_cache
+    from zoomshot.fit import fit_cache
     from zoomshot.mapping import check_mapping_out, save_mapping
 
-    cfg = FitConfig(method=method, epochs=epochs, fraction=fraction, seed=seed, source=source, target=target,
-                    vocab=vocab, lambda_align=lambda_align, lambda_cycle=lambda_cycle, lambda_kd=lambda_kd,
-                    tau=tau, kd=kd, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                    weight_decay=weight_decay, init=init, ridge_lambda=ridge_lambda, holdout=holdout,
-                    device=device, memory_budget=_parse_bytes(memory_budget))
+    cfg = FitConfig(**given(
+        method=method, epochs=epochs, fraction=fraction, seed=seed, source=source, target=target, vocab=vocab,
+        lambda_align=lambda_align, lambda_cycle=lambda_cycle, lambda_kd=lambda_kd, tau=tau, kd=kd,
+        batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, init=init,
+        la_variance=la_variance, ridge_lambda=ridge_lambda, holdout=holdout, device=device,
+        memory_budget=None if memory_budget is None else _parse_bytes(memory_budget)))
     cfg.validate()
     if not cache.is_file():
         raise ZsError(f"no cache at {cache}")
@@ -230,31 +262,36 @@ def _print_epoch(rec: dict) -> None:
 @command(name="synth")
 def synth_cmd(
     out: Path = typer.Option(..., "--out", help="Prefix: writes PREFIX-train.h5 and PREFIX-test.h5."),
-    rows: int = typer.Option(50_000, "--rows", help="Training rows."),
-    test_rows: int = typer.Option(10_000, "--test-rows", help="Test rows."),
-    classes: int = typer.Option(1000, "--classes", help="Classes in the world (and its vocabulary)."),
-    dv: int = typer.Option(768, "--dv", help="Vision feature dimension."),
-    d: int = typer.Option(512, "--d", help="CLIP embedding dimension."),
-    noise: float = typer.Option(0.7, "--noise", help="Vision-only noise (reference units; see zoomshot.synth)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the world and its samples."),
+    rows: Optional[int] = typer.Option(None, "--rows", help=f"Training rows ({default(SynthParams, 'rows')})."),
+    test_rows: Optional[int] = typer.Option(None, "--test-rows", help=f"Test rows ({default(SynthParams, 'test_rows')})."),
+    classes: Optional[int] = typer.Option(None, "--classes", help="Classes in the world (and its vocabulary; "
+                                          f"{default(SynthParams, 'classes')})."),
+    dv: Optional[int] = typer.Option(None, "--dv", help=f"Vision feature dimension ({default(SynthParams, 'dv')})."),
+    d: Optional[int] = typer.Option(None, "--d", help=f"CLIP embedding dimension ({default(SynthParams, 'd')})."),
+    noise: Optional[float] = typer.Option(None, "--noise", help="Vision-only noise (reference units; see "
+                                          f"zoomshot.synth; {default(SynthParams, 'noise')})."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of the world and its samples "
+                                       f"({default(SynthParams, 'seed')})."),
     spread: Optional[float] = typer.Option(None, "--spread", help="Within-class spread shared by both encoders."),
     clip_noise: Optional[float] = typer.Option(None, "--clip-noise", help="CLIP-only noise."),
     mismatch: Optional[float] = typer.Option(None, "--mismatch", help="Per-class offsets only the vision "
                                              "encoder has (generator offset)."),
-    generator: str = typer.Option("offset", "--generator", help="offset (vision has class offsets CLIP "
-                                  "lacks) or warped (no offsets; partial, nonlinear view)."),
+    generator: Optional[str] = typer.Option(None, "--generator", help="offset (vision has class offsets CLIP "
+                                            f"lacks) or warped (no offsets; partial, nonlinear view; "
+                                            f"{default(SynthParams, 'generator')})."),
     overlap: Optional[float] = typer.Option(None, "--overlap", help="warped: share of the semantics the "
-                                            "vision encoder sees (default 0.8)."),
+                                            f"vision encoder sees (default {WARPED_DEFAULTS['overlap']})."),
     warp: Optional[float] = typer.Option(None, "--warp", help="warped: strength of the nonlinearity "
-                                         "(default 1)."),
+                                         f"(default {WARPED_DEFAULTS['warp']})."),
 ):
     """Write a planted-world train/test cache pair whose teacher accuracy is known."""
     from zoomshot.synth import write_synth_world
 
-    w = write_synth_world(out, rows=rows, test_rows=test_rows, classes=classes, dv=dv, d=d, noise=noise,
-                          seed=seed, spread=spread, clip_noise=clip_noise, mismatch=mismatch,
-                          generator=generator, overlap=overlap, warp=warp)
-    typer.echo(f"wrote {w['train']} ({rows} rows) and {w['test']} ({test_rows} rows); CLIP teacher top-1: "
+    w = write_synth_world(out, **given(rows=rows, test_rows=test_rows, classes=classes, dv=dv, d=d, noise=noise,
+                                       seed=seed, spread=spread, clip_noise=clip_noise, mismatch=mismatch,
+                                       generator=generator, overlap=overlap, warp=warp))
+    p = w["params"]
+    typer.echo(f"wrote {w['train']} ({p['rows']} rows) and {w['test']} ({p['test_rows']} rows); CLIP teacher top-1: "
                f"train {100 * w['teacher_acc_train']:.2f}%, test {100 * w['teacher_acc_test']:.2f}%")
 
 
@@ -282,11 +319,11 @@ def evaluate_cmd(
                                       "(one JSON per dataset and model in OUT/clip_benchmark/, for its `build`)."),
 ):
     """Score mappings (and CLIP itself) zero-shot on evaluation caches; write a report."""
-    from zoomshot.evaluate.run import run_evaluate, summary_lines
+    from zoomshot.evaluate.run import EvaluateConfig, run_evaluate, summary_lines
 
-    res = run_evaluate([str(m) for m in mapping], [str(c) for c in cache], out, vocab=vocab,
-                       per_class=per_class, skip_existing=skip_existing, retrieval=retrieval,
-                       progress=not quiet, formats=tuple(format_))
+    res = run_evaluate(EvaluateConfig([str(m) for m in mapping], [str(c) for c in cache], out, vocab=vocab,
+                                      per_class=per_class, skip_existing=skip_existing, retrieval=retrieval,
+                                      progress=not quiet, formats=tuple(format_)))
     _print_skipped(res.skipped)
     if res.kept:
         typer.echo(f"kept {res.kept} records already in {out / 'results.json'}")
@@ -309,8 +346,10 @@ def evaluate_cmd(
 def sweep_cmd(
     cache: List[Path] = typer.Option(..., "--cache", help="A training cache; repeat for several."),
     eval_: List[Path] = typer.Option(..., "--eval", help="An evaluation cache; repeat for several."),
-    epochs: str = typer.Option("1,5,20", "--epochs", help="Comma-separated epoch counts."),
-    fractions: str = typer.Option("0.01,0.05,0.2", "--fractions", help="Comma-separated training fractions."),
+    epochs: Optional[str] = typer.Option(None, "--epochs", help="Comma-separated epoch counts "
+                                         f"({default(SweepConfig, 'epochs')})."),
+    fractions: Optional[str] = typer.Option(None, "--fractions", help="Comma-separated training fractions "
+                                            f"({default(SweepConfig, 'fractions')})."),
     method: List[str] = typer.Option([], "--method", help="Method(s) to fit (repeat or comma-separate); "
                                      "default: the fit stage's default."),
     out: Path = typer.Option(..., "--out", help="Folder for the report, the heatmap and the fitted mappings."),
@@ -319,26 +358,26 @@ def sweep_cmd(
                                               "(for distillation), when several."),
     source: Optional[str] = typer.Option(None, "--source", help="Source (vision) encoder key; inferred when one."),
     target: Optional[str] = typer.Option(None, "--target", help="Target (CLIP) encoder key; inferred when one."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the row sample and initialisation."),
-    device: str = typer.Option("auto", "--device", help="Device to fit on: " + DEVICE_HELP),
-    holdout: float = typer.Option(0.05, "--holdout", help="Share of each training cache held out for "
-                                  "label-free validation (0 turns it off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the row sample and initialisation "
+                                       f"({default(FitConfig, 'seed')})."),
+    device: Optional[str] = typer.Option(None, "--device", help=f"Device to fit on: {DEVICE_HELP} "
+                                         f"({default(FitConfig, 'device')})"),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="Share of each training cache held out for "
+                                            f"label-free validation (0 turns it off; {default(FitConfig, 'holdout')})."),
     select: bool = typer.Option(False, "--select", help="Name the cell with the best held-out agreement "
                                 "(label-free) in the report, beside the best labelled one."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar over the cells."),
 ):
     """Fit every epochs × fractions (× method) cell and evaluate each; write the report and a heatmap."""
-    from zoomshot.fit import FitConfig
-    from zoomshot.sweep import SweepConfig, parse_list, run_sweep
+    from zoomshot.sweep import parse_list, run_sweep
 
     methods = [m for spec in method for m in spec.split(",") if m] or None
-    fit_cfg = FitConfig(seed=seed, source=source, target=target, vocab=train_vocab, device=device,
-                        holdout=holdout)
+    fit_cfg = FitConfig(**given(seed=seed, source=source, target=target, vocab=train_vocab, device=device,
+                                holdout=holdout))
     cfg = SweepConfig(train_caches=[str(c) for c in cache], eval_caches=[str(e) for e in eval_],
-                      epochs=parse_list(epochs, int, "--epochs"),
-                      fractions=parse_list(fractions, float, "--fractions"),
-                      out_dir=str(out), methods=methods, vocab=vocab, fit=fit_cfg, select=select,
-                      quiet=quiet)
+                      out_dir=str(out), methods=methods, vocab=vocab, fit=fit_cfg, select=select, quiet=quiet,
+                      **given(epochs=epochs and parse_list(epochs, int, "--epochs"),
+                              fractions=fractions and parse_list(fractions, float, "--fractions")))
     res = run_sweep(cfg, progress=typer.echo)
     for sel in (res.selection or {}).values():
         pick, best = sel["by_holdout"], sel["by_label"]

@@ -27,7 +27,7 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device: str = "auto",
              world_rows: int = 20_000, progress: Callable[[str], None] = print) -> DemoResult:
-    from zoomshot.evaluate.run import run_evaluate, summary_lines
+    from zoomshot.evaluate.run import EvaluateConfig, run_evaluate, summary_lines
     from zoomshot.sweep import SweepConfig, run_sweep
     from zoomshot.extract.runner import ExtractConfig, extract
     from zoomshot.fit import METHODS, FitConfig, fit_cache
@@ -65,7 +65,7 @@ def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device:
         say(f"      fit {method:<15} {m.run['wall_time_s']:.2f}s")
     m = fit_cache(shapes_cache, FitConfig(method="zoomshot", epochs=20))
     mappings.append(save_mapping(m, out / "mappings" / "shapes-zoomshot"))
-    ev = run_evaluate([str(p) for p in mappings], [world["test"], str(shapes_cache)], out / "report")
+    ev = run_evaluate(EvaluateConfig([str(p) for p in mappings], [world["test"], str(shapes_cache)], out / "report"))
     for line in summary_lines(ev.records):
         say("      " + line)
     say(f"      ({len(ev.skipped)} mapping × cache pairs skipped: their encoders differ)")
@@ -80,12 +80,14 @@ def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device:
 
     say("")
     say(f"Reports: {res.report} and {res.sweep_report}")
-    if pretrained:
-        say("The shape-image cache used real pretrained weights; the planted world is synthetic by design.")
-    else:
-        say("What is real and what is not: the shape-image step ran real architectures with RANDOM weights "
-            "(no download here), so its accuracies say nothing about real encoders and only show the pipeline "
-            "works; the "
-            "fit/evaluate/sweep numbers come from a PLANTED world whose teacher accuracy is known by "
-            "construction. Run `zs demo --pretrained` (weights from the local hub cache) for real encoders.")
+    say(_what_is_real(pretrained))
     return res
+
+
+def _what_is_real(pretrained: bool) -> str:
+    if pretrained:
+        return "The shape-image cache used real pretrained weights; the planted world is synthetic by design."
+    return ("What is real and what is not: the shape-image step ran real architectures with RANDOM weights "
+            "(no download here), so its accuracies say nothing about real encoders and only show the pipeline "
+            "works; the fit/evaluate/sweep numbers come from a PLANTED world whose teacher accuracy is known by "
+            "construction. Run `zs demo --pretrained` (weights from the local hub cache) for real encoders.")

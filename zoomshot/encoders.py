@@ -117,26 +117,24 @@ def list_encoders() -> list[dict]:
     return [{"alias": a, "spec": s, "family": f, "description": d} for a, (s, f, d) in ALIASES.items()]
 
 
+@dataclass(repr=False, eq=False)
 class Encoder:
     """One encoder behind one interface, whatever library it came from."""
 
-    def __init__(self, parsed: ParsedSpec, family: str, model: Any, preprocess: Callable,
-                 preprocess_config: dict, encode_image_fn: Callable, encode_text_fn: Callable | None,
-                 dim: int, normalized: bool, versions: dict):
-        self.parsed = parsed
-        self.key = parsed.key
-        self.spec = parsed.spec
-        self.weights = parsed.weights
-        self.family = family
-        self.model = model
-        self.preprocess = preprocess
-        self.preprocess_config = preprocess_config
-        self._encode_image = encode_image_fn
-        self._encode_text = encode_text_fn
-        self.dim = dim
-        self.normalized = normalized
-        self.versions = versions
-        self.device = "cpu"
+    parsed: ParsedSpec
+    family: str
+    model: Any
+    preprocess: Callable
+    preprocess_config: dict
+    encode_image_fn: Callable
+    encode_text_fn: Callable | None
+    dim: int
+    normalized: bool
+    versions: dict
+    device: str = "cpu"
+
+    def __post_init__(self):
+        self.key, self.spec, self.weights = self.parsed.key, self.parsed.spec, self.parsed.weights
 
     def __repr__(self) -> str:
         return f"Encoder({self.spec!r}, family={self.family}, dim={self.dim}, weights={self.weights})"
@@ -148,12 +146,12 @@ class Encoder:
         return self
 
     def encode_image(self, batch):
-        return self._encode_image(batch)
+        return self.encode_image_fn(batch)
 
     def encode_text(self, texts: list[str]):
-        if self._encode_text is None:
+        if self.encode_text_fn is None:
             raise ZsError(f"encoder {self.spec!r} is of family {self.family!r} and has no text tower")
-        return self._encode_text(texts)
+        return self.encode_text_fn(texts)
 
     def entry(self) -> EncoderEntry:
         return EncoderEntry(key=self.key, spec=self.spec, family=self.family, dim=self.dim,

@@ -118,11 +118,10 @@ def export_classifier(classifier, out: str | os.PathLike) -> ExportResult:
                         note + "; exported with torch.export instead (load with torch.export.load(PATH).module())")
 
 
-def export_model(mapping_dir: str | os.PathLike, out: str | os.PathLike, labels: list[str] | None = None,
-                 vocab: str | None = None, from_cache: str | os.PathLike | None = None,
-                 cache_vocab: str | None = None, templates: list[str] | None = None,
-                 weights: str | None = None, text_weights: str | None = None) -> ExportResult:
-    """`zs export`: load the mapping's classifier, set its labels (exactly one source), export it."""
+def export_model(mapping_dir: str | os.PathLike, out: str | os.PathLike, weights: str | None = None,
+                 text_weights: str | None = None, **label_source) -> ExportResult:
+    """`zs export`: load the mapping's classifier, set its labels from exactly one source (label_source:
+    `zoomshot.model.choose_labels`' labels, vocab, from_cache, cache_vocab, templates), export it."""
     from zoomshot.fileutil import check_writable
     from zoomshot.model import choose_labels, load
 
@@ -130,6 +129,5 @@ def export_model(mapping_dir: str | os.PathLike, out: str | os.PathLike, labels:
     # Traced on the CPU whatever the machine has: a trace records its device, and the file must
     # load anywhere (move it with .to("cuda") after torch.jit.load).
     clf = load(mapping_dir, weights=weights, text_weights=text_weights, device="cpu")
-    choose_labels(clf, labels=labels, vocab=vocab, from_cache=from_cache, cache_vocab=cache_vocab,
-                  templates=templates)
+    choose_labels(clf, **label_source)
     return export_classifier(clf, out)

@@ -84,3 +84,8 @@ def json_default(x):
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def resolved_path(p: str) -> str:
+    """A path's real path when it exists (one name for a file reached by several), else as given."""
+    return os.path.realpath(p) if os.path.exists(p) else str(p)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,17 +94,25 @@ class Mapping:
                 if role == "target":
                     continue
                 return f"cache has no encoder with spec {want['spec']!r} (the mapping's {role})"
-            e = match[0]
-            if e.dim != want["dim"]:
-                return f"{role} {want['spec']!r} has dim {e.dim} in the cache, {want['dim']} in the mapping"
-            if e.weights != want.get("weights", e.weights):
-                return (f"{role} {want['spec']!r} has weights {e.weights!r} in the cache, "
-                        f"{want['weights']!r} in the mapping")
+            why = role_mismatch(role, want, match[0])
+            if why:
+                return why
         return None
 
     def source_key(self, encoders: dict) -> str:
         """The cache key of this mapping's source encoder (after `mismatch` said None)."""
         return next(k for k, e in encoders.items() if e.spec == self.source["spec"])
+
+
+def role_mismatch(name: str, role: dict, entry) -> str | None:
+    """Why a cache's EncoderEntry is not the run role `name` ({spec, dim, weights}) of a mapping, or None;
+    a role without recorded weights takes any."""
+    want = replace(entry, spec=role["spec"], dim=int(role["dim"]), weights=role.get("weights", entry.weights))
+    what = entry.mismatch(want, ("dim", "weights"))
+    if what is None:
+        return None
+    return (f"{name} {role['spec']!r} has {what} {getattr(entry, what)!r} in the cache, "
+            f"{getattr(want, what)!r} in the mapping")
 
 
 def stack_forward(mappings: list[Mapping], v: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ h(v) = W ((v - mean) / std) + b = (W / std) v + (b - (W / std) mean).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -24,11 +23,10 @@ import torch
 from torch import nn
 
 from zoomshot.errors import ZsError
-from zoomshot.mapping import Mapping, load_mapping
-from zoomshot.sources import IMAGE_EXTENSIONS
+from zoomshot.mapping import Mapping, load_mapping, role_mismatch
+from zoomshot.sources import decode_rgb, list_image_files
 
 LOGIT_SCALE = 100.0
-TEXT_BATCH = 256
 
 
 def encoder_spec(role: dict, weights: str | None) -> str:
@@ -39,7 +37,7 @@ def encoder_spec(role: dict, weights: str | None) -> str:
     return role["spec"] if chosen == "default" else f"{role['spec']}@{chosen}"
 
 
-def _build(spec: str, device: str, role_name: str):
+def build_role_encoder(spec: str, device: str, role_name: str):
     from zoomshot.encoders import build_encoder
 
     try:
@@ -56,22 +54,6 @@ def fold_mapping(mapping: Mapping) -> nn.Linear:
         lin.weight.copy_(torch.from_numpy(W))
         lin.bias.copy_(torch.from_numpy(b))
     return lin
-
-
-def prompt_classifier(text_encoder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-    """Prompt-ensembled class embeddings (K, d), computed as the cache stores them
-    (`zoomshot.cache.ensemble_classifier` over one normalised embedding per class × template)."""
-    from zoomshot.cache import ensemble_classifier
-    from zoomshot.vocab import Vocabulary
-
-    vocab = Vocabulary("labels", list(labels), list(templates))
-    prompts = [p for c in vocab.classnames for p in vocab.prompts(c)]
-    parts = []
-    with torch.inference_mode():
-        for lo in range(0, len(prompts), TEXT_BATCH):
-            parts.append(text_encoder.encode_text(prompts[lo:lo + TEXT_BATCH]).float().cpu().numpy())
-    emb = np.concatenate(parts).reshape(len(vocab.classnames), len(vocab.templates), -1)
-    return ensemble_classifier(emb)
 
 
 # Caches written before the built-in ImageNet list was fixed hold CLIP's two repeated names;
@@ -158,7 +140,7 @@ class ZeroShotClassifier(nn.Module):
         """The mapping's target CLIP encoder (built once; weights from run.json or `text_weights`)."""
         if self._text_encoder is None:
             spec = encoder_spec(self.run["target"], self.text_weights)
-            enc = _build(spec, str(self.device), "target (CLIP)")
+            enc = build_role_encoder(spec, str(self.device), "target (CLIP)")
             if enc.family != "clip" or enc.dim != self.mapping.out_features:
                 raise ZsError(f"the mapping's target {enc.spec!r} is a {enc.family} encoder of dim {enc.dim}; "
                               f"it needs a CLIP text tower of dim {self.mapping.out_features}")
@@ -168,13 +150,13 @@ class ZeroShotClassifier(nn.Module):
     def set_labels(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> "ZeroShotClassifier":
         """Class embeddings from CLIP's text tower: each label in every template ({c} is the class
         name; default: the 80 OpenAI ImageNet templates), ensembled."""
-        from zoomshot.vocab import default_templates
+        from zoomshot.vocab import Vocabulary, default_templates, prompt_classifier
 
         labels = check_labels(labels)
         templates = list(templates) if templates is not None else default_templates()
         if not templates:
             raise ZsError("templates must be a non-empty list such as ['a photo of a {c}.']")
-        return self.set_classifier(labels, prompt_classifier(self.text_encoder(), labels, templates))
+        return self.set_classifier(labels, prompt_classifier(self.text_encoder(), Vocabulary("labels", labels, templates)))
 
     def set_vocab(self, name_or_file: str) -> "ZeroShotClassifier":
         """Labels and templates of a built-in vocabulary or a vocabulary JSON file."""
@@ -233,9 +215,9 @@ def cache_classifier(cache_path: str | os.PathLike, target: dict, vocab: str | N
             raise ZsError(f"{cache_path} holds no CLIP encoder {target['spec']!r} (the mapping's target); "
                           f"it has: {', '.join(clips) or 'no CLIP encoder'}")
         e = match[0]
-        if e.dim != target["dim"] or e.weights != target.get("weights", e.weights):
-            raise ZsError(f"{cache_path}: CLIP encoder {e.spec!r} has dim {e.dim} and weights {e.weights!r}; "
-                          f"the mapping's target has dim {target['dim']} and weights {target.get('weights')!r}")
+        why = role_mismatch("target", target, e)
+        if why:
+            raise ZsError(f"{cache_path}: {why}")
         tv = c.text(e.key, vocab, embeddings=False)
         return tv.names, tv.classifier
 
@@ -274,36 +256,12 @@ def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str
     device = resolve_device(device)  # "auto": CUDA when present
     m = load_mapping(mapping_dir)
     spec = encoder_spec(m.source, weights)
-    encoder = _build(spec, device, "source (vision)")
+    encoder = build_role_encoder(spec, device, "source (vision)")
     clf = ZeroShotClassifier(encoder, m, logit_scale=logit_scale, text_weights=text_weights)
     return clf.to(device).eval()
 
 
 # ------------------------------------------------------------------------------ predict -------
-def list_images(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, str | None]]:
-    """(path, problem) per image: files as given, folders searched recursively for image files
-    (sorted); a missing path or an empty folder comes back with its problem."""
-    out: list[tuple[Path, str | None]] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            out += [(f, None) for f in found] or [(p, "folder holds no image files")]
-        elif p.is_file():
-            out.append((p, None))
-        else:
-            out.append((p, "no such file or folder"))
-    return out
-
-
-def read_rgb(path: Path):
-    """A PIL RGB image, or an exception for anything unreadable (truncated, not an image)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
-
-
 def predict_files(classifier: ZeroShotClassifier, paths: Sequence[str | os.PathLike], top_k: int = 5,
                   batch_size: int = 32) -> list[dict]:
     """Per image, in order: {"image", "top": [{"label", "prob"}, ...]} or {"image", "error"}."""
@@ -319,11 +277,11 @@ def predict_files(classifier: ZeroShotClassifier, paths: Sequence[str | os.PathL
                 results[i]["top"] = [{"label": lab, "prob": p} for lab, p in top]
             batch.clear()
 
-    for path, problem in list_images(paths):
+    for path, problem in list_image_files(paths):
         results.append({"image": str(path)})
         if problem is None:
             try:
-                batch.append((len(results) - 1, read_rgb(path)))
+                batch.append((len(results) - 1, decode_rgb(path.read_bytes())))
             except Exception as e:  # PIL raises many types for bad files; each is one unreadable image
                 problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
         if problem is not None:

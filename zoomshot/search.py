@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoomshot.cache import _s, open_cache
+from zoomshot.cache import open_cache
 from zoomshot.errors import ZsError
 from zoomshot.mapping import Mapping, load_mapping
 
@@ -48,9 +48,8 @@ class SearchResult:
 
 
 def cache_state_fingerprint(cache, source_key: str, rows: np.ndarray) -> str:
-    created = _s(cache.f.attrs.get("created", ""))
     h = hashlib.sha256()
-    h.update(json.dumps({"created": created, "n": cache.n, "source": source_key}).encode())
+    h.update(json.dumps({"created": cache.created, "n": cache.n, "source": source_key}).encode())
     h.update(np.ascontiguousarray(rows, np.int64).tobytes())
     return h.hexdigest()
 
@@ -129,10 +128,10 @@ def text_query_embedding(mapping: Mapping, query: str, text_weights: str | None 
     """The query embedded by the mapping's target CLIP text tower (as written, no template), (d,)."""
     import torch
 
-    from zoomshot.model import _build, encoder_spec
+    from zoomshot.model import build_role_encoder, encoder_spec
 
     spec = encoder_spec(mapping.target, text_weights)
-    enc = _build(spec, device, "target (CLIP)")
+    enc = build_role_encoder(spec, device, "target (CLIP)")
     if enc.family != "clip":
         raise ZsError(f"the mapping's target {enc.spec!r} is not a CLIP encoder; it has no text tower")
     with torch.inference_mode():
@@ -151,10 +150,23 @@ def vocab_query_embedding(mapping: Mapping, cache_path, query: str, vocab: str |
     return classifier[names.index(query)]
 
 
+def query_embedding(mapping: Mapping, cache_path, query: str, vocab_query: bool = False, vocab: str | None = None,
+                    text_weights: str | None = None, device: str = "auto") -> np.ndarray:
+    """The query as a unit vector (1, d): a stored class embedding with vocab_query, else CLIP's text tower."""
+    if vocab_query:
+        q = vocab_query_embedding(mapping, cache_path, query, vocab)
+    else:
+        from zoomshot.devices import resolve_device
+
+        q = text_query_embedding(mapping, query, text_weights, resolve_device(device))
+    q = np.asarray(q, np.float32)[None, :]
+    return q / max(float(np.linalg.norm(q)), 1e-12)
+
+
 def search_cache(cache_path: str | os.PathLike, mapping_dir: str | os.PathLike, query: str, top_k: int = 10,
-                 vocab_query: bool = False, vocab: str | None = None, text_weights: str | None = None,
-                 ivf_threshold: int = IVF_THRESHOLD, device: str = "auto") -> SearchResult:
-    """The top_k cache images for a text query (see the module docstring)."""
+                 ivf_threshold: int = IVF_THRESHOLD, **query_options) -> SearchResult:
+    """The top_k cache images for a text query (see the module docstring); query_options are
+    `query_embedding`'s (vocab_query, vocab, text_weights, device)."""
     if top_k < 1:
         raise ZsError(f"--top-k must be at least 1 (got {top_k})")
     if not query.strip():
@@ -162,16 +174,8 @@ def search_cache(cache_path: str | os.PathLike, mapping_dir: str | os.PathLike, 
     mapping = load_mapping(mapping_dir)
     with open_cache(cache_path) as cache:
         index, path, built = open_or_build_index(mapping, cache, ivf_threshold)
-        if vocab_query:
-            q = vocab_query_embedding(mapping, cache_path, query, vocab)
-        else:
-            from zoomshot.devices import resolve_device
-
-            q = text_query_embedding(mapping, query, text_weights, resolve_device(device))
-        q = np.asarray(q, np.float32)[None, :]
-        q /= max(float(np.linalg.norm(q)), 1e-12)
+        q = query_embedding(mapping, cache_path, query, **query_options)
         scores, rows = index.search(q, min(top_k, index.ntotal))
         found = [(float(s), int(row)) for s, row in zip(scores[0], rows[0]) if row >= 0]
-        ids, labels = cache.f["images/ids"], cache.f["images/labels"]
-        hits = [Hit(r + 1, s, row, _s(ids[row]), int(labels[row])) for r, (s, row) in enumerate(found)]
+        hits = [Hit(r + 1, s, row, *cache.row(row)) for r, (s, row) in enumerate(found)]
     return SearchResult(hits, path, built, "ivf" if hasattr(index, "nlist") else "flat")

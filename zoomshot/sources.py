@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import io
 import os
 import re
@@ -134,11 +133,9 @@ class ImageSource:
         return np.full(len(self), -1, np.int32) if self.labels is None else self.labels
 
     def ids_digest(self) -> str:
-        h = hashlib.sha256()
-        for i in self.ids:
-            h.update(i.encode())
-            h.update(b"\n")
-        return h.hexdigest()
+        from zoomshot.cache import ids_sha256
+
+        return ids_sha256(self.ids)
 
 
 def decode_rgb(data, min_side: int | None = None):
@@ -207,7 +204,7 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _walk_images(top: Path, seen: set | None = None, blocked: frozenset = frozenset()) -> list[Path]:
+def walk_images(top: Path, seen: set | None = None, blocked: frozenset = frozenset()) -> list[Path]:
     """Image files below top, following directory links but entering each real folder once (`seen`
     may be shared across calls) and never one in `blocked`: a link loop, or a link into the tree's
     root or another class, cannot list an image twice or under another label. A folder that cannot
@@ -229,6 +226,20 @@ def _walk_images(top: Path, seen: set | None = None, blocked: frozenset = frozen
     return out
 
 
+def list_image_files(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, str | None]]:
+    """(path, problem) per image for `zs predict`: files as given, folders searched recursively for
+    image files (sorted); a missing path or an empty folder comes back with its problem."""
+    out: list[tuple[Path, str | None]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += [(f, None) for f in sorted(walk_images(p))] or [(p, "folder holds no image files")]
+        elif p.is_file():
+            out.append((p, None))
+        else:
+            out.append((p, "no such file or folder"))
+    return out
+
+
 # ------------------------------------------------------------------------------ folders --------
 def folder_source(root: str | os.PathLike) -> ImageSource:
     """An ImageFolder tree (class subfolders) or a flat folder of images (no labels)."""
@@ -239,7 +250,7 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
     tops = {name: os.path.realpath(root / name) for name in class_dirs}
     blocked = {os.path.realpath(root), *tops.values()}
     seen: set = set()
-    listed = {name: _walk_images(root / name, seen, frozenset(blocked - {tops[name]})) for name in class_dirs}
+    listed = {name: walk_images(root / name, seen, frozenset(blocked - {tops[name]})) for name in class_dirs}
     if top_images or not any(listed.values()):  # a flat folder may have subfolders without images
         class_dirs = [name for name in class_dirs if listed[name]]
     if top_images and class_dirs:
@@ -467,6 +478,38 @@ def _parquet_class_names(schema, column: str) -> list[str] | None:
     return [str(n) for n in names] if names else None
 
 
+def _parquet_rows(files, handles, id_col: str | None, label_col: str | None):
+    """(ids, items (file, row group, row), raw labels) of every row, reading only the id and label columns."""
+    ids, items, raw_labels = [], [], []
+    for fi, (f, h) in enumerate(zip(files, handles)):
+        width = len(str(max(h.metadata.num_rows - 1, 0)))
+        row = 0
+        for gi in range(h.num_row_groups):
+            cols = [c for c in (id_col, label_col) if c]
+            table = h.read_row_group(gi, columns=cols) if cols else None
+            n = h.metadata.row_group(gi).num_rows
+            if id_col:
+                ids.extend(str(x) for x in table.column(id_col).to_pylist())
+            else:
+                ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(row, row + n))
+            if label_col:
+                raw_labels.extend(table.column(label_col).to_pylist())
+            items.extend((fi, gi, r) for r in range(n))
+            row += n
+    return ids, items, raw_labels
+
+
+def _parquet_labels(raw_labels: list, schema, label_col: str):
+    """(labels, class names): integer labels as given (names from the schema, if any), other values
+    as names numbered in sorted order; a missing label is -1."""
+    given = [x for x in raw_labels if x is not None]
+    if all(isinstance(x, (int, np.integer)) for x in given):
+        return [-1 if x is None else int(x) for x in raw_labels], _parquet_class_names(schema, label_col)
+    class_names = sorted({str(x) for x in given})
+    index = {c: i for i, c in enumerate(class_names)}
+    return [-1 if x is None else index[str(x)] for x in raw_labels], class_names
+
+
 def parquet_source(pattern: str, image_column: str | None = None, label_column: str | None = None) -> ImageSource:
     """Rows of parquet files (brace pattern or glob), listed row group by row group without reading
     the images. Ids: a `key`/`id` column when there is one, else FILE_STEM/ROW."""
@@ -502,34 +545,10 @@ def parquet_source(pattern: str, image_column: str | None = None, label_column: 
         lacking = [c for c in (image_col, label_col, id_col) if c and c not in h.schema_arrow.names]
         if lacking:
             raise SourceError(f"{f} has no column {lacking[0]!r}, which {files[0]} has; the files must share a layout")
-    ids, items, raw_labels = [], [], []
-    for fi, (f, h) in enumerate(zip(files, handles)):
-        width = len(str(max(h.metadata.num_rows - 1, 0)))
-        row = 0
-        for gi in range(h.num_row_groups):
-            cols = [c for c in (id_col, label_col) if c]
-            table = h.read_row_group(gi, columns=cols) if cols else None
-            n = h.metadata.row_group(gi).num_rows
-            if id_col:
-                ids.extend(str(x) for x in table.column(id_col).to_pylist())
-            else:
-                ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(row, row + n))
-            if label_col:
-                raw_labels.extend(table.column(label_col).to_pylist())
-            items.extend((fi, gi, r) for r in range(n))
-            row += n
+    ids, items, raw_labels = _parquet_rows(files, handles, id_col, label_col)
     if not ids:
         raise SourceError(f"{pattern} holds no rows")
-    labels, class_names = None, None
-    if label_col:
-        given = [x for x in raw_labels if x is not None]
-        if all(isinstance(x, (int, np.integer)) for x in given):
-            labels = [-1 if x is None else int(x) for x in raw_labels]
-            class_names = _parquet_class_names(schema, label_col)
-        else:
-            class_names = sorted({str(x) for x in given})
-            index = {c: i for i, c in enumerate(class_names)}
-            labels = [-1 if x is None else index[str(x)] for x in raw_labels]
+    labels, class_names = _parquet_labels(raw_labels, schema, label_col) if label_col else (None, None)
     return _sorted_source(ids, items, [0] * len(ids), [ParquetReader(files, image_col)], labels,
                           class_names=class_names, kind="parquet",
                           description=f"{pattern} (parquet, {len(files)} file{'s' * (len(files) > 1)}, "

@@ -22,9 +22,9 @@ from zoomshot.mapping import Mapping, save_mapping
 class SweepConfig:
     train_caches: list[str]
     eval_caches: list[str]
-    epochs: list[int]
-    fractions: list[float]
     out_dir: str
+    epochs: list[int] = field(default_factory=lambda: [1, 5, 20])
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.2])
     methods: list[str] | None = None  # None: the fit configuration's method
     vocab: str | None = None  # the evaluation caches' vocabulary, when they hold several
     fit: Any = None  # a zoomshot.fit.FitConfig; None: its defaults

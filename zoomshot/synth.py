@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,6 @@ GENERATORS = ("offset", "warped")
 WARPED_DEFAULTS = dict(overlap=0.8, warp=1.0)
 
 
-def _unit(x, axis=-1):
-    return x / np.linalg.norm(x, axis=axis, keepdims=True).clip(1e-12)
-
-
 class _World:
     """The fixed parameters of one world (class codes, bases, maps); `sample` draws images from it.
 
@@ -68,9 +65,11 @@ class _World:
     sizes scale them by kappa = sqrt((d - 2) / (2 ln K)) / kappa_ref, the spread of the nearest
     wrong class, so a knob setting gives a similar teacher accuracy at any size."""
 
-    def __init__(self, classes, dv, d, noise, seed, spread, clip_noise, gap, mismatch, cond,
-                 template_noise):
+    def __init__(self, p: "SynthParams"):
         import torch
+
+        classes, dv, d, seed = p.classes, p.dv, p.d, p.seed
+        spread, clip_noise, gap, mismatch, cond = p.spread, p.clip_noise, p.gap, p.mismatch, p.cond
 
         if d < 8 or dv < 4:
             raise ZsError(f"synth needs d >= 8 and dv >= 4 (got d={d}, dv={dv})")
@@ -81,7 +80,7 @@ class _World:
         self.ds = ds
         kappa = math.sqrt(ds / (2 * math.log(classes))) / math.sqrt(510 / (2 * math.log(1000)))
         self.spread, self.clip_noise = spread * kappa, clip_noise * kappa
-        self.noise, self.mismatch = noise * kappa, mismatch * kappa
+        self.noise, self.mismatch = p.noise * kappa, mismatch * kappa
         self.gap_img = gap * math.sqrt(1 + self.spread ** 2 + self.clip_noise ** 2)
         g = torch.Generator().manual_seed(int(seed))
         self.gen = g
@@ -90,7 +89,7 @@ class _World:
         self.z = torch.randn(classes, ds, generator=g, dtype=torch.float64) / math.sqrt(ds)  # class codes
         # text prompts: text cone m_t, the class code, a little per-template noise
         T = len(TEMPLATES)
-        tz = self.z[:, None, :] + template_noise * torch.randn(classes, T, ds, generator=g,
+        tz = self.z[:, None, :] + p.template_noise * torch.randn(classes, T, ds, generator=g,
                                                                dtype=torch.float64) / math.sqrt(ds)
         self.text = torch.cat([torch.full((classes, T, 1), float(gap), dtype=torch.float64),
                                torch.zeros(classes, T, 1, dtype=torch.float64), tz], 2)  # (K, T, d)
@@ -134,22 +133,18 @@ class _World:
 class _WarpedWorld(_World):
     """Generator "warped": no class offsets; the vision side sees a share of the semantics, warped."""
 
-    def __init__(self, classes, dv, d, noise, seed, overlap, warp, **knobs):
+    def __init__(self, p: "SynthParams"):
         import torch
 
-        if not 0.0 < overlap <= 1.0:
-            raise ZsError(f"synth --overlap must be in (0, 1], got {overlap}")
-        if warp < 0:
-            raise ZsError(f"synth --warp must be >= 0, got {warp}")
-        super().__init__(classes, dv, d, noise, seed, **{**knobs, "mismatch": 0.0})
+        super().__init__(p)  # p.mismatch is 0 for this generator
         # The warped parts draw from their own generator, and `sample` draws from self.gen in the
         # same order and shapes as the offset world: both generators share the CLIP side exactly.
-        g = self.vgen = torch.Generator().manual_seed(int(seed) + 7919)
-        keep = torch.randperm(self.ds, generator=g)[: max(1, round(overlap * self.ds))]
+        g = self.vgen = torch.Generator().manual_seed(int(p.seed) + 7919)
+        keep = torch.randperm(self.ds, generator=g)[: max(1, round(p.overlap * self.ds))]
         self.seen = torch.zeros(self.ds, dtype=torch.bool)
         self.seen[keep] = True
-        self.warp = float(warp)
-        self.M = torch.linalg.qr(torch.randn(dv, dv, generator=g, dtype=torch.float64))[0].float()
+        self.warp = float(p.warp)
+        self.M = torch.linalg.qr(torch.randn(p.dv, p.dv, generator=g, dtype=torch.float64))[0].float()
         # σ: the per-entry scale of h = A [s ; ν] for a typical image (class code + spread)
         latent_var = (1.0 + self.spread ** 2) / self.ds
         self.sigma = float((self.A ** 2).sum(1).mean().sqrt()) * math.sqrt(latent_var)
@@ -177,87 +172,97 @@ class _WarpedWorld(_World):
         return c, v
 
 
-def write_synth_world(
-    prefix: str | os.PathLike,
-    rows: int = 50_000,
-    test_rows: int = 10_000,
-    classes: int = 1000,
-    dv: int = 768,
-    d: int = 512,
-    noise: float = 0.7,
-    seed: int = 0,
-    spread: float | None = None,
-    clip_noise: float | None = None,
-    gap: float | None = None,
-    mismatch: float | None = None,
-    cond: float | None = None,
-    template_noise: float | None = None,
-    generator: str = "offset",
-    overlap: float | None = None,
-    warp: float | None = None,
-) -> dict:
-    """Write PREFIX-train.h5 and PREFIX-test.h5 from one planted world; return their paths and the
-    teacher's accuracy on each (also stored as the file attribute `synth`, JSON). `generator`
-    picks the construction ("offset" or "warped", see the module docstring); overlap and warp
-    are knobs of "warped" only."""
+@dataclass
+class SynthParams:
+    """A world's size and knobs (None knobs take DEFAULTS)."""
+
+    rows: int = 50_000
+    test_rows: int = 10_000
+    classes: int = 1000
+    dv: int = 768
+    d: int = 512
+    noise: float = 0.7
+    seed: int = 0
+    spread: float | None = None
+    clip_noise: float | None = None
+    gap: float | None = None
+    mismatch: float | None = None
+    cond: float | None = None
+    template_noise: float | None = None
+    generator: str = "offset"  # "offset" or "warped" (module docstring)
+    overlap: float | None = None  # warped only
+    warp: float | None = None  # warped only
+
+    def __post_init__(self):
+        self.noise = float(self.noise)
+        if self.generator not in GENERATORS:
+            raise ZsError(f"unknown synth generator {self.generator!r}; choose one of: {', '.join(GENERATORS)}")
+        if self.generator == "warped":
+            if self.mismatch is not None and float(self.mismatch) != 0.0:
+                raise ZsError("the warped generator has no class offsets: --mismatch applies to "
+                              "--generator offset only")
+            self.mismatch = 0.0
+            for k, default in WARPED_DEFAULTS.items():
+                setattr(self, k, default if getattr(self, k) is None else float(getattr(self, k)))
+            if not 0.0 < self.overlap <= 1.0:
+                raise ZsError(f"synth --overlap must be in (0, 1], got {self.overlap}")
+            if self.warp < 0:
+                raise ZsError(f"synth --warp must be >= 0, got {self.warp}")
+        elif self.overlap is not None or self.warp is not None:
+            raise ZsError("--overlap and --warp apply to --generator warped only")
+        for k, default in DEFAULTS.items():
+            setattr(self, k, default if getattr(self, k) is None else float(getattr(self, k)))
+
+
+def write_synth_world(prefix: str | os.PathLike, **params) -> dict:
+    """Write PREFIX-train.h5 and PREFIX-test.h5 from one planted world (params: the fields of
+    SynthParams); return their paths and the teacher's accuracy on each (also stored as the file
+    attribute `synth`, JSON)."""
+    p = SynthParams(**params)
+    if p.rows < 1 or p.test_rows < 1:
+        raise ZsError(f"synth needs rows >= 1 and test rows >= 1 (got {p.rows}, {p.test_rows})")
+    world = (_WarpedWorld if p.generator == "warped" else _World)(p)
+    names = [f"class_{k:04d}" for k in range(p.classes)]
+    prefix = Path(prefix)
+    out = {"params": {k: v for k, v in asdict(p).items() if v is not None}}
+    label_rng = np.random.default_rng(p.seed + 1)
+    for split, n in (("train", p.rows), ("test", p.test_rows)):
+        path = prefix.with_name(f"{prefix.name}-{split}.h5")
+        labels = label_rng.integers(0, p.classes, n).astype(np.int32)
+        out[split] = str(path)
+        out[f"teacher_acc_{split}"] = _write_split(world, path, split, labels, names, out["params"])
+    return out
+
+
+def _write_split(world: _World, path: Path, split: str, labels: np.ndarray, names: list[str], params: dict) -> float:
+    """One split's cache, written atomically; returns the teacher's accuracy on it."""
     import torch
 
     from zoomshot.cache import CacheWriter, EncoderEntry, safe_key
     from zoomshot.fileutil import atomic_path
 
-    if rows < 1 or test_rows < 1:
-        raise ZsError(f"synth needs rows >= 1 and test rows >= 1 (got {rows}, {test_rows})")
-    knobs = {k: (DEFAULTS[k] if v is None else float(v)) for k, v in dict(
-        spread=spread, clip_noise=clip_noise, gap=gap, mismatch=mismatch, cond=cond,
-        template_noise=template_noise).items()}
-    if generator not in GENERATORS:
-        raise ZsError(f"unknown synth generator {generator!r}; choose one of: {', '.join(GENERATORS)}")
-    extra = {}
-    if generator == "warped":
-        if mismatch is not None and float(mismatch) != 0.0:
-            raise ZsError("the warped generator has no class offsets: --mismatch applies to "
-                          "--generator offset only")
-        knobs["mismatch"] = 0.0
-        extra = {k: (WARPED_DEFAULTS[k] if v is None else float(v))
-                 for k, v in dict(overlap=overlap, warp=warp).items()}
-        world = _WarpedWorld(classes, dv, d, float(noise), seed, **extra, **knobs)
-    else:
-        if overlap is not None or warp is not None:
-            raise ZsError("--overlap and --warp apply to --generator warped only")
-        world = _World(classes, dv, d, float(noise), seed, **knobs)
-    names = [f"class_{k:04d}" for k in range(classes)]
-    prefix = Path(prefix)
-    params = dict(rows=rows, test_rows=test_rows, classes=classes, dv=dv, d=d, noise=float(noise),
-                  seed=seed, generator=generator, **knobs, **extra)
-    out = {"params": params}
-    label_rng = np.random.default_rng(seed + 1)
     clip_key, vis_key = safe_key(CLIP_SPEC), safe_key(VISION_SPEC)
-    for split, n in (("train", rows), ("test", test_rows)):
-        path = prefix.with_name(f"{prefix.name}-{split}.h5")
-        labels = label_rng.integers(0, classes, n).astype(np.int32)
-        correct = 0
-        with atomic_path(path) as tmp:
-            with CacheWriter(tmp, [f"{split}/{i:08d}" for i in range(n)], labels, names) as w:
-                w.add_encoder(EncoderEntry(clip_key, CLIP_SPEC, "clip", d, normalized=True,
-                                           weights=WEIGHTS, preprocess={"synth": params}))
-                w.add_encoder(EncoderEntry(vis_key, VISION_SPEC, "vision", dv, normalized=False,
-                                           weights=WEIGHTS, preprocess={"synth": params}))
-                w.write_text(clip_key, VOCAB, names, list(TEMPLATES), world.text.numpy())
-                classifier = torch.from_numpy(w.f[f"encoders/{clip_key}/text/{VOCAB}/classifier"][()])
-                for lo in range(0, n, BLOCK_ROWS):
-                    lab = labels[lo:lo + BLOCK_ROWS]
-                    c, v = world.sample(lab)
-                    c16 = c.half()
-                    w.write_rows(clip_key, lo, c16.numpy())
-                    w.write_rows(vis_key, lo, v.half().numpy())
-                    # the teacher sees the features as stored (float16)
-                    pred = (c16.float() @ classifier.T).argmax(1).numpy()
-                    correct += int((pred == lab).sum())
-                acc = correct / n
-                w.f.attrs["synth"] = json.dumps({**params, "split": split, "teacher_acc": acc})
-        out[split] = str(path)
-        out[f"teacher_acc_{split}"] = acc
-    return out
+    n, correct = len(labels), 0
+    with atomic_path(path) as tmp:
+        with CacheWriter(tmp, [f"{split}/{i:08d}" for i in range(n)], labels, names) as w:
+            w.add_encoder(EncoderEntry(clip_key, CLIP_SPEC, "clip", world.d, normalized=True,
+                                       weights=WEIGHTS, preprocess={"synth": params}))
+            w.add_encoder(EncoderEntry(vis_key, VISION_SPEC, "vision", world.dv, normalized=False,
+                                       weights=WEIGHTS, preprocess={"synth": params}))
+            w.write_text(clip_key, VOCAB, names, list(TEMPLATES), world.text.numpy())
+            classifier = torch.from_numpy(w.f[f"encoders/{clip_key}/text/{VOCAB}/classifier"][()])
+            for lo in range(0, n, BLOCK_ROWS):
+                lab = labels[lo:lo + BLOCK_ROWS]
+                c, v = world.sample(lab)
+                c16 = c.half()
+                w.write_rows(clip_key, lo, c16.numpy())
+                w.write_rows(vis_key, lo, v.half().numpy())
+                # the teacher sees the features as stored (float16)
+                pred = (c16.float() @ classifier.T).argmax(1).numpy()
+                correct += int((pred == lab).sum())
+            acc = correct / n
+            w.f.attrs["synth"] = json.dumps({**params, "split": split, "teacher_acc": acc})
+    return acc
 
 
 def read_synth_attrs(path: str | os.PathLike) -> dict | None:

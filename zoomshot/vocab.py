@@ -1,4 +1,5 @@
-"""Vocabularies: class names plus prompt templates, built in as data files or given as JSON.
+"""Vocabularies: class names plus prompt templates, built in as data files or given as JSON, and the
+one zero-shot classifier builder (`prompt_classifier`: prompts embedded, then ensembled per class).
 
 A vocabulary file is JSON: {"classnames": [...], "templates": ["a photo of a {c}.", ...]}.
 Templates use `{c}` (or `{}`) for the class name, as in clip_benchmark.
@@ -9,6 +10,8 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+import numpy as np
 
 from zoomshot.errors import ZsError, did_you_mean
 
@@ -70,3 +73,31 @@ def load_vocabulary(name_or_file: str) -> Vocabulary:
                       f"built in: {', '.join(have)}; or pass a .json file")
     d = _read_builtin(name_or_file)
     return Vocabulary(name_or_file, list(d["classnames"]), list(d["templates"]))
+
+
+TEXT_BATCH = 1024
+
+
+def embed_prompts(text_encoder, vocab: Vocabulary, batch: int = TEXT_BATCH) -> np.ndarray:
+    """(K, T, dim) float32 embeddings of every class × template prompt, in the text encoder's device's
+    `auto` precision: the one prompt-embedding path (extract's stored vocabularies, the Python API's
+    and predict's labels)."""
+    import torch
+
+    from zoomshot.devices import autocast
+
+    prompts = [p for c in vocab.classnames for p in vocab.prompts(c)]
+    device = str(getattr(text_encoder, "device", "cpu"))
+    parts = []
+    with torch.inference_mode(), autocast(device):
+        for lo in range(0, len(prompts), batch):
+            parts.append(text_encoder.encode_text(prompts[lo:lo + batch]).float().cpu().numpy())
+    return np.concatenate(parts).reshape(len(vocab.classnames), len(vocab.templates), -1)
+
+
+def prompt_classifier(text_encoder, vocab: Vocabulary) -> np.ndarray:
+    """The zero-shot classifier (K, d): prompt embeddings ensembled per class as the cache stores them
+    (`zoomshot.cache.ensemble_classifier`)."""
+    from zoomshot.cache import ensemble_classifier
+
+    return ensemble_classifier(embed_prompts(text_encoder, vocab))
