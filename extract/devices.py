@@ -118,7 +118,6 @@ def tensor_transform(preprocess, what: str) -> Callable:
     Supports torchvision Compose of Resize / CenterCrop / ToTensor-like / Normalize and RGB
     conversions (what timm and open_clip build for evaluation); anything else is refused.
     """
-    import torch
     from torchvision import transforms as T
 
     steps = list(preprocess.transforms) if isinstance(preprocess, T.Compose) else [preprocess]

@@ -166,7 +166,7 @@ def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool) -> Mappin
     if c.method == "procrustes":
         W, b = procrustes_map(st)
     elif c.method == "ridge":
-        lam, extra["ridge"] = choose_ridge_lambda(c, st, sh.sample)
+        lam, extra["ridge"] = choose_ridge_lambda(c, st, sh.sample, sh.T)
         W, b, U, e = ridge_maps(st, lam)
     else:
         from .iterative import train_config

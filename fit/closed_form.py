@@ -6,7 +6,9 @@ only through sums: the order of rows changes nothing beyond float rounding.
 
 ridge       W = Σ_cx (Σ_xx + λ I)⁻¹, b = mean ĉ  (Σ_xx has unit diagonal, so λ is relative).
             The inverse map g is the ridge regression the other way, with penalty λ·tr(Σ_cc)/d.
-            λ is chosen by exact leave-one-out error (`ridge_loo`) over `LAMBDAS` unless given.
+            λ is chosen over `LAMBDAS` unless given, by exact leave-one-out (`ridge_loo`): the
+            most leave-one-out agreement with the teacher on the training vocabulary, ties broken
+            by the least leave-one-out error (only the error when there is no vocabulary).
 procrustes  an orthogonal map between whitened spaces. x is projected onto its top k = min(dv, d)
             principal axes and whitened (P = Λ^-1/2 Eᵀ); ĉ is whitened by Σ_cc^-1/2 (eigenvalues
             floored at 1e-6 of the largest). R = A Bᵀ from the SVD A Σ Bᵀ of the whitened
@@ -30,8 +32,10 @@ def _standardised_cov(st):
 LAMBDAS = tuple(10.0 ** (k / 2) for k in range(-8, 7))  # 1e-4 .. 1e3
 
 
-def ridge_loo(st, x, y, lambdas=LAMBDAS) -> list[float]:
-    """Exact leave-one-out mean squared error (per coordinate) of the forward ridge map, per λ.
+def ridge_loo(st, x, y, lambdas=LAMBDAS, T=None):
+    """Exact leave-one-out scores of the forward ridge map, per λ: the mean squared error (per
+    coordinate), and with a text classifier T (K, d) the agreement too (the share of rows whose
+    left-out prediction n(ŷ) picks the class their ĉ picks), else None.
 
     x (m, dv) raw source rows and y (m, d) their normalised CLIP rows, which must be among the rows
     `st` was computed from (a sample of them is enough). With Σ_xx = Q diag(s) Qᵀ (one
@@ -47,13 +51,18 @@ def ridge_loo(st, x, y, lambdas=LAMBDAS) -> list[float]:
     z = Q.T @ cxc
     a = ((x.double() - st.mean_v) / st.std_v()) @ Q
     yc = y.double() - st.mean_c
-    scores = []
+    Td = None if T is None else T.double().to(yc.device)
+    teacher = None if Td is None else (yc + st.mean_c) @ Td.T
+    mse, agree = [], []
     for lam in lambdas:
         inv = 1.0 / (s + lam)
         resid = yc - (a * inv) @ z
         lev = 1.0 / st.n + (a * a * inv).sum(1) / st.n
-        scores.append(float((resid / (1.0 - lev)[:, None]).square().mean()))
-    return scores
+        loo = resid / (1.0 - lev)[:, None]
+        mse.append(float(loo.square().mean()))
+        if teacher is not None:  # the left-out prediction is y − loo; its direction decides the class
+            agree.append(float((((yc + st.mean_c - loo) @ Td.T).argmax(1) == teacher.argmax(1)).double().mean()))
+    return mse, (agree if teacher is not None else None)
 
 
 def ridge_maps(st, lam: float):
@@ -94,14 +103,18 @@ def procrustes_map(st, floor: float = 1e-6):
     return W, st.mean_c.clone()
 
 
-def choose_ridge_lambda(c, st, sample) -> tuple[float, dict]:
-    """The ridge penalty of FitConfig c: as given, or the one with the least exact leave-one-out error
-    on the in-memory sample (its held-out rows, ranks >= st.n, left out)."""
+def choose_ridge_lambda(c, st, sample, T=None) -> tuple[float, dict]:
+    """The ridge penalty of FitConfig c: as given, or chosen by exact leave-one-out on the in-memory
+    sample (its held-out rows, ranks >= st.n, left out): the most agreement with the teacher on the
+    classifier T, ties broken by the least error; the least error alone without T."""
     if c.ridge_lambda is not None:
         return c.ridge_lambda, {"lambda": c.ridge_lambda, "chosen_by": "--ridge-lambda"}
     keep = sample.ranks < st.n
     x, y = sample.v[keep], sample.c[keep]
-    scores = ridge_loo(st, x, y, LAMBDAS)
-    best = int(np.argmin(scores))
-    return LAMBDAS[best], {"lambda": LAMBDAS[best], "chosen_by": "leave-one-out", "loo_rows": int(len(x)),
-                           "tried": list(LAMBDAS), "loo_mse": scores}
+    mse, agree = ridge_loo(st, x, y, LAMBDAS, T)
+    if agree is None:
+        best, rule = int(np.argmin(mse)), "leave-one-out error"
+    else:
+        best, rule = max(range(len(LAMBDAS)), key=lambda i: (agree[i], -mse[i])), "leave-one-out agreement"
+    return LAMBDAS[best], {"lambda": LAMBDAS[best], "chosen_by": rule, "loo_rows": int(len(x)),
+                           "tried": list(LAMBDAS), "loo_mse": mse, "loo_agreement": agree}

@@ -32,7 +32,7 @@ def _zoomshot_maps(c, st, sh, extra: dict):
     """(h, g) as nn.Linear on the device, at the ridge solution or small random weights."""
     gen = torch.Generator().manual_seed(int(c.seed))
     if c.init == "ridge":
-        lam, extra["ridge_start"] = choose_ridge_lambda(c, st, sh.sample)
+        lam, extra["ridge_start"] = choose_ridge_lambda(c, st, sh.sample, sh.T)
         W, b, U, e = (t.float().cpu() for t in ridge_maps(st, lam))
     else:
         W = torch.randn(sh.d, sh.dv, generator=gen) * (0.01 / sh.dv ** 0.5)

@@ -61,25 +61,32 @@ def test_leave_one_out_ridge_equals_brute_force_refits():
     x, y = x.float().double(), y.float().double()  # values exact in float32, as the moments see them
     st = _stats(x, y)
     lambdas = (1e-3, 0.1, 1.0, 10.0)
-    ours = ridge_loo(st, x, y, lambdas)
+    T = torch.randn(5, d, generator=g, dtype=torch.float64)
+    ours, agree = ridge_loo(st, x, y, lambdas, T)
     xs = (x - st.mean_v) / st.std_v()  # standardisation fixed, as the fit has it
-    for lam, score in zip(lambdas, ours):
-        errs = []
+    for lam, score, share in zip(lambdas, ours, agree):
+        errs, hits = [], []
         for i in range(n):
             keep = torch.arange(n) != i
             xk, yk = xs[keep], y[keep]
             xm, ym = xk.mean(0), yk.mean(0)
             A = (xk - xm).T @ (xk - xm) + n * lam * torch.eye(p, dtype=torch.float64)
             W = torch.linalg.solve(A, (xk - xm).T @ (yk - ym))
-            errs.append(((y[i] - ym - (xs[i] - xm) @ W) ** 2).mean())
+            pred = ym + (xs[i] - xm) @ W
+            errs.append(((y[i] - pred) ** 2).mean())
+            hits.append(int((pred @ T.T).argmax() == (y[i] @ T.T).argmax()))
         assert score == pytest.approx(float(torch.stack(errs).mean()), rel=1e-6)
+        assert share == pytest.approx(sum(hits) / n)
     assert len(set(np.round(ours, 12))) == len(lambdas)
 
 
 def test_the_fit_records_the_penalties_it_tried(world):
     m = fit_cache(world["train"], FitConfig(method="ridge"))
     r = m.run["ridge"]
-    assert r["chosen_by"] == "leave-one-out" and r["lambda"] == r["tried"][int(np.argmin(r["loo_mse"]))]
+    agree, mse = r["loo_agreement"], r["loo_mse"]
+    best = max(range(len(agree)), key=lambda i: (agree[i], -mse[i]))
+    assert r["chosen_by"] == "leave-one-out agreement" and r["lambda"] == r["tried"][best]
+    assert len(agree) == len(mse) == len(r["tried"]) and all(0.0 <= a <= 1.0 for a in agree)
     z = fit_cache(world["train"], FitConfig(epochs=1))
     assert z.run["ridge_start"]["lambda"] == r["lambda"]
     fixed = fit_cache(world["train"], FitConfig(method="ridge", ridge_lambda=0.5))

@@ -287,7 +287,6 @@ def _hub_switched_off(parsed: ParsedSpec):
 
 def build_encoder(spec: str, device: str = "cpu") -> Encoder:
     """The one factory: a spec string -> an Encoder in eval mode on `device`."""
-    import torch
 
     parsed = parse_spec(spec)
     builder = (_build_timm if parsed.spec.startswith("timm:")
