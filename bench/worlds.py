@@ -166,14 +166,59 @@ def run_world(name: str, train: str, test: str, info: dict, log=print) -> dict:
         log(f"  {label:<22} top-1 {row['acc1']:.4f}  agreement {row['agreement']:.4f}  held-out "
             f"{_f(row['held_out_agreement'], 4)}  {row['fit_time_s']:.1f} s"
             + (f"  (epoch {sched.get('best_epoch')} of {sched.get('epochs')} kept)" if sched else ""), flush=True)
-    return {"world": name, **info, "teacher_acc1": teacher, "lr_bound": bound, "methods": methods}
+    return {"world": name, **info, "teacher_acc1": teacher, "lr_bound": bound, "methods": methods,
+            "selection": selection(train, test, log)}
+
+
+def selection(train: str, test: str, log=print) -> dict:
+    """How the fit's label-free choices compare with the best labelled test top-1 among what it tried:
+    (a) the ridge penalty chosen by leave-one-out vs ridge refitted at every penalty the LOO tried;
+    (b) the epoch zoomshot's default keeps (held-out agreement; 0 = its ridge start) vs every epoch
+    it visited (scored through fit_cache's on_state). Labels score here only; nothing is chosen by them."""
+    from zoomshot.evaluate.scoring import EvalSet
+    from zoomshot.fit import FitConfig, fit_cache, fit_configs
+
+    states = []
+    zs = fit_cache(train, FitConfig(), on_state=lambda epoch, m: states.append(m))
+    ridge = fit_configs(train, [FitConfig(method="ridge")])[0].run["ridge"]
+    tried = ridge["tried"]
+    fits = fit_configs(train, [FitConfig(method="ridge", ridge_lambda=lam) for lam in tried])
+    with EvalSet(test) as es:
+        lam_acc = [r["metrics"]["acc1"] for r in es.score(fits)]
+        ep_acc = [r["metrics"]["acc1"] for r in es.score(states)]
+    chosen, kept = tried.index(ridge["lambda"]), zs.run["schedule"]["best_epoch"]
+    lb, eb = int(np.argmax(lam_acc)), int(np.argmax(ep_acc))
+    out = {"lambda": {"chosen": tried[chosen], "chosen_acc1": lam_acc[chosen], "best": tried[lb],
+                      "best_acc1": lam_acc[lb], "gap_points": 100 * (lam_acc[lb] - lam_acc[chosen]),
+                      "tried": tried, "acc1": lam_acc,
+                      "zoomshot_start_lambda": zs.run["ridge_start"]["lambda"]},
+           "epoch": {"kept": kept, "kept_acc1": ep_acc[kept], "best": eb, "best_acc1": ep_acc[eb],
+                     "gap_points": 100 * (ep_acc[eb] - ep_acc[kept]), "acc1": ep_acc,
+                     "held_out_agreement": [(h["holdout"] or {}).get("agreement") for h in zs.run["history"]]}}
+    lo, ep = out["lambda"], out["epoch"]
+    log(f"  selection: λ {lo['chosen']:g} (LOO) top-1 {lo['chosen_acc1']:.4f} vs best λ {lo['best']:g} "
+        f"{lo['best_acc1']:.4f} (gap {lo['gap_points']:.2f} pt); epoch {kept} kept {ep['kept_acc1']:.4f} vs "
+        f"best epoch {eb} {ep['best_acc1']:.4f} (gap {ep['gap_points']:.2f} pt)", flush=True)
+    return out
+
+
+def planted_paths(name: str, kw: dict, workdir: Path, reuse: bool = False) -> tuple[str, str, dict]:
+    """A planted world's (train, test, params): written, or with reuse the caches already in
+    workdir when they were written with these arguments."""
+    from zoomshot.synth import read_synth_attrs, write_synth_world
+
+    train, test = workdir / f"{name}-train.h5", workdir / f"{name}-test.h5"
+    if reuse and train.exists() and test.exists():
+        meta = read_synth_attrs(train)
+        if meta.get("seed") == 0 and all(meta.get(k) == v for k, v in kw.items()):
+            return str(train), str(test), {k: v for k, v in meta.items() if k not in ("split", "teacher_acc")}
+    w = write_synth_world(workdir / name, seed=0, **kw)
+    return w["train"], w["test"], w["params"]
 
 
 def planted_world(name: str, kw: dict, workdir: Path, log=print) -> dict:
-    from zoomshot.synth import write_synth_world
-
-    w = write_synth_world(workdir / name, seed=0, **kw)
-    return run_world(name, w["train"], w["test"], {"kind": "planted", "params": w["params"]}, log)
+    train, test, params = planted_paths(name, kw, workdir)
+    return run_world(name, train, test, {"kind": "planted", "params": params}, log)
 
 
 # -------------------------------------------------------------------- the real-weights world ---
@@ -275,7 +320,36 @@ def markdown(results: list[dict]) -> str:
             cells = [(f"**{_f(v, 1 if key == 'fit_time_s' else 3)}**" if v is not None and v == best
                       else _f(v, 1 if key == "fit_time_s" else 3)) for v in vals]
             lines.append(f"| {r['world']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + selection_markdown(results))
+
+
+def selection_markdown(results: list[dict]) -> list[str]:
+    """The "label-free choices vs labelled best" table and one sentence on where each is within 1 point."""
+    rows = [r for r in results if r.get("selection")]
+    if not rows:
+        return []
+    lines = ["", "**Label-free choices vs labelled best (test top-1)**", "",
+             "| world | λ chosen (LOO) | its top-1 | best λ | best λ top-1 | gap (pt) | epoch kept | its top-1 "
+             "| best epoch | best top-1 | gap (pt) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    far = {"λ": [], "epoch": []}
+    for r in rows:
+        lo, ep = r["selection"]["lambda"], r["selection"]["epoch"]
+        lines.append(f"| {r['world']} | {lo['chosen']:.3g} | {lo['chosen_acc1']:.3f} | {lo['best']:.3g} | "
+                     f"{lo['best_acc1']:.3f} | {lo['gap_points']:.1f} | {ep['kept']} | {ep['kept_acc1']:.3f} | "
+                     f"{ep['best']} | {ep['best_acc1']:.3f} | {ep['gap_points']:.1f} |")
+        for key, rec in (("λ", lo), ("epoch", ep)):
+            if rec["gap_points"] > 1.0:
+                far[key].append(f"{r['world']}: {rec['gap_points']:.1f} points")
+    tried = rows[0]["selection"]["lambda"]["tried"]
+    said = [f"the {what} is within 1 point of the best on {len(rows) - len(far[key])} of {len(rows)} worlds"
+            + (f" (not on {', '.join(far[key])})" if far[key] else "")
+            for key, what in (("λ", "leave-one-out penalty"), ("epoch", "kept epoch"))]
+    lines += ["", f"Ridge is refitted at each of the {len(tried)} penalties the leave-one-out tried "
+              f"({tried[0]:g}…{tried[-1]:g}) and zoomshot's default scored at every epoch it visited (through "
+              f"`fit_cache(..., on_state=...)`; epoch 0 = its ridge start); labels only score, they choose "
+              f"nothing, and the best is picked on the test split itself, so it is an optimistic mark. "
+              f"Against it, {said[0]}; {said[1]}."]
+    return lines
 
 
 def main() -> None:
@@ -290,6 +364,9 @@ def main() -> None:
     ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
                     help="also tabulate the worlds of these earlier results files (same mode); a world "
                          "run now replaces one of the same name")
+    ap.add_argument("--selection-only", action="store_true",
+                    help="only (re)run the selection check on the worlds of the --json results file (or the "
+                         "first --merge file), reusing their caches in the workdir; the other tables are kept")
     args = ap.parse_args()
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     # One torch thread: on a small shared machine a thread team that waits on busy cores made
@@ -300,6 +377,8 @@ def main() -> None:
     workdir = Path(args.workdir) / mode
     workdir.mkdir(parents=True, exist_ok=True)
 
+    if args.selection_only:
+        return selection_only(args, mode, workdir)
     t0 = time.perf_counter()
     results, skipped = [], []
     for name, kw in PLANTED:
@@ -325,17 +404,48 @@ def main() -> None:
                          key=lambda r: order.index(r["world"]) if r["world"] in order else len(order))
         skipped = [k for k in skipped if k["world"] not in {r["world"] for r in results}]
         took += before.get("took_s", 0.0)
-    command = "python bench/worlds.py" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode]
     how = (f"in {took / 60:.1f} min" if not args.merge else
            f"(here as {len(args.merge) + bool(ran_now)} runs merged with --merge, {took / 60:.1f} min of runs in all)")
-    table = markdown(results) + (f"\n\n_Generated by `{command} --readme README.md` {how} on 2 CPU cores "
-                                 f"shared with other jobs, one torch thread; every fit from the default "
-                                 f"`FitConfig` of its method._")
+    write_outputs(args, {"mode": mode, "took_s": round(took, 1), "how": how, "worlds": results,
+                         "skipped": skipped}, out)
+
+
+def selection_only(args, mode: str, workdir: Path) -> None:
+    """Add the selection check to the worlds of an earlier results file, reusing their caches."""
+    src = Path(args.merge[0] if args.merge else args.json)
+    res = json.loads(src.read_text())
+    if res.get("mode") != mode:
+        raise SystemExit(f"{src} holds a {res.get('mode')} run; --selection-only needs the same mode ({mode})")
+    t0 = time.perf_counter()
+    planted = dict(PLANTED)
+    for r in res["worlds"]:
+        if args.only is not None and r["world"] not in args.only:
+            continue
+        print(f"{r['world']}:", flush=True)
+        if r["world"] == REAL:
+            caches = extract_real(Path(args.workdir), print)
+            train, test = str(caches["train"]), str(caches["test"])
+        else:
+            train, test, _ = planted_paths(r["world"], shrink(planted[r["world"]], mode), workdir, reuse=True)
+        r["selection"] = selection(train, test)
+    res["selection_took_s"] = round(time.perf_counter() - t0, 1)
+    write_outputs(args, res, Path(args.json))
+
+
+def write_outputs(args, res: dict, out: Path) -> None:
+    """Print the tables, write the JSON and, with --readme, the README block."""
+    mode = res["mode"]
+    command = "python bench/worlds.py" + {"full": "", "quick": " --quick", "smoke": " --smoke"}[mode]
+    how = res.get("how") or f"({res['took_s'] / 60:.1f} min of runs in all)"
+    sel = (f"; the selection table added by `{command} --selection-only` in {res['selection_took_s'] / 60:.1f} min"
+           if res.get("selection_took_s") is not None else "")
+    table = markdown(res["worlds"]) + (f"\n\n_Generated by `{command} --readme README.md` {how}{sel}, on 2 CPU "
+                                       f"cores shared with other jobs, one torch thread; every fit from the "
+                                       f"default `FitConfig` of its method._")
     print()
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"mode": mode, "took_s": round(took, 1), "worlds": results, "skipped": skipped},
-                              indent=2))
+    out.write_text(json.dumps(res, indent=2))
     print(f"\nwrote {out}")
     if args.readme:
         path = Path(args.readme)

@@ -29,10 +29,13 @@ SHARED = ("source", "target", "vocab", "seed", "device", "memory_budget", "holdo
 LOO_ROWS = 2048  # rows whose exact leave-one-out error scores each ridge penalty
 
 
-def fit_cache(cache_path, cfg: FitConfig, progress=None, bar: bool = False) -> Mapping:
+def fit_cache(cache_path, cfg: FitConfig, progress=None, bar: bool = False, on_state=None) -> Mapping:
     """Fit one mapping on a cache. progress(record) is called at the start and after each epoch
-    with {"epoch", "epochs", "loss", "align", "cycle", "kd", "holdout"}; bar: a tqdm step bar."""
-    return fit_configs(cache_path, [cfg], progress=progress, bar=bar)[0]
+    with {"epoch", "epochs", "loss", "align", "cycle", "kd", "holdout"}; bar: a tqdm step bar.
+    on_state(epoch, mapping), iterative methods only: called at the start (epoch 0) and after each
+    epoch with the Mapping of that state, so a caller with labels can score every epoch (zs never
+    does; the fit itself keeps its epoch by held-out agreement)."""
+    return fit_configs(cache_path, [cfg], progress=progress, bar=bar, on_state=on_state)[0]
 
 
 def fit_grid(cache_path, cfg: FitConfig, epochs: list[int], fractions: list[float],
@@ -76,7 +79,7 @@ class Shared:
 
 
 def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None,
-                bar: bool = False) -> list[Mapping]:
+                bar: bool = False, on_state=None) -> list[Mapping]:
     """Fit each configuration (they must share source, target, vocab, seed, device, memory budget
     and holdout) over one read of the cache, one after another."""
     t0 = time.perf_counter()
@@ -92,7 +95,7 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
     _read_statistics(sh, cfgs)
     results = []
     for i, c in enumerate(cfgs):
-        mapping = _fit_one(c, sh, sh.plan.sizes[i], progress, bar)
+        mapping = _fit_one(c, sh, sh.plan.sizes[i], progress, bar, on_state)
         why = mapping.mismatch(sh.encs)
         if why:  # a fit must produce a mapping that fits its own cache
             raise ZsError(f"internal: fitted mapping does not match its cache: {why}")
@@ -154,7 +157,7 @@ def _concat(parts):
                  torch.cat([p.ranks for p in parts]), None)
 
 
-def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool) -> Mapping:
+def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=None) -> Mapping:
     """One configuration: solved (closed forms) or trained, scored on the held-out rows."""
     st = sh.moments.stats(size)
     extra: dict = {"warnings": []}
@@ -171,7 +174,9 @@ def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool) -> Mappin
     else:
         from .iterative import train_config
 
-        c, (W, b, U, e), more = train_config(c, st, sh, progress, bar)
+        state = None if on_state is None else (  # each visited state as a Mapping (bare run record)
+            lambda epoch, cs, maps: on_state(epoch, _mapping(cs, st, *maps, {}, sh)))
+        c, (W, b, U, e), more = train_config(c, st, sh, progress, bar, state)
         extra.update(more, warnings=extra["warnings"] + more.get("warnings", []))
     extra["train_time_s"] = round(time.perf_counter() - t_start, 4)
     m = _mapping(c, st, W, b, U, e, extra, sh)

@@ -52,9 +52,10 @@ def _aligner_map(c, st, sh, extra: dict):
     return _linear(W, b).to(sh.device), s_in, s_out
 
 
-def train_config(c, st, sh, progress=None, bar: bool = False):
+def train_config(c, st, sh, progress=None, bar: bool = False, on_state=None):
     """Train one iterative configuration. Returns (the scheduled config, (W, b, U, e) in the
-    standardised form, run-record extras)."""
+    standardised form, run-record extras). on_state(epoch, config, (W, b, U, e)) is called with
+    the start and each epoch's state."""
 
     c = c.scheduled(st.n)
     extra: dict = {}
@@ -76,18 +77,26 @@ def train_config(c, st, sh, progress=None, bar: bool = False):
         validate = lambda: holdout_metrics(predict(sh.held.v), sh.held.c, sh.T, hits=hits)  # noqa: E731
     per_epoch = math.ceil(st.n / c.batch_size)
     total = per_epoch * c.epochs
-    on_epoch = None if progress is None else (lambda rec: progress({**rec, "epochs": c.epochs}))
+
+    def maps():  # the current state in the standardised form (W, b, U, e)
+        W, b = h.weight.detach().double().cpu(), h.bias.detach().double().cpu()
+        if c.method == "linear-aligner":  # trained on (s_in · v) -> (s_out · ĉ): fold the scales back
+            W_raw, b_raw = W * (s_in / s_out), b / s_out
+            return W_raw * std.double().cpu()[None, :], b_raw + W_raw @ mean.double().cpu(), None, None
+        return W, b, g.weight.detach().double().cpu(), g.bias.detach().double().cpu()
+
+    def on_epoch(rec):
+        if progress is not None:
+            progress({**rec, "epochs": c.epochs})
+        if on_state is not None:
+            on_state(rec["epoch"], c, maps())
     with _bar(bar, total, c) as pbar, threads_for(sh.device, c.batch_size * sh.dv * sh.d):
         res = train(modules, loss_fn, lambda ep: epoch_batches(sh.feed, st.n, c.batch_size, c.seed, ep),
                     c, total, validate=validate, on_epoch=on_epoch, bar=pbar)
     extra.update(history=res.history, warnings=res.warnings, diverged=bool(res.warnings),
                  schedule={"batch_size": c.batch_size, "epochs": c.epochs, "steps_per_epoch": per_epoch,
                            "steps": res.steps, "best_epoch": res.best_epoch})
-    W, b = h.weight.detach().double().cpu(), h.bias.detach().double().cpu()
-    if c.method == "linear-aligner":  # trained on (s_in · v) -> (s_out · ĉ): fold the scales back
-        W_raw, b_raw = W * (s_in / s_out), b / s_out
-        return c, (W_raw * std.double().cpu()[None, :], b_raw + W_raw @ mean.double().cpu(), None, None), extra
-    return c, (W, b, g.weight.detach().double().cpu(), g.bias.detach().double().cpu()), extra
+    return c, maps(), extra
 
 
 def _bar(show: bool, total: int, c):

@@ -109,6 +109,26 @@ def test_early_stopping_returns_the_start_when_training_only_hurts(world):
     assert last.run["schedule"]["best_epoch"] == 3 and not np.allclose(last.W, ridge.W, atol=1e-3)
 
 
+@pytest.mark.parametrize("holdout", [0.05, 0.0])
+def test_on_state_sees_every_epoch_and_the_kept_one_is_the_returned_mapping(world, holdout):
+    seen = []
+    m = fit_cache(world["train"], FitConfig(epochs=4, holdout=holdout), on_state=lambda ep, s: seen.append((ep, s)))
+    assert [ep for ep, _ in seen] == [0, 1, 2, 3, 4]
+    kept = m.run["schedule"]["best_epoch"]
+    if holdout == 0:  # nothing to stop on: the last epoch is kept
+        assert kept == 4
+    state = seen[kept][1]
+    for name in ("W", "b", "U", "e", "mean", "std"):
+        np.testing.assert_array_equal(getattr(state, name), getattr(m, name))
+    assert not np.allclose(seen[0][1].W, seen[4][1].W)  # the states differ: each is its own epoch's
+    assert state.run["method"] == "zoomshot" and not state.mismatch(_encoders(world["train"]))
+
+
+def _encoders(path):
+    with open_cache(path) as c:
+        return c.encoders
+
+
 @pytest.mark.parametrize("n, batch, epochs", [(2_000, 64, 19), (1_280_000, 4096, 5), (300, 32, 60)])
 def test_the_schedule_gives_enough_steps_at_any_size(n, batch, epochs):
     b, e = schedule(n, None, None)

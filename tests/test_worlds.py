@@ -74,4 +74,30 @@ def test_worlds_benchmark_smoke_run(tmp_path):
         assert {"zoomshot (default)", "linear-aligner", "ridge", "procrustes"} <= set(methods)
         for m in methods.values():
             assert 0.0 <= m["acc1"] <= 1.0 and 0.0 <= m["agreement"] <= 1.0 and m["fit_time_s"] >= 0
+        lam, ep = w["selection"]["lambda"], w["selection"]["epoch"]
+        assert lam["chosen"] in lam["tried"] and len(lam["acc1"]) == len(lam["tried"]) > 1
+        assert lam["best_acc1"] == max(lam["acc1"]) >= lam["chosen_acc1"]
+        # the selection's default fit is the table's: the same kept epoch, and its top-1 there
+        assert len(ep["acc1"]) == methods["zoomshot (default)"]["schedule"]["epochs"] + 1
+        assert ep["kept"] == methods["zoomshot (default)"]["schedule"]["best_epoch"]
+        assert ep["kept_acc1"] == methods["zoomshot (default)"]["acc1"]
+        assert ep["best_acc1"] == max(ep["acc1"]) and ep["gap_points"] >= 0
     assert "| offset-200 |" in proc.stdout and "Agreement with the teacher" in proc.stdout
+    assert "Label-free choices vs labelled best" in proc.stdout
+    # --selection-only reruns just the check on the results file's worlds and keeps the other tables
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- worlds:begin -->\nSTALE TABLE\n<!-- worlds:end -->\nafter\n")
+    for w in res["worlds"]:
+        w.pop("selection")
+    out.write_text(json.dumps(res))
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "worlds.py"), "--smoke", "--selection-only", "--only",
+                           "warped-50", "--workdir", str(tmp_path), "--json", str(out), "--readme", str(readme)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads(out.read_text())
+    assert "selection" not in again["worlds"][0] and again["worlds"][1]["selection"]["epoch"]["kept"] >= 0
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "STALE TABLE" not in text
+    assert "Top-1 accuracy" in text and "| offset-200 |" in text and "--selection-only" in text
+    chosen = text.split("Label-free choices vs labelled best")[1]
+    assert "| warped-50 |" in chosen and "| offset-200 |" not in chosen
