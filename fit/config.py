@@ -54,7 +54,7 @@ class FitConfig:
     weight_decay: float | None = None
     init: str = "ridge"  # zoomshot start: the closed-form ridge solution, or small random weights
     ridge_lambda: float | None = None  # ridge penalty relative to the standardised feature
-    # variance; None: chosen by exact leave-one-out error over closed_form.LAMBDAS
+    # variance; None: chosen by exact leave-one-out agreement over closed_form.LAMBDAS
     holdout: float = 0.05  # share of the rows held out for label-free validation (0: none)
     la_variance: float = 4.5  # linear-aligner: per-entry variance each side is scaled to
     # resources
