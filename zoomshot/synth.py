@@ -120,14 +120,20 @@ class _World:
         c[:, 1] += self.gap_img
         c[:, 2:] += zc
         c /= c.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return c, self.vision(y, zc)
+
+    def vision(self, y, zc):
+        """The vision features of images with labels y and semantic codes zc: the class offsets."""
+        import torch
+
         lat = zc
         if self.dn:
-            lat = torch.cat([zc, torch.randn(n, self.dn, generator=g) / math.sqrt(self.ds)], 1)
+            lat = torch.cat([zc, torch.randn(len(y), self.dn, generator=self.gen) / math.sqrt(self.ds)], 1)
         v = lat @ self.A32.T
         v += self.offsets32[y]
-        v += self.noise * torch.randn(n, self.dv, generator=g)
+        v += self.noise * torch.randn(len(y), self.dv, generator=self.gen)
         v += self.mu_v32
-        return c, v
+        return v
 
 
 class _WarpedWorld(_World):
@@ -149,18 +155,11 @@ class _WarpedWorld(_World):
         latent_var = (1.0 + self.spread ** 2) / self.ds
         self.sigma = float((self.A ** 2).sum(1).mean().sqrt()) * math.sqrt(latent_var)
 
-    def sample(self, labels: np.ndarray):
+    def vision(self, y, zc):
+        """No offsets: the kept semantic coordinates, vision-only noise elsewhere, warped."""
         import torch
 
-        g = self.gen
-        n = len(labels)
-        y = torch.from_numpy(labels.astype(np.int64))
-        zc = self.z.float()[y] + self.spread * torch.randn(n, self.ds, generator=g) / math.sqrt(self.ds)
-        c = self.clip_noise * torch.randn(n, self.d, generator=g) / math.sqrt(self.d)
-        c[:, 1] += self.gap_img
-        c[:, 2:] += zc
-        c /= c.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        # what the vision encoder sees: the kept semantic coordinates, vision-only noise elsewhere
+        g, n = self.gen, len(y)
         own = math.sqrt(1.0 + self.spread ** 2) * torch.randn(n, self.ds, generator=self.vgen) / math.sqrt(self.ds)
         lat = torch.where(self.seen, zc, own)
         if self.dn:
@@ -169,7 +168,7 @@ class _WarpedWorld(_World):
         v = h + self.warp * self.sigma * torch.tanh((h @ self.M.T) / self.sigma)
         v += self.noise * torch.randn(n, self.dv, generator=g)
         v += self.mu_v32
-        return c, v
+        return v
 
 
 @dataclass
