@@ -17,8 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, STR, CacheError, read_strings, chunk_rows
-
+from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, STR, CacheError, chunk_rows, read_strings
+from zoomshot.fileutil import fsync_path
 from zoomshot.shards import partial_of
 
 from .faults import fault_point
@@ -28,13 +28,6 @@ SHARD_FORMAT = "zs-shard"
 CHUNK_CACHE_BYTES = 8 << 20
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShardFile:
@@ -136,12 +129,12 @@ class ShardFile:
         self.f.attrs["complete"] = True
         self.f.close()
         self.f = None
-        _fsync(self.partial)
+        fsync_path(self.partial)
         verify_shard(self.partial, self.start, self.stop)
         fault_point("shard_complete")
         os.replace(self.partial, self.final)
         with contextlib.suppress(OSError):
-            _fsync(self.final.parent)
+            fsync_path(self.final.parent)
         fault_point("shard_final")
         return self.final
 

@@ -89,3 +89,12 @@ def json_default(x):
 def resolved_path(p: str) -> str:
     """A path's real path when it exists (one name for a file reached by several), else as given."""
     return os.path.realpath(p) if os.path.exists(p) else str(p)
+
+
+def fsync_path(path) -> None:
+    """Flush a file's (or a folder's, for a rename in it) contents to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -160,7 +160,7 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     run.json are replaced (see the module docstring), everything else in it stays."""
     from safetensors.numpy import save_file
 
-    from zoomshot.fileutil import atomic_path, json_default
+    from zoomshot.fileutil import atomic_path, fsync_path, json_default
 
     out = check_mapping_out(out_dir)
     tensors = {"W": mapping.W, "b": mapping.b, "mean": mapping.mean, "std": mapping.std}
@@ -175,10 +175,10 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     if out.is_dir() and (out / RUN_FILE).is_file():
         nxt = out / NEXT_TENSORS
         save_file(tensors, str(nxt))
-        _fsync_file(nxt)
+        fsync_path(nxt)
         with atomic_path(out / RUN_FILE) as tmp:  # the commit point
             tmp.write_text(run_text(file_sha256(nxt)))
-            _fsync_file(tmp)
+            fsync_path(tmp)
         os.replace(nxt, out / TENSORS_FILE)
     else:
         with atomic_path(out, folder=True) as tmp:
@@ -190,13 +190,6 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     mapping.path = out
     return out
 
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def mapping_fingerprint(m: Mapping) -> str:
