@@ -105,6 +105,6 @@ def _bar(show: bool, total: int, c):
 
     if not show:
         return contextlib.nullcontext(None)
-    from tqdm import tqdm
+    from zoomshot.progress import progress_bar
 
-    return tqdm(total=total, desc=f"fit {c.method}", unit="step", delay=2, leave=False)
+    return progress_bar(total, f"fit {c.method}", unit="step", delay=2)

@@ -28,14 +28,15 @@ class _LogLines:
 
 
 def progress_bar(total: int, desc: str, unit: str = "img", enabled: bool = True, stream=None,
-                 log_interval: float = LOG_INTERVAL_S):
-    """A tqdm bar over `total` units (rate and ETA included); see the module docstring."""
+                 log_interval: float = LOG_INTERVAL_S, delay: float = 0.0):
+    """A tqdm bar over `total` units (rate and ETA included); see the module docstring. With a
+    delay, a loop that ends sooner shows no bar."""
     from tqdm import tqdm
 
     stream = stream or sys.stderr
     tty = bool(getattr(stream, "isatty", lambda: False)())
     if tty:
         return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=not enabled, dynamic_ncols=True,
-                    unit_scale=False, smoothing=0.1)
+                    unit_scale=False, smoothing=0.1, delay=delay)
     return tqdm(total=total, desc=desc, unit=unit, file=_LogLines(stream), disable=not enabled, ncols=100,
-                mininterval=log_interval, maxinterval=log_interval, ascii=True, smoothing=0.1)
+                mininterval=log_interval, maxinterval=log_interval, ascii=True, smoothing=0.1, delay=delay)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from zoomshot.errors import ZsError
 from zoomshot.fileutil import write_text_atomic
 from zoomshot.mapping import Mapping, save_mapping
+from zoomshot.progress import progress_bar
 
 
 @dataclass
@@ -125,8 +126,6 @@ def _reference_records(eval_sets, cfg: SweepConfig, res: SweepResult, progress) 
 
 def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res: SweepResult,
                    progress) -> None:
-    from tqdm import tqdm
-
     from zoomshot.evaluate.scoring import mapping_id
     from zoomshot.fit import METHOD_DEFAULTS, fit_grid
 
@@ -134,7 +133,7 @@ def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res
     n_cells = sum(len(cfg.fractions) * (1 if METHOD_DEFAULTS[m]["epochs"] == 0 else len(cfg.epochs))
                   for m in methods)
     total = n_cells * len(cfg.train_caches)
-    bar = tqdm(total=total, desc="sweep", unit="cell", disable=cfg.quiet, leave=False, delay=2)
+    bar = progress_bar(total, "sweep", unit="cell", enabled=not cfg.quiet, delay=2)
     done = 0
     for train in cfg.train_caches:
         def on_result(m: Mapping, train=train) -> None:
