@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TERMS = ("loss", "align", "cycle", "kd")
 
 
 def text_moments(T):
