@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def text_moments(T):
     """(S, t̄) of a (K, d) text classifier: S = TᵀT / K, t̄ = mean of the rows."""
     return (T.T @ T) / T.shape[0], T.mean(0)
