@@ -26,7 +26,7 @@ from .config import ITERATIVE, FitConfig
 from .data import ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
 
 SHARED = ("source", "target", "vocab", "seed", "device", "memory_budget", "holdout")
-LOO_ROWS = 2048  # rows whose exact leave-one-out error scores each ridge penalty
+LOO_ROWS = 2048  # rows whose exact leave-one-out agreement and error score each ridge penalty
 
 
 def fit_cache(cache_path, cfg: FitConfig, progress=None, bar: bool = False, on_state=None) -> Mapping:
