@@ -50,9 +50,10 @@ def ridge_loo(st, x, y, lambdas=LAMBDAS, T=None):
     s = s.clamp_min(0)
     z = Q.T @ cxc
     a = ((x.double() - st.mean_v) / st.std_v()) @ Q
-    yc = y.double() - st.mean_c
+    yd = y.double()
+    yc = yd - st.mean_c
     Td = None if T is None else T.double().to(yc.device)
-    teacher = None if Td is None else (yc + st.mean_c) @ Td.T
+    teacher = None if Td is None else (yd @ Td.T).argmax(1)
     mse, agree = [], []
     for lam in lambdas:
         inv = 1.0 / (s + lam)
@@ -61,7 +62,7 @@ def ridge_loo(st, x, y, lambdas=LAMBDAS, T=None):
         loo = resid / (1.0 - lev)[:, None]
         mse.append(float(loo.square().mean()))
         if teacher is not None:  # the left-out prediction is y − loo; its direction decides the class
-            agree.append(float((((yc + st.mean_c - loo) @ Td.T).argmax(1) == teacher.argmax(1)).double().mean()))
+            agree.append(float((((yd - loo) @ Td.T).argmax(1) == teacher).double().mean()))
     return mse, (agree if teacher is not None else None)
 
 

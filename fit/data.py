@@ -223,8 +223,7 @@ class ChunkFeed:
         import torch
 
         n = self.ranges[-1][1]
-        v = torch.empty(n, 0)
-        c = None
+        v = c = None
         with Cache(self.cache_path) as cache:
             for i, (a, b) in enumerate(self.ranges):
                 blk = self._chunk(i, self._read(cache, i))

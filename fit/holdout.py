@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .losses import student_logits
+
 
 @torch.no_grad()
 def holdout_metrics(h, c, T=None, hits: bool = False) -> dict:
@@ -21,7 +23,7 @@ def holdout_metrics(h, c, T=None, hits: bool = False) -> dict:
     h, c = h.float(), c.float()
     out = {"rows": int(len(h))}
     if T is not None:
-        s, t = F.normalize(h, dim=-1) @ T.T, c @ T.T
+        s, t = student_logits(h, T), c @ T.T
         k = min(5, T.shape[0])
         same = s.argmax(1) == t.argmax(1)
         out["agreement"] = float(same.float().mean())

@@ -69,7 +69,7 @@ def zoomshot_loss(h_map, g_map, x, c, text, cfg):
         gc = g_map(c)
         align = F.mse_loss(h, c) + F.mse_loss(gc, x)
         if cfg.lambda_cycle > 0:
-            T, S, tbar = text
+            _, S, tbar = text
             cycle = (F.mse_loss(g_map(h), x) + F.mse_loss(h_map(gc), c)
                      + text_cycle(h_map.weight, h_map.bias, g_map.weight, g_map.bias, S, tbar))
     if cfg.lambda_kd > 0:

@@ -92,7 +92,8 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
                 raise ZsError(f"the training loss became NaN/Inf in epoch {epoch}; lower the learning "
                               f"rate (--lr, now {cfg.lr:g}) or check the features (`zs cache info`)")
             first = value if first is None else first
-            for k, t in {"loss": loss, **terms}.items():
+            sums["loss"] = sums.get("loss", 0.0) + value
+            for k, t in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(t.detach())
             nb += 1
             res.steps += 1
