@@ -176,8 +176,9 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
         nxt = out / NEXT_TENSORS
         save_file(tensors, str(nxt))
         fsync_path(nxt)
+        sha = file_sha256(nxt)
         with atomic_path(out / RUN_FILE) as tmp:  # the commit point
-            tmp.write_text(run_text(file_sha256(nxt)))
+            tmp.write_text(run_text(sha))
             fsync_path(tmp)
         os.replace(nxt, out / TENSORS_FILE)
     else:
@@ -186,10 +187,11 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
                 shutil.rmtree(tmp)
             tmp.mkdir()
             save_file(tensors, str(tmp / TENSORS_FILE))
-            (tmp / RUN_FILE).write_text(run_text(file_sha256(tmp / TENSORS_FILE)))
+            sha = file_sha256(tmp / TENSORS_FILE)
+            (tmp / RUN_FILE).write_text(run_text(sha))
     mapping.path = out
+    mapping.run["tensors_sha256"] = sha  # so scoring it next does not hash the file again
     return out
-
 
 
 def mapping_fingerprint(m: Mapping) -> str:
