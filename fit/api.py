@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from zoomshot.errors import ZsError
 from zoomshot.mapping import Mapping
 from zoomshot.version import __version__
 
-from .closed_form import choose_ridge_lambda, procrustes_map, ridge_maps
+from .closed_form import procrustes_map, ridge_solution
 from .config import ITERATIVE, FitConfig
 from .data import ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
 
@@ -76,6 +76,7 @@ class Shared:
     held: object = None  # Chunk of the held-out rows, or None
     sample: object = None  # Chunk of the rows with rank < LOO_ROWS
     stats_s: float = 0.0
+    ridge_solutions: dict = field(default_factory=dict)  # closed_form.ridge_solution's
 
 
 def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None,
@@ -169,8 +170,7 @@ def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=
     if c.method == "procrustes":
         W, b = procrustes_map(st)
     elif c.method == "ridge":
-        lam, extra["ridge"] = choose_ridge_lambda(c, st, sh.sample, sh.T)
-        W, b, U, e = ridge_maps(st, lam)
+        _, extra["ridge"], (W, b, U, e) = ridge_solution(c, st, sh)
     else:
         from .iterative import train_config
 

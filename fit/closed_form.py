@@ -119,3 +119,14 @@ def choose_ridge_lambda(c, st, sample, T=None) -> tuple[float, dict]:
         best, rule = max(range(len(LAMBDAS)), key=lambda i: (agree[i], -mse[i])), "leave-one-out agreement"
     return LAMBDAS[best], {"lambda": LAMBDAS[best], "chosen_by": rule, "loo_rows": int(len(x)),
                            "tried": list(LAMBDAS), "loo_mse": mse, "loo_agreement": agree}
+
+
+def ridge_solution(c, st, sh):
+    """(λ, its record, (W, b, U, e)) for FitConfig c on the rows st summarises, solved once per
+    training size and given penalty (a sweep's cells of one fraction share it) in sh.ridge_solutions."""
+    key = (st.n, c.ridge_lambda)
+    if key not in sh.ridge_solutions:
+        lam, info = choose_ridge_lambda(c, st, sh.sample, sh.T)
+        sh.ridge_solutions[key] = (lam, info, ridge_maps(st, lam))
+    lam, info, maps = sh.ridge_solutions[key]
+    return lam, dict(info), tuple(t.clone() for t in maps)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .closed_form import choose_ridge_lambda, ridge_maps
+from .closed_form import ridge_solution
 from .data import epoch_batches
 from .holdout import holdout_metrics
 from .losses import aligner_loss, text_moments, zoomshot_loss
@@ -32,8 +32,8 @@ def _zoomshot_maps(c, st, sh, extra: dict):
     """(h, g) as nn.Linear on the device, at the ridge solution or small random weights."""
     gen = torch.Generator().manual_seed(int(c.seed))
     if c.init == "ridge":
-        lam, extra["ridge_start"] = choose_ridge_lambda(c, st, sh.sample, sh.T)
-        W, b, U, e = (t.float().cpu() for t in ridge_maps(st, lam))
+        _, extra["ridge_start"], maps = ridge_solution(c, st, sh)
+        W, b, U, e = (t.float().cpu() for t in maps)
     else:
         W = torch.randn(sh.d, sh.dv, generator=gen) * (0.01 / sh.dv ** 0.5)
         U = torch.randn(sh.dv, sh.d, generator=gen) * (0.01 / sh.d ** 0.5)
