@@ -85,7 +85,7 @@ def spec_key(spec: str, weights: str = "default") -> str:
             arch = arch[len("hf-hub:"):].partition(":")[0].rstrip("/").rsplit("/", 1)[-1]
         return safe_key(arch.partition(":")[0])
     if spec.startswith("py:"):
-        return safe_key(str(_plugin_object(ParsedSpec(spec, None, spec, weights)).name))
+        return _plugin_key(ParsedSpec(spec, None, spec, weights))
     return safe_key(spec)
 
 
@@ -457,13 +457,26 @@ def _load_plugin_factory(target: str, factory: str) -> Callable:
 
 
 # A plug-in's key is its `name`, known only once its factory ran: the object made to learn the key
-# waits here for the build that follows (so the factory runs once per spec and weights).
-_PLUGIN_OBJECTS: dict[tuple[str, str], Any] = {}
+# waits here for the build that follows, and the key stays (so the factory runs once per spec and
+# weights, and an Encoder asking its key after the build does not run it again).
+_PLUGIN_OBJECTS: dict[tuple, Any] = {}
+_PLUGIN_KEYS: dict[tuple, str] = {}
+
+
+def _plugin_id(parsed: ParsedSpec) -> tuple:
+    file = Path(parsed.spec[len("py:"):].rpartition(":")[0]).expanduser()
+    return (parsed.spec, parsed.weights, file.stat().st_mtime_ns if file.is_file() else None)  # an edited file is new
+
+
+def _plugin_key(parsed: ParsedSpec) -> str:
+    k = _plugin_id(parsed)
+    if k not in _PLUGIN_KEYS:
+        _plugin_object(parsed)
+    return _PLUGIN_KEYS[k]
 
 
 def _plugin_object(parsed: ParsedSpec, take: bool = False):
-    file = Path(parsed.spec[len("py:"):].rpartition(":")[0]).expanduser()
-    k = (parsed.spec, parsed.weights, file.stat().st_mtime_ns if file.is_file() else None)  # an edited file is new
+    k = _plugin_id(parsed)
     if k not in _PLUGIN_OBJECTS:
         target, sep, factory = parsed.spec[len("py:"):].rpartition(":")
         if not sep or not target or not factory:
@@ -474,18 +487,15 @@ def _plugin_object(parsed: ParsedSpec, take: bool = False):
         missing = [a for a in ("name", "family", "dim", "preprocess", "encode_image") if not hasattr(obj, a)]
         if missing:
             raise ZsError(f"plug-in {parsed.spec!r} returned an object without {', '.join(missing)}")
-        _PLUGIN_OBJECTS[k] = obj
+        _PLUGIN_OBJECTS[k], _PLUGIN_KEYS[k] = obj, safe_key(str(obj.name))
     return _PLUGIN_OBJECTS.pop(k) if take else _PLUGIN_OBJECTS[k]
 
 
 def _build_plugin(parsed: ParsedSpec) -> Encoder:
-    obj = _plugin_object(parsed, take=True)
-    missing = [a for a in ("name", "family", "dim", "preprocess", "encode_image") if not hasattr(obj, a)]
-    family = getattr(obj, "family", None)
+    obj = _plugin_object(parsed, take=True)  # it has name, family, dim, preprocess, encode_image
+    family = obj.family
     if family == "clip" and not hasattr(obj, "encode_text"):
-        missing.append("encode_text")
-    if missing:
-        raise ZsError(f"plug-in {parsed.spec!r} returned an object without {', '.join(missing)}")
+        raise ZsError(f"plug-in {parsed.spec!r} returned an object without encode_text")
     if family not in FAMILIES:
         raise ZsError(f"plug-in {parsed.spec!r} has family {family!r}; expected 'clip' or 'vision'")
     model = obj if hasattr(obj, "to") else getattr(obj, "model", obj)
