@@ -178,12 +178,12 @@ def plan_run(cfg: ExtractConfig, procs: D.Processes, device: str) -> RunPlan:
                                           cfg.fraction, cfg.seed)
     if len(source) == 0:
         raise ZsError(f"{source.description} holds no images")
-    if cfg.vocabs and procs.rank == 0:
-        resolve_vocabularies(cfg.vocabs, source)  # a bad --vocab is refused before any file is written
+    # a bad --vocab is refused before any file is written
+    vocabs = resolve_vocabularies(cfg.vocabs, source) if cfg.vocabs and procs.rank == 0 else None
     layout = Layout(cfg.out)
     digest = source.ids_digest()
     in_entry = _check_entry(layout.entry, digest, source.ids, parsed, compute)
-    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, started)
+    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, started, vocabs=vocabs)
 
 
 def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict) -> dict:

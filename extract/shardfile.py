@@ -50,12 +50,15 @@ class ShardFile:
     def resume_point(final: Path, start: int, stop: int, key: str, spec: str, dim: int) -> int:
         """The first row still to write: stop for a final shard, rows_done of a sound partial, else start.
 
+        Final shards are trusted here: the run checked them (`keep_sound_final`) before it chose the
+        encoders to build, and removed the unsound ones.
+
         A partial file that does not open, belongs to another encoder or range, or fails its
         checksums is removed, so the shard is written again from its first row.
         """
         final = Path(final)
         if final.exists():
-            return stop if keep_sound_final(final) else start
+            return stop
         partial = partial_of(final)
         if not partial.exists():
             return start
