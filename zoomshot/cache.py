@@ -167,7 +167,7 @@ class CacheWriter:
                 raise CacheError(f"{self.path} exists and is not a zs-cache file; choose another --out")
             _check_version(self.f, self.path)
             have = read_ids(self.f["images/ids"], self.path)
-            check_image_list(str(self.path), len(have), ids_sha256(have), ids)
+            check_image_list(str(self.path), len(have), ids_digest_of(self.f["images/ids"], have), ids)
         except CacheError:
             self.f.close()
             raise
@@ -311,6 +311,12 @@ def read_ids(ds, where) -> list[str]:
     return ids
 
 
+def ids_digest_of(ds, ids: list[str]) -> str:
+    """ids_sha256 of ids read (and so checked) from dataset ds: its stored checksum, else hashed."""
+    stored = ds.attrs.get("sha256")
+    return _s(stored) if stored is not None else ids_sha256(ids)
+
+
 def _check_new_images(ids, labels) -> None:
     n = len(ids)
     if len(set(ids)) != n:
@@ -367,8 +373,9 @@ class Cache:
 
     @cached_property
     def ids_digest(self) -> str:
-        """ids_sha256 of the image list (the stored checksum, checked against the ids)."""
-        return ids_sha256(self.ids)
+        """ids_sha256 of the image list: the stored checksum once reading the ids has checked it
+        (older files have none: hashed here)."""
+        return ids_digest_of(self.f["images/ids"], self.ids)
 
     @cached_property
     def _labels(self) -> np.ndarray:
