@@ -290,6 +290,15 @@ def check_out_dir(out_dir) -> Path:
 REPORT_FORMATS = ("clip_benchmark",)
 
 
+def check_formats(formats) -> None:
+    """Refuse an unknown extra report format in one line, naming the valid ones."""
+    from zoomshot.errors import ZsError
+
+    bad = [f for f in formats if f not in REPORT_FORMATS]
+    if bad:
+        raise ZsError(f"--format {bad[0]!r}: choose from {', '.join(REPORT_FORMATS)}")
+
+
 def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap: bool = False,
                  formats: tuple[str, ...] | list[str] = ()) -> dict:
     """Write results.json, results.csv, skipped.json, report.md and the plots into out_dir (plus
@@ -297,11 +306,7 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
     clip_benchmark JSON per (dataset, model) under out_dir/clip_benchmark/).
 
     Returns {name: path} of the files written."""
-    from zoomshot.errors import ZsError
-
-    bad = [f for f in formats if f not in REPORT_FORMATS]
-    if bad:
-        raise ZsError(f"--format {bad[0]!r}: choose from {', '.join(REPORT_FORMATS)}")
+    check_formats(formats)
     from .plots import write_plots
 
     out = Path(out_dir)

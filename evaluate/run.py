@@ -6,7 +6,7 @@ from pathlib import Path
 
 from zoomshot.errors import ZsError
 
-from .report import check_out_dir, dataset_labels, read_results, row_label, write_report
+from .report import check_formats, check_out_dir, dataset_labels, read_results, row_label, write_report
 from zoomshot.fileutil import resolved_path
 
 from .scoring import evaluate, record_key, record_place
@@ -45,11 +45,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         if not Path(c).is_file():
             raise ZsError(f"no cache at {c}")
     check_out_dir(out_dir)
-    from .report import REPORT_FORMATS
-
-    for f in formats:
-        if f not in REPORT_FORMATS:  # before any work
-            raise ZsError(f"--format {f!r}: choose from {', '.join(REPORT_FORMATS)}")
+    check_formats(formats)  # before any work
     earlier = read_results(out_dir) if cfg.skip_existing else []
     skip = {record_key(r) for r in earlier}
     new, skipped = evaluate(mappings, caches, vocab=cfg.vocab, skip=skip, per_class=cfg.per_class,

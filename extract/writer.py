@@ -15,8 +15,6 @@ from typing import Callable
 import numpy as np
 
 from .layout import Layout, Manifest
-from zoomshot.shards import partial_of
-
 from .shardfile import ShardFile, write_failed
 
 
@@ -88,7 +86,7 @@ class ShardWriterThread:
             with contextlib.suppress(Exception):
                 sf.close()
         with contextlib.suppress(OSError):
-            partial_of(final).unlink()
+            self.layout.partial_path(r.key, r.shard).unlink()
         return write_failed(final, err)
 
     def close(self) -> None:
