@@ -12,6 +12,8 @@ from typing import Callable
 from zoomshot.devices import autocast_dtype
 from zoomshot.errors import ZsError
 
+from .loader import is_rgb_conversion, transform_steps
+
 DECODERS = ("cpu", "gpu")
 
 
@@ -120,9 +122,8 @@ def tensor_transform(preprocess, what: str) -> Callable:
     """
     from torchvision import transforms as T
 
-    steps = list(preprocess.transforms) if isinstance(preprocess, T.Compose) else [preprocess]
     ops = []
-    for t in steps:
+    for t in transform_steps(preprocess):
         name = type(t).__name__
         if isinstance(t, (T.Resize, T.CenterCrop)):
             ops.append(t)
@@ -130,8 +131,7 @@ def tensor_transform(preprocess, what: str) -> Callable:
                 ops.append(lambda x: x.clamp_(0, 1))  # bicubic overshoots; PIL clamps too
         elif isinstance(t, T.Normalize):
             ops.append(t)
-        elif name in ("ToTensor", "MaybeToTensor", "PILToTensor", "MaybeConvertMode", "ConvertImageDtype") \
-                or getattr(t, "__name__", "") in ("_convert_to_rgb", "convert_to_rgb"):
+        elif name in ("ToTensor", "MaybeToTensor", "PILToTensor", "ConvertImageDtype") or is_rgb_conversion(t):
             continue  # the decoded tensor is already RGB float in [0, 1]
         else:
             raise ZsError(f"--decode gpu cannot run the transform {name} of encoder {what} on tensors; "

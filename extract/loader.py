@@ -71,7 +71,19 @@ class PreprocessGroups:
                 seen[sig] = self.group_of[enc.key]
 
 
-_CONVERSIONS = ("MaybeConvertMode", "_convert_to_rgb", "convert_to_rgb")
+# The RGB conversions timm and open_clip put in an eval transform; decoding already gives RGB.
+RGB_CONVERSIONS = ("MaybeConvertMode", "_convert_to_rgb", "convert_to_rgb")
+
+
+def transform_steps(tf) -> list:
+    """The steps of a torchvision Compose (or the one transform itself)."""
+    from torchvision import transforms as T
+
+    return list(tf.transforms) if isinstance(tf, T.Compose) else [tf]
+
+
+def is_rgb_conversion(t) -> bool:
+    return type(t).__name__ in RGB_CONVERSIONS or getattr(t, "__name__", "") in RGB_CONVERSIONS
 
 
 def draft_side(transforms) -> int | None:
@@ -82,9 +94,7 @@ def draft_side(transforms) -> int | None:
 
     need = 0
     for tf in transforms:
-        steps = list(tf.transforms) if isinstance(tf, T.Compose) else [tf]
-        first = next((t for t in steps
-                      if type(t).__name__ not in _CONVERSIONS and getattr(t, "__name__", "") not in _CONVERSIONS), None)
+        first = next((t for t in transform_steps(tf) if not is_rgb_conversion(t)), None)
         if not isinstance(first, T.Resize) or first.max_size is not None:
             return None
         size = [first.size] if isinstance(first.size, int) else list(first.size)
