@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from zoomshot.errors import ZsError
 from zoomshot.fileutil import write_text_atomic
-from zoomshot.mapping import Mapping, save_mapping
 from zoomshot.progress import progress_bar
+
+if TYPE_CHECKING:  # the CLI reads SweepConfig's defaults without loading numpy
+    from zoomshot.mapping import Mapping
 
 
 @dataclass
@@ -141,6 +143,8 @@ def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res
             done += 1
             bar.update(1)
             if cfg.save_mappings:
+                from zoomshot.mapping import save_mapping
+
                 save_mapping(m, out / "mappings" / _cell_name(train, m))
                 res.mappings.append(str(m.path))
             accs = []

@@ -38,10 +38,12 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from zoomshot.errors import ZsError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CLIP_SPEC = "synth:clip"
 VISION_SPEC = "synth:vision"
@@ -114,7 +116,7 @@ class _World:
 
         g = self.gen
         n = len(labels)
-        y = torch.from_numpy(labels.astype(np.int64))
+        y = torch.from_numpy(labels).long()
         zc = self.z.float()[y] + self.spread * torch.randn(n, self.ds, generator=g) / math.sqrt(self.ds)
         c = self.clip_noise * torch.randn(n, self.d, generator=g) / math.sqrt(self.d)
         c[:, 1] += self.gap_img
@@ -224,6 +226,8 @@ def write_synth_world(prefix: str | os.PathLike, **params) -> dict:
     names = [f"class_{k:04d}" for k in range(p.classes)]
     prefix = Path(prefix)
     out = {"params": {k: v for k, v in asdict(p).items() if v is not None}}
+    import numpy as np  # here, not at import: the CLI reads SynthParams without numpy
+
     label_rng = np.random.default_rng(p.seed + 1)
     for split, n in (("train", p.rows), ("test", p.test_rows)):
         path = prefix.with_name(f"{prefix.name}-{split}.h5")
