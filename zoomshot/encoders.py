@@ -221,10 +221,22 @@ def _hub_reachable() -> bool:
         return False
 
 
+_LOADABLE: dict[tuple[str, str], str] = {}  # specs found loadable in this process, and how
+
+
 def check_loadable(parsed: ParsedSpec) -> str:
     """Before any work: can this spec's weights load here? Returns how ("random", "local file",
     "hub cache: PATH", "download from the hub", "library default"); raises a one-line ZsError
-    naming the missing file and how to fill the cache. The model (or plug-in factory) must exist too."""
+    naming the missing file and how to fill the cache. The model (or plug-in factory) must exist too.
+    A spec found loadable is not checked again in the process (extract checks before listing the
+    images, build_encoder before building: one hub probe, one plug-in load)."""
+    k = (parsed.spec, parsed.weights)
+    if k not in _LOADABLE:
+        _LOADABLE[k] = _loadable(parsed)
+    return _LOADABLE[k]
+
+
+def _loadable(parsed: ParsedSpec) -> str:
     _check_exists(parsed)
     if parsed.weights == "random":
         return "random initialisation"
