@@ -276,7 +276,7 @@ def extract_real(workdir: Path, log=print) -> dict[str, Path]:
                "--encoder", f"py:{plugins}:lite1_vision", "--encoder", f"py:{plugins}:conse_clip",
                "--vocab", str(vocab), "--device", "cpu", "--batch-size", "64", "--workers", "1", "--quiet"]
         log(f"{REAL}: extracting {split} ({' '.join(cmd[2:])})", flush=True)
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(cmd, check=True)
     return caches
 
 
