@@ -21,12 +21,10 @@ from pathlib import Path
 
 from zoomshot.fileutil import write_text_atomic
 
+from .labels import encoder_label, portable_weights
+
 TASK = "zeroshot_classification"
 METRICS = ("acc1", "acc5", "mean_per_class_recall")
-
-
-def _weights_name(w) -> str:
-    return w if w in (None, "default", "random") else Path(str(w)).name
 
 
 def model_and_pretrained(rec: dict) -> tuple[str, str]:
@@ -37,8 +35,8 @@ def model_and_pretrained(rec: dict) -> tuple[str, str]:
             arch, _, tag = spec[len("open_clip:"):].partition(":")
             if not arch.startswith("hf-hub:"):
                 return arch, tag or "default"
-        return rec.get("encoder_key") or spec, _weights_name(w)
-    return f"{rec.get('encoder_key') or rec['encoder']}+{rec['method']}", rec.get("mapping_name") or Path(rec["mapping"]).name
+        return rec.get("encoder_key") or spec, portable_weights(w)
+    return f"{encoder_label(rec)}+{rec['method']}", rec.get("mapping_name") or Path(rec["mapping"]).name
 
 
 def dataset_name(rec: dict) -> str:

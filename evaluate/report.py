@@ -8,30 +8,32 @@ record and class, with support and hits); with `--retrieval`, the k-NN and text-
 metrics become columns of results.csv and a table of report.md.
 
 results.json keeps every record as computed (full paths and specs). The cells of results.csv and
-report.md are portable: encoders appear by key, weights files and paths by a short relative form,
-so a report reads the same on every machine and never shows an absolute path.
+report.md are portable (`labels.py`), so a report reads the same on every machine and never shows
+an absolute path.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
+from zoomshot.errors import ZsError
+from zoomshot.fileutil import check_writable, json_default, write_text_atomic
 
-from zoomshot.fileutil import json_default, write_text_atomic
+from .clip_benchmark import write_clip_benchmark
+from .labels import dataset_labels, encoder_label, portable_path, portable_weights, row_label
+from .plots import write_plots
 
 CSV_COLUMNS = [
     "mapping", "dataset", "cache", "vocab", "classes", "encoder", "weights", "target", "target_weights",
-    "method", "epochs",
-    "fraction", "seed", "train_cache", "rows_total", "rows_scored", "rows_unreadable",
+    "method", "epochs", "fraction", "seed", "train_cache", "rows_total", "rows_scored", "rows_unreadable",
     "rows_not_done", "rows_unlabelled", "acc1", "acc5", "mean_per_class_recall", "agreement",
     "clip_share", "gap_centroid_distance", "gap_mean_cosine", "holdout_agreement", "fit_warnings",
 ]
-
-
+PER_CLASS_COLUMNS = ["dataset", "row", "mapping", "class", "support", "correct", "recall"]
 RETRIEVAL_PREFIXES = ("knn", "t2i_")
+REPORT_FORMATS = ("clip_benchmark",)
 
 
 def retrieval_columns(records: list[dict]) -> list[str]:
@@ -44,31 +46,6 @@ def per_class_columns(records: list[dict]) -> list[str]:
     return list(dict.fromkeys(f"recall[{c['class']}]" for r in records for c in r.get("per_class") or ()))
 
 
-def portable_path(p) -> str | None:
-    """A path for a report cell: as given when relative, else relative to the working folder
-    when under it, else its last two parts — never an absolute path."""
-    if p is None:
-        return None
-    p = str(p)
-    if not os.path.isabs(p):
-        return p
-    try:
-        rel = os.path.relpath(p)
-    except ValueError:  # another drive
-        rel = ".."
-    return rel if not rel.startswith("..") else str(Path(*Path(p).parts[-2:]))
-
-
-def portable_weights(w) -> str | None:
-    """default / random as they are; a local weights file by its file name."""
-    return w if w in (None, "default", "random") else Path(str(w)).name
-
-
-def encoder_label(rec: dict, role: str = "encoder") -> str:
-    """An encoder as report cells show it: its key (records before keys were stored: the spec)."""
-    return rec.get(f"{role}_key") or rec.get(role)
-
-
 def csv_row(rec: dict, extra: list[str] = ()) -> dict:
     m, rows = rec["metrics"], rec.get("rows") or {}
     gap = m.get("modality_gap") or {}
@@ -77,30 +54,15 @@ def csv_row(rec: dict, extra: list[str] = ()) -> dict:
                train_cache=portable_path(rec.get("train_cache")), encoder=encoder_label(rec),
                target=encoder_label(rec, "target"), weights=portable_weights(rec.get("weights")),
                target_weights=portable_weights(rec.get("target_weights")))
-    row.update({k: m.get(k) for k in extra if not k.startswith("recall[")})
+    metrics = ("acc1", "acc5", "mean_per_class_recall", "agreement", "clip_share", *extra)
+    row.update({k: m.get(k) for k in metrics})  # recall[] columns of extra: filled below, where known
     row.update({f"recall[{c['class']}]": c["recall"] for c in rec.get("per_class") or ()})
     row.update({f"rows_{k}": rows.get(k) for k in ("total", "scored", "unreadable", "not_done", "unlabelled")})
-    row.update({k: m.get(k) for k in ("acc1", "acc5", "mean_per_class_recall", "agreement", "clip_share")})
     row["gap_centroid_distance"] = gap.get("centroid_distance")
     row["gap_mean_cosine"] = gap.get("mean_cosine")
     row["holdout_agreement"] = (rec.get("holdout") or {}).get("agreement")
     row["fit_warnings"] = "; ".join(rec.get("fit_warnings") or []) or None
     return {k: "" if v is None else v for k, v in row.items()}
-
-
-def dataset_labels(records: list[dict]) -> dict[str, str]:
-    """Column label per evaluation cache path: its file stem, or parent/stem where stems collide."""
-    paths = list(dict.fromkeys(r["cache"] for r in records))
-    stems = [Path(p).stem for p in paths]
-    return {p: (s if stems.count(s) == 1 else f"{Path(p).parent.name}/{s}") for p, s in zip(paths, stems)}
-
-
-def row_label(rec: dict) -> str:
-    if rec["mapping"] is not None:
-        return rec.get("mapping_name") or portable_path(rec["mapping"])
-    # a CLIP row at random (or local-file) weights must not read as the pretrained model
-    w = rec.get("weights", "default")
-    return f"CLIP {encoder_label(rec)}" + ("" if w == "default" else f" @{portable_weights(w)}")
 
 
 def best_per_method(records: list[dict]) -> dict[tuple[str, str], dict]:
@@ -139,53 +101,17 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) -> str:
+def markdown_report(records: list[dict], best: dict, skipped=(), plots: dict | None = None) -> str:
+    """report.md; best: `best_per_method(records)`."""
     cols = dataset_labels(records)
-    paths = list(cols)
     lines = ["# zoomshot evaluation report", "",
-             f"{len(records)} records on {len(paths)} evaluation cache(s). Accuracies are top-1 in %, "
+             f"{len(records)} records on {len(cols)} evaluation cache(s). Accuracies are top-1 in %, "
              f"zero-shot with each cache's own CLIP text vocabulary.", ""]
     if not records:
         lines += ["No records.", ""]
-
-    if records:
-        lines += _method_table(records, cols)
-
-    mapped = [r for r in records if r["mapping"] is not None]
-    if mapped:
-        lines += ["## Every mapping", "", "With the setup each mapping was trained with. Held-out: "
-                  "label-free top-1 agreement with CLIP on rows of the training cache the fit did not "
-                  "train on. A fit marked ⚠ warned that it cannot be trusted (see results.json).", ""]
-        by_mapping: dict[str, dict] = {}
-        for r in mapped:
-            by_mapping.setdefault(r["mapping"], {})[r["cache"]] = r
-        body = []
-        for mid, per_cache in by_mapping.items():
-            r0 = next(iter(per_cache.values()))
-            setup = [row_label(r0), r0["method"], encoder_label(r0), _fmt(r0.get("train_cache") and
-                                                                      Path(r0["train_cache"]).name),
-                     _fmt(r0.get("epochs")), _fmt(r0.get("fraction")), _fmt(r0.get("seed")),
-                     _pct((r0.get("holdout") or {}).get("agreement"))
-                     + (" ⚠" if r0.get("fit_warnings") else "")]
-            body.append(setup + [_pct(per_cache[p]["metrics"].get("acc1")) if p in per_cache else "–"
-                                 for p in paths])
-        lines += _table(["mapping", "method", "encoder", "trained on", "epochs", "fraction", "seed", "held-out"]
-                        + [cols[p] for p in paths], body) + [""]
-
-    if records:
-        lines += _metrics_table(records, cols)
-
-    extra = retrieval_columns(records)
-    if extra:
-        lines += ["## Retrieval", "",
-                  "knn20_acc: leave-one-out 20-NN accuracy on the evaluation cache; t2i_recall@K: share of "
-                  "classes whose text embedding finds an image of the class among the top K.", ""]
-        body = [[cols[r["cache"]], row_label(r)] + [_pct(r["metrics"].get(k)) for k in extra]
-                for r in records if any(k in r["metrics"] for k in extra)]
-        lines += _table(["dataset", "row"] + extra, body) + [""]
-
-    lines += per_class_tables(records, cols)
-
+    else:
+        lines += (_method_table(best, cols) + _mapping_table(records, cols) + _metrics_table(records, cols)
+                  + _retrieval_table(records, cols) + per_class_tables(records, cols))
     if skipped:
         lines += ["## Skipped pairs", ""]
         lines += [f"- `{portable_path(s['mapping'])}` on `{portable_path(s['cache'])}`: {s['reason']}"
@@ -195,9 +121,8 @@ def markdown_report(records: list[dict], skipped=(), plots: dict | None = None) 
     return "\n".join(lines)
 
 
-def _method_table(records: list[dict], cols: dict[str, str]) -> list[str]:
+def _method_table(best: dict, cols: dict[str, str]) -> list[str]:
     """Top-1 per method and dataset: CLIP, then each method's best mapping."""
-    best = best_per_method(records)
     body = []
     for name in row_order(best):
         cells = []
@@ -211,6 +136,31 @@ def _method_table(records: list[dict], cols: dict[str, str]) -> list[str]:
              "CLIP is the teacher itself; a method's cell is its best mapping on that dataset "
              "(agreement with CLIP's predictions in brackets).", ""]
             + _table([""] + list(cols.values()), body) + [""])
+
+
+def _mapping_table(records: list[dict], cols: dict[str, str]) -> list[str]:
+    """Each mapping's training setup and top-1 per dataset."""
+    by_mapping: dict[str, dict] = {}
+    for r in records:
+        if r["mapping"] is not None:
+            by_mapping.setdefault(r["mapping"], {})[r["cache"]] = r
+    if not by_mapping:
+        return []
+    body = []
+    for per_cache in by_mapping.values():
+        r0 = next(iter(per_cache.values()))
+        setup = [row_label(r0), r0["method"], encoder_label(r0),
+                 _fmt(r0.get("train_cache") and Path(r0["train_cache"]).name),
+                 _fmt(r0.get("epochs")), _fmt(r0.get("fraction")), _fmt(r0.get("seed")),
+                 _pct((r0.get("holdout") or {}).get("agreement"))
+                 + (" ⚠" if r0.get("fit_warnings") else "")]
+        body.append(setup + [_pct(per_cache[p]["metrics"].get("acc1")) if p in per_cache else "–"
+                             for p in cols])
+    return (["## Every mapping", "", "With the setup each mapping was trained with. Held-out: "
+             "label-free top-1 agreement with CLIP on rows of the training cache the fit did not "
+             "train on. A fit marked ⚠ warned that it cannot be trusted (see results.json).", ""]
+            + _table(["mapping", "method", "encoder", "trained on", "epochs", "fraction", "seed", "held-out"]
+                     + list(cols.values()), body) + [""])
 
 
 def _metrics_table(records: list[dict], cols: dict[str, str]) -> list[str]:
@@ -234,6 +184,18 @@ def _metrics_table(records: list[dict], cols: dict[str, str]) -> list[str]:
             + [""])
 
 
+def _retrieval_table(records: list[dict], cols: dict[str, str]) -> list[str]:
+    extra = retrieval_columns(records)
+    if not extra:
+        return []
+    body = [[cols[r["cache"]], row_label(r)] + [_pct(r["metrics"].get(k)) for k in extra]
+            for r in records if any(k in r["metrics"] for k in extra)]
+    return (["## Retrieval", "",
+             "knn20_acc: leave-one-out 20-NN accuracy on the evaluation cache; t2i_recall@K: share of "
+             "classes whose text embedding finds an image of the class among the top K.", ""]
+            + _table(["dataset", "row"] + extra, body) + [""])
+
+
 def per_class_tables(records: list[dict], cols: dict[str, str]) -> list[str]:
     """Markdown: per evaluation cache, one row per class and one recall column per record."""
     lines: list[str] = []
@@ -252,32 +214,26 @@ def per_class_tables(records: list[dict], cols: dict[str, str]) -> list[str]:
     return lines
 
 
-PER_CLASS_COLUMNS = ["dataset", "row", "mapping", "class", "support", "correct", "recall"]
+def _csv_text(fieldnames: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n", restval="")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def per_class_csv(records: list[dict]) -> str | None:
     """per_class.csv: one row per (record, class) of the records that have a per-class table."""
-    recs = [r for r in records if r.get("per_class")]
-    if not recs:
-        return None
     cols = dataset_labels(records)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=PER_CLASS_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in recs:
-        for c in r["per_class"]:
-            w.writerow({"dataset": cols[r["cache"]], "row": row_label(r), "mapping": portable_path(r["mapping"]) or "",
-                        "class": c["class"], "support": c["support"], "correct": c["correct"],
-                        "recall": "" if c["recall"] is None else c["recall"]})
-    return buf.getvalue()
+    rows = [{"dataset": cols[r["cache"]], "row": row_label(r), "mapping": portable_path(r["mapping"]) or "",
+             "class": c["class"], "support": c["support"], "correct": c["correct"],
+             "recall": "" if c["recall"] is None else c["recall"]}
+            for r in records for c in r.get("per_class") or ()]
+    return _csv_text(PER_CLASS_COLUMNS, rows) if rows else None
 
 
 def check_out_dir(out_dir) -> Path:
     """out_dir as a Path; a ZsError when a file stands where it or a folder above it would be."""
-    from zoomshot.errors import ZsError
-
-    from zoomshot.fileutil import check_writable
-
     out = Path(out_dir)
     for p in (out, *out.parents):
         if p.exists():
@@ -287,13 +243,8 @@ def check_out_dir(out_dir) -> Path:
     return check_writable(out, folder=True)
 
 
-REPORT_FORMATS = ("clip_benchmark",)
-
-
 def check_formats(formats) -> None:
     """Refuse an unknown extra report format in one line, naming the valid ones."""
-    from zoomshot.errors import ZsError
-
     bad = [f for f in formats if f not in REPORT_FORMATS]
     if bad:
         raise ZsError(f"--format {bad[0]!r}: choose from {', '.join(REPORT_FORMATS)}")
@@ -307,51 +258,32 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
 
     Returns {name: path} of the files written."""
     check_formats(formats)
-    from .plots import write_plots
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
 
-    write_text_atomic(out / "results.json", json.dumps(list(records), indent=2, default=json_default))
-    paths["results.json"] = str(out / "results.json")
+    def put(name: str, text: str | None) -> None:
+        if text is not None:
+            write_text_atomic(out / name, text)
+            paths[name] = str(out / name)
 
-    buf = io.StringIO()
+    put("results.json", json.dumps(list(records), indent=2, default=json_default))
     extra = retrieval_columns(records) + per_class_columns(records)
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + extra, lineterminator="\n", restval="")
-    w.writeheader()
-    for r in records:
-        w.writerow(csv_row(r, extra))
-    write_text_atomic(out / "results.csv", buf.getvalue())
-    paths["results.csv"] = str(out / "results.csv")
-
-    per_class = per_class_csv(records)
-    if per_class is not None:
-        write_text_atomic(out / "per_class.csv", per_class)
-        paths["per_class.csv"] = str(out / "per_class.csv")
-
+    put("results.csv", _csv_text(CSV_COLUMNS + extra, [csv_row(r, extra) for r in records]))
+    put("per_class.csv", per_class_csv(records))
     if "clip_benchmark" in formats:
-        from .clip_benchmark import write_clip_benchmark
-
         paths.update(write_clip_benchmark(records, out / "clip_benchmark"))
-
-    write_text_atomic(out / "skipped.json", json.dumps(list(skipped), indent=2, default=json_default))
-    paths["skipped.json"] = str(out / "skipped.json")
-
+    put("skipped.json", json.dumps(list(skipped), indent=2, default=json_default))
     best = best_per_method(records)
     plots = (write_plots(records, out, dataset_labels(records), best, row_order(best), heatmap=heatmap)
              if records else {})
     paths.update(plots)
-
-    write_text_atomic(out / "report.md", markdown_report(records, skipped, plots))
-    paths["report.md"] = str(out / "report.md")
+    put("report.md", markdown_report(records, best, skipped, plots))
     return paths
 
 
 def read_results(out_dir) -> list[dict]:
     """The records of an earlier run's results.json in out_dir (empty when there is none)."""
-    from zoomshot.errors import ZsError
-
     p = Path(out_dir) / "results.json"
     if not p.is_file():
         return []
@@ -362,4 +294,3 @@ def read_results(out_dir) -> list[dict]:
     if not isinstance(recs, list) or not all(isinstance(r, dict) and "cache" in r for r in recs):
         raise ZsError(f"{p} is not a list of evaluation records; remove it or drop --skip-existing")
     return recs
-

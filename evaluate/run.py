@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoomshot.errors import ZsError
-
-from .report import check_formats, check_out_dir, dataset_labels, read_results, row_label, write_report
 from zoomshot.fileutil import resolved_path
 
+from .labels import dataset_labels, row_label
+from .report import check_formats, check_out_dir, read_results, write_report
 from .scoring import evaluate, record_key, record_place
 
 
