@@ -11,8 +11,9 @@ import numpy as np
 TOP_K = 5
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
+def normalize_rows(x) -> np.ndarray:
+    """L2-normalised float32 rows, C-contiguous (as faiss needs them)."""
+    x = np.ascontiguousarray(x, np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
@@ -27,15 +28,6 @@ def zero_shot_logits(features: np.ndarray, classifier: np.ndarray, batch_size: i
         hi = lo + batch_size
         out[lo:hi] = normalize_rows(features[lo:hi]) @ classifier.T
     return out
-
-
-def label_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """0-based rank of each row's true label: how many classes score strictly higher.
-
-    The label is in the top k when its rank is below k; one comparison pass, far cheaper than a
-    partial sort over K classes."""
-    true = np.take_along_axis(logits, labels[:, None], axis=1)
-    return (logits > true).sum(axis=1)
 
 
 class ScoreAccumulator:
@@ -53,22 +45,19 @@ class ScoreAccumulator:
         self.agree_rows = 0
         self.feature_sum = np.zeros(dim, np.float64)
 
-    def add(self, features: np.ndarray, labels: np.ndarray, classifier: np.ndarray,
+    def add(self, unit_features: np.ndarray, logits: np.ndarray, labels: np.ndarray,
             reference_pred: np.ndarray | None = None) -> np.ndarray:
-        """Score one batch; returns its top-1 predictions. reference_pred < 0 means 'no reference'."""
-        feats = normalize_rows(features)
-        return self.add_logits(feats, feats @ normalize_rows(classifier).T, labels, reference_pred)
-
-    def add_logits(self, unit_features: np.ndarray, logits: np.ndarray, labels: np.ndarray,
-                   reference_pred: np.ndarray | None = None) -> np.ndarray:
-        """`add` for a batch whose L2-normalised features and cosine logits are already computed."""
+        """Score one batch of L2-normalised features and their cosine logits; returns its top-1
+        predictions. reference_pred < 0 means 'no reference'."""
         self.feature_sum += unit_features.sum(axis=0, dtype=np.float64)
         pred = logits.argmax(axis=1)
         labels = np.asarray(labels, np.int64)
         right = pred == labels
         self.n += len(labels)
         self.correct1 += int(right.sum())
-        self.correct5 += int((label_ranks(logits, labels) < TOP_K).sum())
+        # in the top k when fewer than k classes score strictly higher: cheaper than a partial sort
+        true = np.take_along_axis(logits, labels[:, None], axis=1)
+        self.correct5 += int(((logits > true).sum(axis=1) < TOP_K).sum())
         self.support += np.bincount(labels, minlength=self.num_classes)
         self.hits += np.bincount(labels[right], minlength=self.num_classes)
         if reference_pred is not None:
@@ -77,34 +66,24 @@ class ScoreAccumulator:
             self.agree += int((pred[have] == reference_pred[have]).sum())
         return pred
 
-    def metrics(self, text_centroid: np.ndarray) -> dict:
+    def metrics(self, classifier: np.ndarray) -> dict:
+        """The metrics of a record. The modality gap compares the centroids of the unit image features
+        and of the classifier's unit class embeddings: their distance, and the mean image × class-text
+        cosine (for unit vectors, the dot product of the centroids)."""
         present = self.support > 0
         recall = self.hits[present] / self.support[present]
-        img_centroid = self.feature_sum / max(self.n, 1)
+        img = self.feature_sum / max(self.n, 1)
+        text = normalize_rows(classifier).mean(axis=0).astype(np.float64)
+        gap = {"centroid_distance": float(np.linalg.norm(img - text)), "mean_cosine": float(img @ text)}
         return {
             "acc1": self.correct1 / self.n if self.n else None,
             "acc5": self.correct5 / self.n if self.n and self.num_classes >= TOP_K else None,
             "mean_per_class_recall": float(recall.mean()) if present.any() else None,
             "agreement": self.agree / self.agree_rows if self.agree_rows else None,
             "agreement_rows": self.agree_rows,
-            "modality_gap": modality_gap(img_centroid, text_centroid) if self.n else None,
+            "modality_gap": gap if self.n else None,
         }
 
     def per_class(self, names: list[str]) -> list[dict]:
         return [{"class": name, "support": int(s), "correct": int(h), "recall": h / s if s else None}
                 for name, s, h in zip(names, self.support, self.hits)]
-
-
-def text_centroid(classifier: np.ndarray) -> np.ndarray:
-    return normalize_rows(classifier).mean(axis=0).astype(np.float64)
-
-
-def modality_gap(image_centroid: np.ndarray, text_centroid: np.ndarray) -> dict:
-    """The gap between the centroids of L2-normalised image and class-text embeddings.
-
-    `centroid_distance` is ‖μ_img − μ_text‖; `mean_cosine` is the mean cosine over all
-    image × class-text pairs, which for unit vectors equals μ_img · μ_text."""
-    return {
-        "centroid_distance": float(np.linalg.norm(image_centroid - text_centroid)),
-        "mean_cosine": float(image_centroid @ text_centroid),
-    }

@@ -18,15 +18,15 @@ from zoomshot.cache import STATUS_OK, Cache, EncoderEntry, TextVocab, open_cache
 from zoomshot.fileutil import resolved_path
 from zoomshot.mapping import Mapping, load_mapping, mapping_fingerprint, stack_forward
 
-from .metrics import ScoreAccumulator, normalize_rows, text_centroid
+from .metrics import ScoreAccumulator, normalize_rows
 from .retrieval import retrieval_metrics
 
 CHUNK_ROWS = 16384
 STACK_LOGITS = 1 << 24  # float32 logits per stacked block (64 MiB)
 
 
-def _norm_name(s: str) -> str:
-    return s.replace("_", " ").strip().lower()
+def _norm_names(names: list[str]) -> list[str]:
+    return [s.replace("_", " ").strip().lower() for s in names]
 
 
 def mapping_id(m: Mapping) -> str:
@@ -111,11 +111,11 @@ class EvalSet:
             return have[0], None
         classes = self.cache.class_names
         if classes is not None:
-            for same in (lambda a, b: a == b,
-                         lambda a, b: [_norm_name(x) for x in a] == [_norm_name(x) for x in b]):
-                match = [v for v in have if same(self.cache.text(key, v, embeddings=False).names, classes)]
-                if match:
-                    return match[0], None
+            names = {v: self.cache.text(key, v, embeddings=False).names for v in have}
+            match = ([v for v in have if names[v] == classes]
+                     or [v for v in have if _norm_names(names[v]) == _norm_names(classes)])
+            if match:
+                return match[0], None
         return None, (f"{where} has vocabularies {', '.join(have)} and none has this cache's class "
                       f"names; name one with --vocab")
 
@@ -125,7 +125,7 @@ class EvalSet:
         if classes is not None:
             if len(classes) != k:
                 return f"vocabulary {tv.name!r} has {k} classes, the cache's classes/names has {len(classes)}"
-            a, b = [_norm_name(x) for x in tv.names], [_norm_name(x) for x in classes]
+            a, b = _norm_names(tv.names), _norm_names(classes)
             if a != b and sorted(a) == sorted(b):
                 return f"vocabulary {tv.name!r} lists the cache's classes in another order than its labels"
         labelled = self.labels[self.labels >= 0]
@@ -152,23 +152,17 @@ class EvalSet:
 
     def chunks(self, key: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, features) of encoder KEY's scored rows, CHUNK_ROWS at a time."""
-        rows = self.account(key).rows
-        if key in self._features:
-            feats = self._features[key]
-            for lo in range(0, len(rows), CHUNK_ROWS):
-                yield rows[lo:lo + CHUNK_ROWS], feats[lo:lo + CHUNK_ROWS]
-            return
-        if self.preload:
-            self._features[key] = self.cache.image(key, rows)
-            yield from self.chunks(key)
-            return
         from zoomshot.progress import progress_bar
 
+        rows = self.account(key).rows
+        if self.preload and key not in self._features:
+            self._features[key] = self.cache.image(key, rows)
+        held = self._features.get(key)
         with progress_bar(len(rows), f"evaluate {self.name} {key}", unit="row",
-                          enabled=self.progress and len(rows) > CHUNK_ROWS) as bar:
+                          enabled=self.progress and held is None and len(rows) > CHUNK_ROWS) as bar:
             for lo in range(0, len(rows), CHUNK_ROWS):
                 part = rows[lo:lo + CHUNK_ROWS]
-                yield part, self.cache.image(key, part)
+                yield part, self.cache.image(key, part) if held is None else held[lo:lo + CHUNK_ROWS]
                 bar.update(len(part))
 
     def has_image_features(self, key: str) -> bool:
@@ -182,15 +176,15 @@ class EvalSet:
         if not self.has_image_features(target.key):
             return None
         acc = ScoreAccumulator(len(target.vocab.names), target.entry.dim)
-        pred = np.full(self.cache.n, -1, np.int64)
+        classifier = normalize_rows(target.vocab.classifier)
+        target.pred = np.full(self.cache.n, -1, np.int64)
         for rows, feats in self.chunks(target.key):
-            pred[rows] = acc.add(feats, self.labels[rows], target.vocab.classifier)
-        target.pred = pred
-        metrics = acc.metrics(text_centroid(target.vocab.classifier))
+            unit = normalize_rows(feats)
+            target.pred[rows] = acc.add(unit, unit @ classifier.T, self.labels[rows])
+        target.reference = self._record(None, target, target.key, acc, per_class)
+        metrics = target.reference["metrics"]
         metrics["agreement"], metrics["agreement_rows"] = 1.0, acc.n  # CLIP agrees with itself
         metrics["clip_share"] = 1.0 if metrics["acc1"] else None
-        target.reference = self._record(None, target, target.entry, metrics, self.account(target.key), acc,
-                                         per_class)
         return target.reference
 
     def target_for(self, m: Mapping) -> ClipTarget | None:
@@ -235,11 +229,10 @@ class EvalSet:
                 for stack in by_target.values():
                     self._score_stack(stack, rows, feats, labels)
             for m, t, acc in group:
-                metrics = acc.metrics(text_centroid(t.vocab.classifier))
-                ref = t.reference["metrics"]["acc1"] if t.reference else None
+                rec = self._record(m, t, key, acc, per_class)
+                metrics, ref = rec["metrics"], t.reference["metrics"]["acc1"] if t.reference else None
                 metrics["clip_share"] = metrics["acc1"] / ref if ref and metrics["acc1"] is not None else None
-                records.append(self._record(m, t, self.encoders[key], metrics, self.account(key), acc,
-                                            per_class))
+                records.append(rec)
         return records
 
     def _score_stack(self, stack: list, rows: np.ndarray, feats: np.ndarray, labels: np.ndarray) -> None:
@@ -253,11 +246,12 @@ class EvalSet:
             logits = (z.reshape(-1, z.shape[2]) @ classifier.T).reshape(hi - lo, n_maps, k)
             ref = t.pred[rows[lo:hi]] if t.pred is not None else None
             for i, (_, _, acc) in enumerate(stack):
-                acc.add_logits(z[:, i], logits[:, i], labels[lo:hi], ref)
+                acc.add(z[:, i], logits[:, i], labels[lo:hi], ref)
 
-    def _record(self, m: Mapping | None, t: ClipTarget, entry: EncoderEntry, metrics: dict,
-                account: RowAccount, acc: ScoreAccumulator, per_class: bool) -> dict:
-        run = m.run if m is not None else {}
+    def _record(self, m: Mapping | None, t: ClipTarget, key: str, acc: ScoreAccumulator,
+                per_class: bool) -> dict:
+        """The record of mapping m (None: CLIP) on encoder KEY's features, scored into acc."""
+        run, entry = m.run if m is not None else {}, self.encoders[key]
         rec = {
             "mapping": mapping_id(m) if m is not None else None,
             "mapping_name": m.name if m is not None else None,
@@ -283,8 +277,8 @@ class EvalSet:
             "fit_wall_time_s": run.get("wall_time_s"),
             "holdout": (run.get("holdout") or {}).get("final"),  # label-free, on the training cache
             "fit_warnings": run.get("warnings") or [],
-            "rows": account.counts,
-            "metrics": metrics,
+            "rows": self.account(key).counts,
+            "metrics": acc.metrics(t.vocab.classifier),
         }
         if per_class:
             rec["per_class"] = acc.per_class(t.vocab.names)
@@ -301,13 +295,10 @@ class EvalSet:
 
 
 def _unique(items, key):
-    seen, out = set(), []
+    first = {}
     for x in items:
-        k = key(x)
-        if k not in seen:
-            seen.add(k)
-            out.append(x)
-    return out
+        first.setdefault(key(x), x)
+    return list(first.values())
 
 
 def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None = None,
