@@ -36,8 +36,6 @@ class ScoreAccumulator:
 
     def __init__(self, num_classes: int, dim: int):
         self.num_classes = num_classes
-        self.n = 0
-        self.correct1 = 0
         self.correct5 = 0
         self.support = np.zeros(num_classes, np.int64)
         self.hits = np.zeros(num_classes, np.int64)
@@ -53,8 +51,6 @@ class ScoreAccumulator:
         pred = logits.argmax(axis=1)
         labels = np.asarray(labels, np.int64)
         right = pred == labels
-        self.n += len(labels)
-        self.correct1 += int(right.sum())
         # in the top k when fewer than k classes score strictly higher: cheaper than a partial sort
         true = np.take_along_axis(logits, labels[:, None], axis=1)
         self.correct5 += int(((logits > true).sum(axis=1) < TOP_K).sum())
@@ -70,18 +66,18 @@ class ScoreAccumulator:
         """The metrics of a record. The modality gap compares the centroids of the unit image features
         and of the classifier's unit class embeddings: their distance, and the mean image × class-text
         cosine (for unit vectors, the dot product of the centroids)."""
-        present = self.support > 0
+        n, present = int(self.support.sum()), self.support > 0
         recall = self.hits[present] / self.support[present]
-        img = self.feature_sum / max(self.n, 1)
+        img = self.feature_sum / max(n, 1)
         text = normalize_rows(classifier).mean(axis=0).astype(np.float64)
         gap = {"centroid_distance": float(np.linalg.norm(img - text)), "mean_cosine": float(img @ text)}
         return {
-            "acc1": self.correct1 / self.n if self.n else None,
-            "acc5": self.correct5 / self.n if self.n and self.num_classes >= TOP_K else None,
+            "acc1": int(self.hits.sum()) / n if n else None,
+            "acc5": self.correct5 / n if n and self.num_classes >= TOP_K else None,
             "mean_per_class_recall": float(recall.mean()) if present.any() else None,
             "agreement": self.agree / self.agree_rows if self.agree_rows else None,
             "agreement_rows": self.agree_rows,
-            "modality_gap": gap if self.n else None,
+            "modality_gap": gap if n else None,
         }
 
     def per_class(self, names: list[str]) -> list[dict]:

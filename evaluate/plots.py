@@ -25,60 +25,48 @@ def _save(fig, path: Path) -> str:
     return str(path)
 
 
-def _grouped_bars(ax, groups: list[str], series: dict[str, list], ylabel: str, percent: bool = True):
-    n = max(len(series), 1)
-    width = 0.8 / n
-    x = np.arange(len(groups))
-    for i, (name, vals) in enumerate(series.items()):
-        ys = [np.nan if v is None else (100 * v if percent else v) for v in vals]
-        ax.bar(x + (i - (n - 1) / 2) * width, ys, width, label=name)
-    ax.set_xticks(x)
-    ax.set_xticklabels(groups, rotation=20, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", alpha=0.3)
-
-
 def write_plots(records: list[dict], out: Path, labels: dict[str, str], best: dict, rows: list[str],
                 heatmap: bool = False) -> dict:
     """Write the plots for records into out; returns {name: path}. best: the report's best record per
     (row, cache), rows: its row names in order."""
     plt = _pyplot()
-    caches = list(labels)
-    groups = [labels[c] for c in caches]
+    groups = list(labels.values())
+    methods = [r for r in rows if not r.startswith("CLIP ")]
     paths: dict[str, str] = {}
 
-    def series(metric, rows_, pick=lambda m, k: m.get(k)):
-        return {row: [pick(best[(row, c)]["metrics"], metric) if (row, c) in best else None for c in caches]
-                for row in rows_}
-
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) + 2), 4))
-    _grouped_bars(ax, groups, series("acc1", rows), "top-1 accuracy (%)")
-    ax.set_title("Zero-shot accuracy per dataset (best mapping per method)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    paths["accuracy.png"] = _save(fig, out / "accuracy.png")
-
-    methods = [r for r in rows if not r.startswith("CLIP ")]
-    if methods:
-        fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) + 2), 4))
-        _grouped_bars(ax, groups, series("clip_share", methods), "share of CLIP's top-1 (%)")
-        ax.axhline(100, color="k", lw=0.8, ls="--")
-        ax.set_title("Share of CLIP's accuracy recovered")
+    def bars(name: str, width: float, panels: list[tuple], percent: bool = True, line_at_100: bool = False):
+        """One figure of grouped-bar panels: (rows, the value of a record's metrics, y label, title)."""
+        fig, axes = plt.subplots(1, len(panels), figsize=(width, 4), squeeze=False)
+        x = np.arange(len(groups))
+        for ax, (rows_, value, ylabel, title) in zip(axes[0], panels):
+            bar = 0.8 / max(len(rows_), 1)
+            for i, row in enumerate(rows_):
+                vals = [value(best[(row, c)]["metrics"]) if (row, c) in best else None for c in labels]
+                ys = [np.nan if v is None else (100 * v if percent else v) for v in vals]
+                ax.bar(x + (i - (len(rows_) - 1) / 2) * bar, ys, bar, label=row)
+            ax.set_xticks(x)
+            ax.set_xticklabels(groups, rotation=20, ha="right")
+            ax.set_ylabel(ylabel)
+            ax.grid(axis="y", alpha=0.3)
+            if line_at_100:
+                ax.axhline(100, color="k", lw=0.8, ls="--")
+            ax.set_title(title)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-        paths["clip_share.png"] = _save(fig, out / "clip_share.png")
+        paths[name] = _save(fig, out / name)
 
     def gap(key):
-        return lambda m, _k: (m.get("modality_gap") or {}).get(key)
+        return lambda m: (m.get("modality_gap") or {}).get(key)
 
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.8 * len(groups) + 3), 4))
-    _grouped_bars(axes[0], groups, series(None, rows, gap("centroid_distance")), "‖μ_image − μ_text‖",
-                  percent=False)
-    axes[0].set_title("Modality gap: centroid distance")
-    _grouped_bars(axes[1], groups, series(None, rows, gap("mean_cosine")), "mean cosine image·text",
-                  percent=False)
-    axes[1].set_title("Modality gap: mean image–text cosine")
-    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    paths["modality_gap.png"] = _save(fig, out / "modality_gap.png")
-
+    width = max(5, 1.6 * len(groups) + 2)
+    bars("accuracy.png", width, [(rows, lambda m: m.get("acc1"), "top-1 accuracy (%)",
+                                  "Zero-shot accuracy per dataset (best mapping per method)")])
+    if methods:
+        bars("clip_share.png", width, [(methods, lambda m: m.get("clip_share"), "share of CLIP's top-1 (%)",
+                                        "Share of CLIP's accuracy recovered")], line_at_100=True)
+    bars("modality_gap.png", max(8, 2.8 * len(groups) + 3), [
+        (rows, gap("centroid_distance"), "‖μ_image − μ_text‖", "Modality gap: centroid distance"),
+        (rows, gap("mean_cosine"), "mean cosine image·text", "Modality gap: mean image–text cosine")],
+         percent=False)
     if heatmap:
         p = _heatmap(plt, records, labels, out / "heatmap.png")
         if p:
@@ -107,7 +95,8 @@ def heatmap_grid(records: list[dict], method: str, cache: str) -> tuple[list, li
 
 def _heatmap(plt, records, labels, path: Path) -> str | None:
     methods = list(dict.fromkeys(r["method"] for r in records if r["mapping"] is not None))
-    panels = [(m, c) for m in methods for c in labels if heatmap_grid(records, m, c)[0]]
+    grids = [(m, c, heatmap_grid(records, m, c)) for m in methods for c in labels]
+    panels = [p for p in grids if p[2][0]]
     if not panels:
         return None
     ncol = min(3, len(panels))
@@ -116,8 +105,7 @@ def _heatmap(plt, records, labels, path: Path) -> str | None:
                              layout="constrained")
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (method, cache) in zip(axes.flat, panels):
-        epochs, fractions, grid = heatmap_grid(records, method, cache)
+    for ax, (method, cache, (epochs, fractions, grid)) in zip(axes.flat, panels):
         im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=100)
         ax.set_xticks(range(len(fractions)))
         ax.set_xticklabels([f"{f:g}" for f in fractions])
@@ -126,10 +114,8 @@ def _heatmap(plt, records, labels, path: Path) -> str | None:
         ax.set_xlabel("fraction of training cache")
         ax.set_ylabel("epochs")
         ax.set_title(f"{method} on {labels[cache]}", fontsize=9)
-        for i in range(len(epochs)):
-            for j in range(len(fractions)):
-                if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                            color="white" if grid[i, j] < 60 else "black")
+        for i, j in zip(*np.nonzero(np.isfinite(grid))):
+            ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if grid[i, j] < 60 else "black")
     fig.colorbar(im, ax=axes, label="top-1 accuracy (%)", shrink=0.8)
     return _save(fig, path)

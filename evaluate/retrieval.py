@@ -1,18 +1,8 @@
-"""Retrieval metrics with faiss: k-NN classification accuracy and text-to-image recall.
-
-Both work on cosine similarity: features are L2-normalised and searched with an exact
-inner-product index (IndexFlatIP), so results do not depend on index approximations.
-
-- `knn_accuracy`: each test image takes the majority label of its k most similar training images;
-  a tie in votes goes to the class whose tied neighbours have the larger summed similarity.
-- `text_to_image_recall`: each class present in `labels` is one query (its classifier row); for
-  each K in ks, recall@K is the share of queries with at least one image of that class among the
-  top K images, precision@K the mean share of the top K that are of that class.
-
-`zs evaluate --retrieval` (`evaluate(..., retrieval=True)`) adds to each record's metrics
-`knn20_acc` (leave-one-out k-NN on the evaluation cache itself) and `t2i_recall@1/5/10` (queries:
-the cache's class text embeddings), on the mapped features for a mapping and on CLIP's own image
-features for CLIP's record.
+"""Retrieval metrics with faiss: k-NN classification accuracy and text-to-image recall, on cosine
+similarity (L2-normalised features in an exact inner-product index, IndexFlatIP, so no index
+approximation changes a result). `zs evaluate --retrieval` adds `knn20_acc` (leave-one-out on the
+evaluation cache) and `t2i_recall@1/5/10` (queries: the cache's class text embeddings) to each
+record's metrics: on the mapped features for a mapping, on CLIP's own image features for CLIP.
 """
 from __future__ import annotations
 
@@ -25,11 +15,6 @@ from .metrics import normalize_rows
 SEARCH_CHUNK = 8192
 
 
-def _normalized(x) -> np.ndarray:
-    """L2-normalised float32 rows, C-contiguous as faiss needs them."""
-    return np.ascontiguousarray(normalize_rows(x))
-
-
 def _flat_index(feats: np.ndarray):
     import faiss
 
@@ -40,12 +25,14 @@ def _flat_index(feats: np.ndarray):
 
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20,
                  exclude_self: bool = False) -> float:
-    """Top-1 accuracy of cosine k-NN majority voting (see the module docstring).
+    """Top-1 accuracy of cosine k-NN majority voting: each test image takes the majority label of its
+    k most similar training images; a tie in votes goes to the class whose tied neighbours have the
+    larger summed similarity.
 
     exclude_self: the test set is the training set (leave-one-out); each row's own entry is left out
     of its neighbours, by row number, so duplicate features do not matter."""
-    train = _normalized(train_feats)
-    test = _normalized(test_feats)
+    train = normalize_rows(train_feats)
+    test = normalize_rows(test_feats)
     train_labels = np.asarray(train_labels)
     test_labels = np.asarray(test_labels)
     if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1]:
@@ -92,13 +79,15 @@ def _drop_self(sims: np.ndarray, nbrs: np.ndarray, own: np.ndarray):
 
 
 def text_to_image_recall(image_feats, labels, classifier, ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """recall@K and precision@K of class-name queries over images (see the module docstring).
+    """recall@K and precision@K of class-name queries over images: each class present in labels is
+    one query (its classifier row); recall@K is the share of queries with at least one image of
+    their class among the top K images, precision@K the mean share of the top K that are of it.
 
     classifier: (C, d) text embeddings, row c for class c; labels: (N,) class indices (< 0: unlabelled,
     still searchable, never relevant)."""
-    feats = _normalized(image_feats)
+    feats = normalize_rows(image_feats)
     labels = np.asarray(labels, np.int64)
-    text = _normalized(classifier)
+    text = normalize_rows(classifier)
     if feats.shape[1] != text.shape[1] or len(feats) != len(labels):
         raise ValueError(f"image features {feats.shape}, labels {labels.shape} and classifier {text.shape} do not fit")
     ks = sorted({int(k) for k in ks})
@@ -120,17 +109,16 @@ def text_to_image_recall(image_feats, labels, classifier, ks: Sequence[int] = (1
     return out
 
 
-# ------------------------------------------------------------------------- in zs evaluate -----
 KNN_K = 20
 RECALL_KS = (1, 5, 10)
 
 
-def retrieval_metrics(feats: np.ndarray, labels: np.ndarray, classifier: np.ndarray, k: int = KNN_K,
-                      ks: Sequence[int] = RECALL_KS) -> dict:
-    """Leave-one-out k-NN accuracy and class-name text-to-image recall@K of embedded images."""
+def retrieval_metrics(feats: np.ndarray, labels: np.ndarray, classifier: np.ndarray) -> dict:
+    """`zs evaluate --retrieval`'s metrics of embedded images: leave-one-out k-NN accuracy and
+    class-name text-to-image recall@K."""
     labels = np.asarray(labels)
-    out: dict = {f"knn{k}_acc": knn_accuracy(feats, labels, feats, labels, k, exclude_self=True)
+    out: dict = {f"knn{KNN_K}_acc": knn_accuracy(feats, labels, feats, labels, KNN_K, exclude_self=True)
                  if len(feats) > 1 else None}
-    recall = text_to_image_recall(feats, labels, classifier, ks)
-    out.update({f"t2i_recall@{x}": recall[f"recall@{x}"] for x in ks})
+    recall = text_to_image_recall(feats, labels, classifier, RECALL_KS)
+    out.update({f"t2i_recall@{x}": recall[f"recall@{x}"] for x in RECALL_KS})
     return out

@@ -181,11 +181,11 @@ class EvalSet:
         for rows, feats in self.chunks(target.key):
             unit = normalize_rows(feats)
             target.pred[rows] = acc.add(unit, unit @ classifier.T, self.labels[rows])
-        target.reference = self._record(None, target, target.key, acc, per_class)
-        metrics = target.reference["metrics"]
-        metrics["agreement"], metrics["agreement_rows"] = 1.0, acc.n  # CLIP agrees with itself
+        rec = target.reference = self._record(None, target, target.key, acc, per_class)
+        metrics = rec["metrics"]
+        metrics["agreement"], metrics["agreement_rows"] = 1.0, rec["rows"]["scored"]  # CLIP agrees with itself
         metrics["clip_share"] = 1.0 if metrics["acc1"] else None
-        return target.reference
+        return rec
 
     def target_for(self, m: Mapping) -> ClipTarget | None:
         return next((t for t in self.targets.values() if t.entry.spec == m.target["spec"]), None)
