@@ -34,21 +34,20 @@ def mapping_id(m: Mapping) -> str:
     return str(m.path) if m.path is not None else m.name
 
 
-def record_key(record: dict) -> tuple:
-    """Identity of a record for --skip-existing: mapping and evaluation cache by content (a refit
-    mapping or a re-extracted cache is scored again), encoder, vocabulary. Records written before
-    fingerprints were stored fall back to paths, which never match a fingerprinted key."""
-    mapping = record.get("mapping")
-    return (record.get("mapping_sha256") or (resolved_path(mapping) if mapping else None),
-            record.get("cache_sha256") or resolved_path(record["cache"]), record["encoder"], record.get("vocab"))
-
-
 def record_place(record: dict) -> tuple:
     """Where a record came from (mapping folder, cache path, encoder, vocabulary): a new record
     replaces an earlier one from the same place."""
     mapping = record.get("mapping")
     return (resolved_path(mapping) if mapping else None, resolved_path(record["cache"]), record["encoder"],
             record.get("vocab"))
+
+
+def record_key(record: dict) -> tuple:
+    """Identity of a record for --skip-existing: mapping and evaluation cache by content (a refit
+    mapping or a re-extracted cache is scored again), encoder, vocabulary. Records written before
+    fingerprints were stored fall back to paths, which never match a fingerprinted key."""
+    mapping, cache, encoder, vocab = record_place(record)
+    return record.get("mapping_sha256") or mapping, record.get("cache_sha256") or cache, encoder, vocab
 
 
 @dataclass
@@ -84,7 +83,6 @@ class EvalSet:
         self._features: dict[str, np.ndarray] = {}
         self._accounts: dict[str, RowAccount] = {}
         self.labels = self.cache.labels
-        self.status = self.cache.status
         self.encoders = self.cache.encoders
         self.targets = {k: self._target(k, e, vocab) for k, e in self.encoders.items() if e.family == "clip"}
 
@@ -137,7 +135,7 @@ class EvalSet:
     def account(self, key: str) -> RowAccount:
         """Which rows encoder KEY is scored on, and how many were left out and why."""
         if key not in self._accounts:
-            ok = self.status == STATUS_OK
+            ok = self.cache.status == STATUS_OK
             done = self.cache.done(key)
             labelled = self.labels >= 0
             scored = ok & done & labelled
@@ -328,12 +326,10 @@ def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None
                       es.target_for(m).vocab.name) not in skip:
                     todo.append(m)
             for t in es.targets.values():
-                if t.problem is None and t.vocab is not None and es.has_image_features(t.key):
-                    wanted = (None, es.fingerprint, t.entry.spec, t.vocab.name) not in skip
-                    if wanted or any(es.target_for(m) is t for m in todo):  # agreement needs CLIP's predictions
-                        ref = es.clip_reference(t, per_class)
-                        if wanted:
-                            records.append(ref)
+                if t.vocab is not None and (None, es.fingerprint, t.entry.spec, t.vocab.name) not in skip:
+                    ref = es.clip_reference(t, per_class)
+                    if ref is not None:  # None: no image features of this CLIP encoder to score
+                        records.append(ref)
             records.extend(es.score(todo, per_class))
             if retrieval:
                 add_retrieval_metrics(es, records[first:], ms)
@@ -347,7 +343,7 @@ def add_retrieval_metrics(es, records: list[dict], mappings: list) -> None:
     by_id = {mapping_id(m): m for m in mappings}
     by_key: dict[str, list] = {}  # records on one encoder's features share one read of them
     for rec in records:
-        m = by_id.get(rec["mapping"]) if rec["mapping"] is not None else None
+        m = by_id.get(rec["mapping"])
         if m is not None:
             key, target = m.source_key(es.encoders), es.target_for(m)
         else:
@@ -355,10 +351,8 @@ def add_retrieval_metrics(es, records: list[dict], mappings: list) -> None:
             key = target.key
         by_key.setdefault(key, []).append((rec, m, target))
     for key, group in by_key.items():
-        parts = list(es.chunks(key))
-        rows = np.concatenate([r for r, _ in parts])
-        feats = np.concatenate([f for _, f in parts])
-        labels = es.labels[rows]
+        feats = np.concatenate([f for _, f in es.chunks(key)])
+        labels = es.labels[es.account(key).rows]
         for rec, m, target in group:
             mapped = m.forward(feats) if m is not None else feats
             rec["metrics"].update(retrieval_metrics(mapped, labels, target.vocab.classifier))
