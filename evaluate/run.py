@@ -38,18 +38,16 @@ class EvaluateConfig:
 
 
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
-    mappings, caches, out_dir, formats = list(cfg.mappings), list(cfg.caches), cfg.out_dir, tuple(cfg.formats)
-    if not caches:
+    if not cfg.caches:
         raise ZsError("give at least one --cache to evaluate on")
-    for c in caches:
+    for c in cfg.caches:
         if not Path(c).is_file():
             raise ZsError(f"no cache at {c}")
-    check_out_dir(out_dir)
-    check_formats(formats)  # before any work
-    earlier = read_results(out_dir) if cfg.skip_existing else []
-    skip = {record_key(r) for r in earlier}
-    new, skipped = evaluate(mappings, caches, vocab=cfg.vocab, skip=skip, per_class=cfg.per_class,
-                            retrieval=cfg.retrieval, progress=cfg.progress)
+    check_out_dir(cfg.out_dir)
+    check_formats(cfg.formats)  # before any work
+    earlier = read_results(cfg.out_dir) if cfg.skip_existing else []
+    new, skipped = evaluate(cfg.mappings, cfg.caches, vocab=cfg.vocab, skip={record_key(r) for r in earlier},
+                            per_class=cfg.per_class, retrieval=cfg.retrieval, progress=cfg.progress)
     if not new and not earlier:
         reasons = "; ".join(f"{Path(s['mapping']).name} on {Path(s['cache']).name}: {s['reason']}"
                             for s in skipped[:3])
@@ -58,16 +56,13 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     replaced = {record_place(r) for r in new}
     earlier = [r for r in earlier if record_place(r) not in replaced]  # stale: refit or re-extracted since
     records = earlier + new
-    paths = write_report(records, out_dir, skipped, formats=formats)
+    paths = write_report(records, cfg.out_dir, skipped, formats=tuple(cfg.formats))
     scored = {resolved_path(r["mapping"]) for r in records if r.get("mapping")}
-    unmatched = {}
-    for sk in skipped:
-        if resolved_path(sk["mapping"]) not in scored:
-            unmatched.setdefault(sk["mapping"], sk["reason"])
+    unmatched = [sk for sk in skipped if resolved_path(sk["mapping"]) not in scored]
     failed = None
     if unmatched:  # the report of the rest is written; the run still did not do its whole job
-        failed = (f"{len(unmatched)} mapping(s) fit no --cache, e.g. {next(iter(unmatched))}: "
-                  f"{next(iter(unmatched.values()))}")
+        failed = (f"{len({sk['mapping'] for sk in unmatched})} mapping(s) fit no --cache, "
+                  f"e.g. {unmatched[0]['mapping']}: {unmatched[0]['reason']}")
     return EvaluateResult(records, new, len(earlier), skipped, paths, failed)
 
 

@@ -181,7 +181,7 @@ class EvalSet:
             target.pred[rows] = acc.add(unit, unit @ classifier.T, self.labels[rows])
         rec = target.reference = self._record(None, target, target.key, acc, per_class)
         metrics = rec["metrics"]
-        metrics["agreement"], metrics["agreement_rows"] = 1.0, rec["rows"]["scored"]  # CLIP agrees with itself
+        metrics["agreement"], metrics["agreement_rows"] = 1.0, rec["rows"]["scored"]  # agrees with itself
         metrics["clip_share"] = 1.0 if metrics["acc1"] else None
         return rec
 
