@@ -1,17 +1,11 @@
-"""Evaluation records as clip_benchmark result files, so our rows join a clip_benchmark table.
+"""Evaluation records as clip_benchmark (LAION-AI/CLIP_benchmark) result files: one JSON per
+(dataset, model), `{"dataset", "model", "pretrained", "task", "metrics", "language"}` with the metrics
+it reports for zero-shot classification, so its `build` command merges ours next to its own unchanged.
 
-clip_benchmark (LAION-AI/CLIP_benchmark) writes one JSON per (dataset, model) evaluation,
-`{"dataset", "model", "pretrained", "task", "metrics": {...}, "language"}`, and its `build`
-command merges a set of them into one CSV (a row per file: the metrics, then the other keys, plus
-`model_fullname` = model + " " + pretrained). We write the same keys with the metrics it reports
-for zero-shot classification (acc1, acc5, mean_per_class_recall), so `clip_benchmark build` takes
-our files next to its own unchanged.
-
-Names: `dataset` is the evaluation vocabulary when it is a built-in one (built-in names are
-clip_benchmark's: cifar10, imagenet1k, ...), else the cache's file stem. A CLIP reference row is
-the CLIP model itself: `model` its open_clip architecture and `pretrained` its tag (so it lines up
-with clip_benchmark's own row of that model), or its encoder key and weights. A mapping row is
-`model` = source encoder key + "+" + method and `pretrained` = the mapping's folder name.
+`dataset` is the vocabulary when built in (built-in names are clip_benchmark's: cifar10, imagenet1k,
+...), else the cache's file stem. A CLIP row is `model` = its open_clip architecture and `pretrained` =
+its tag (lining up with clip_benchmark's own row of that model), else its encoder key and weights; a
+mapping row is source encoder key + "+" + method, and the mapping's folder name.
 """
 from __future__ import annotations
 

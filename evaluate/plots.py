@@ -25,12 +25,13 @@ def _save(fig, path: Path) -> str:
     return str(path)
 
 
-def write_plots(records: list[dict], out: Path, labels: dict[str, str], best: dict, rows: list[str],
+def write_plots(records: list[dict], out: Path, labels: dict[str, str], best: dict,
                 heatmap: bool = False) -> dict:
     """Write the plots for records into out; returns {name: path}. best: the report's best record per
-    (row, cache), rows: its row names in order."""
+    (row, cache), in row order."""
     plt = _pyplot()
     groups = list(labels.values())
+    rows = list(dict.fromkeys(row for row, _ in best))
     methods = [r for r in rows if not r.startswith("CLIP ")]
     paths: dict[str, str] = {}
 

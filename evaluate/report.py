@@ -1,15 +1,9 @@
-"""Write evaluation records as results.json, results.csv, report.md, skipped.json and PNG plots.
-
-Every file is written to a temporary name and renamed, so a reader never finds a half-written one.
-In the tables, datasets (evaluation caches) are columns; CLIP, each method (its best mapping)
-and each mapping are rows. Records evaluated with `--per-class` add per-class recall tables to
-report.md, a `recall[CLASS]` column per class to results.csv and `per_class.csv` (one row per
-record and class, with support and hits); with `--retrieval`, the k-NN and text-to-image recall
-metrics become columns of results.csv and a table of report.md.
-
-results.json keeps every record as computed (full paths and specs). The cells of results.csv and
-report.md are portable (`labels.py`), so a report reads the same on every machine and never shows
-an absolute path.
+"""Write evaluation records as results.json, results.csv, report.md, skipped.json and PNG plots, each
+to a temporary name then renamed, so a reader never finds a half-written file. Tables have a column
+per dataset (evaluation cache) and rows for CLIP, each method (its best mapping) and each mapping;
+`--per-class` adds per-class recall (report.md, `recall[CLASS]` columns, per_class.csv), `--retrieval`
+the k-NN and text-to-image recall metrics. results.json keeps every record as computed; the cells of
+results.csv and report.md are portable (`labels.py`): never an absolute path.
 """
 from __future__ import annotations
 
@@ -66,7 +60,8 @@ def csv_row(rec: dict, extra: list[str] = ()) -> dict:
 
 
 def best_per_method(records: list[dict]) -> dict[tuple[str, str], dict]:
-    """The record with the highest acc1 per (method row, cache); CLIP rows are keyed by encoder."""
+    """The record with the highest acc1 per (method row, cache); CLIP rows are keyed by encoder and
+    come first, then methods, each in order of appearance."""
     best: dict[tuple[str, str], dict] = {}
     for r in records:
         row = row_label(r) if r["mapping"] is None else r["method"]
@@ -74,13 +69,7 @@ def best_per_method(records: list[dict]) -> dict[tuple[str, str], dict]:
         have = best.get((row, r["cache"]))
         if have is None or (acc is not None and acc > (have["metrics"].get("acc1") or -1)):
             best[(row, r["cache"])] = r
-    return best
-
-
-def row_order(best: dict) -> list[str]:
-    """Row names of `best_per_method`: CLIP rows first, then methods in order of appearance."""
-    names = list(dict.fromkeys(k[0] for k in best))
-    return [n for n in names if n.startswith("CLIP ")] + [n for n in names if not n.startswith("CLIP ")]
+    return dict(sorted(best.items(), key=lambda item: not item[0][0].startswith("CLIP ")))
 
 
 def _pct(x) -> str:
@@ -124,7 +113,7 @@ def markdown_report(records: list[dict], best: dict, skipped=(), plots: dict | N
 def _method_table(best: dict, cols: dict[str, str]) -> list[str]:
     """Top-1 per method and dataset: CLIP, then each method's best mapping."""
     body = []
-    for name in row_order(best):
+    for name in dict.fromkeys(row for row, _ in best):
         cells = []
         for p in cols:
             r = best.get((name, p))
@@ -275,8 +264,7 @@ def write_report(records: list[dict], out_dir, skipped: list[dict] = (), heatmap
         paths.update(write_clip_benchmark(records, out / "clip_benchmark"))
     put("skipped.json", json.dumps(list(skipped), indent=2, default=json_default))
     best = best_per_method(records)
-    plots = (write_plots(records, out, dataset_labels(records), best, row_order(best), heatmap=heatmap)
-             if records else {})
+    plots = write_plots(records, out, dataset_labels(records), best, heatmap=heatmap) if records else {}
     paths.update(plots)
     put("report.md", markdown_report(records, best, skipped, plots))
     return paths

@@ -1,9 +1,8 @@
 """Score mappings, and CLIP itself, on evaluation caches: the records behind `zs evaluate`.
 
-Each evaluation cache brings its own classifier: the text vocabulary its CLIP encoder stored
-(`encoders/KEY/text/VOCAB`). Only rows with status 0, written by the encoder scored, and a label
-≥ 0 count; each record says how many rows were left out and why. Features are read from the
-cache in row chunks, so no encoder is loaded and memory stays bounded.
+Each evaluation cache brings its own classifier: the text vocabulary its CLIP encoder stored. Only
+rows with status 0, written by the encoder scored, and a label ≥ 0 count; each record says how many
+rows were left out and why. Features are read in row chunks: no encoder is loaded, memory stays bounded.
 """
 from __future__ import annotations
 
@@ -180,8 +179,8 @@ class EvalSet:
             unit = normalize_rows(feats)
             target.pred[rows] = acc.add(unit, unit @ classifier.T, self.labels[rows])
         rec = target.reference = self._record(None, target, target.key, acc, per_class)
-        metrics = rec["metrics"]
-        metrics["agreement"], metrics["agreement_rows"] = 1.0, rec["rows"]["scored"]  # agrees with itself
+        metrics = rec["metrics"]  # CLIP agrees with itself:
+        metrics["agreement"], metrics["agreement_rows"] = 1.0, rec["rows"]["scored"]
         metrics["clip_share"] = 1.0 if metrics["acc1"] else None
         return rec
 
