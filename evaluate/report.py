@@ -27,6 +27,8 @@ CSV_COLUMNS = [
 ]
 PER_CLASS_COLUMNS = ["dataset", "row", "mapping", "class", "support", "correct", "recall"]
 RETRIEVAL_PREFIXES = ("knn", "t2i_")
+SCORES = ("acc1", "acc5", "mean_per_class_recall", "agreement", "clip_share")  # in CSV and markdown order
+ROW_COUNTS = ("total", "scored", "unreadable", "not_done", "unlabelled")
 REPORT_FORMATS = ("clip_benchmark",)
 
 
@@ -47,15 +49,13 @@ def csv_row(rec: dict, extra: list[str] = ()) -> dict:
     row.update(mapping=portable_path(rec.get("mapping")), cache=portable_path(rec.get("cache")),
                train_cache=portable_path(rec.get("train_cache")), encoder=encoder_label(rec),
                target=encoder_label(rec, "target"), weights=portable_weights(rec.get("weights")),
-               target_weights=portable_weights(rec.get("target_weights")))
-    metrics = ("acc1", "acc5", "mean_per_class_recall", "agreement", "clip_share", *extra)
-    row.update({k: m.get(k) for k in metrics})  # recall[] columns of extra: filled below, where known
+               target_weights=portable_weights(rec.get("target_weights")),
+               gap_centroid_distance=gap.get("centroid_distance"), gap_mean_cosine=gap.get("mean_cosine"),
+               holdout_agreement=(rec.get("holdout") or {}).get("agreement"),
+               fit_warnings="; ".join(rec.get("fit_warnings") or []) or None)
+    row.update({k: m.get(k) for k in (*SCORES, *extra)})  # extra's recall[] columns: filled below, if known
     row.update({f"recall[{c['class']}]": c["recall"] for c in rec.get("per_class") or ()})
-    row.update({f"rows_{k}": rows.get(k) for k in ("total", "scored", "unreadable", "not_done", "unlabelled")})
-    row["gap_centroid_distance"] = gap.get("centroid_distance")
-    row["gap_mean_cosine"] = gap.get("mean_cosine")
-    row["holdout_agreement"] = (rec.get("holdout") or {}).get("agreement")
-    row["fit_warnings"] = "; ".join(rec.get("fit_warnings") or []) or None
+    row.update({f"rows_{k}": rows.get(k) for k in ROW_COUNTS})
     return {k: "" if v is None else v for k, v in row.items()}
 
 
@@ -159,12 +159,10 @@ def _metrics_table(records: list[dict], cols: dict[str, str]) -> list[str]:
         m, rows = r["metrics"], r.get("rows") or {}
         gap = m.get("modality_gap") or {}
         left = sum(rows.get(k, 0) for k in ("unreadable", "not_done", "unlabelled"))
-        body.append([cols[r["cache"]], row_label(r), _pct(m.get("acc1")), _pct(m.get("acc5")),
-                     _pct(m.get("mean_per_class_recall")), _pct(m.get("agreement")),
-                     _pct(m.get("clip_share")), _fmt(gap.get("centroid_distance") and
-                                                      round(gap["centroid_distance"], 3)),
-                     _fmt(gap.get("mean_cosine") and round(gap["mean_cosine"], 3)),
-                     str(rows.get("scored", "")), str(left)])
+        body.append([cols[r["cache"]], row_label(r)]
+                    + [_pct(m.get(k)) for k in SCORES]
+                    + [_fmt(gap.get(k) and round(gap[k], 3)) for k in ("centroid_distance", "mean_cosine")]
+                    + [str(rows.get("scored", "")), str(left)])
     return (["## All metrics", "",
              "acc5 is empty below 5 classes. Share of CLIP = acc1 / CLIP's acc1 on the same cache. "
              "Gap: distance between the image and text centroids, and their mean cosine.", ""]

@@ -168,10 +168,9 @@ class EvalSet:
     # -- CLIP -----------------------------------------------------------------------------
     def clip_reference(self, target: ClipTarget, per_class: bool = False) -> dict | None:
         """CLIP's own zero-shot record on this cache (and its predictions, kept for agreement)."""
-        if target.reference is not None or target.vocab is None or target.problem:
+        if (target.reference is not None or target.vocab is None or target.problem
+                or not self.has_image_features(target.key)):
             return target.reference
-        if not self.has_image_features(target.key):
-            return None
         acc = ScoreAccumulator(len(target.vocab.names), target.entry.dim)
         classifier = normalize_rows(target.vocab.classifier)
         target.pred = np.full(self.cache.n, -1, np.int64)
@@ -265,9 +264,7 @@ class EvalSet:
             "target_key": t.entry.key,
             "target_weights": t.entry.weights,
             "method": m.method if m is not None else "clip",
-            "epochs": run.get("epochs"),
-            "fraction": run.get("fraction"),
-            "seed": run.get("seed"),
+            **{k: run.get(k) for k in ("epochs", "fraction", "seed")},
             "train_cache": (run.get("cache") or {}).get("path"),
             "train_vocab": run.get("vocab"),
             "hyper": run.get("hyper"),
@@ -301,13 +298,10 @@ def _unique(items, key):
 def evaluate(mappings: list[Mapping | str], caches: list[str], vocab: str | None = None,
              skip: set | None = None, per_class: bool = False,
              retrieval: bool = False, progress: bool = False) -> tuple[list[dict], list[dict]]:
-    """Score every mapping on every evaluation cache whose encoders match, plus one CLIP reference
-    record per CLIP encoder with image features in each cache.
-
-    Returns (records, skipped): skipped pairs are dicts with mapping, cache and reason. Records
-    whose `record_key` is in `skip` are neither computed nor returned. With `retrieval`, each
-    record's metrics also get k-NN accuracy and text-to-image recall (`retrieval.py`). With
-    `progress`, reading a cache of more than one chunk shows a progress bar on stderr."""
+    """Score every mapping on every evaluation cache whose encoders match, plus CLIP's own record per
+    CLIP encoder with image features in each cache. Returns (records, skipped: dicts of mapping, cache
+    and reason); records whose `record_key` is in `skip` are neither computed nor returned. `retrieval`
+    adds `retrieval_metrics`; `progress` shows a bar on stderr for reads of more than one chunk."""
     skip = skip or set()
     ms = _unique([m if isinstance(m, Mapping) else load_mapping(m) for m in mappings],
                  lambda m: resolved_path(mapping_id(m)))
