@@ -178,9 +178,7 @@ class EvalSet:
             unit = normalize_rows(feats)
             target.pred[rows] = acc.add(unit, unit @ classifier.T, self.labels[rows])
         rec = target.reference = self._record(None, target, target.key, acc, per_class)
-        metrics = rec["metrics"]  # CLIP agrees with itself:
-        metrics["agreement"], metrics["agreement_rows"] = 1.0, rec["rows"]["scored"]
-        metrics["clip_share"] = 1.0 if metrics["acc1"] else None
+        rec["metrics"].update(agreement=1.0, agreement_rows=rec["rows"]["scored"])  # CLIP agrees with itself
         return rec
 
     def target_for(self, m: Mapping) -> ClipTarget | None:
@@ -224,11 +222,7 @@ class EvalSet:
                 labels = self.labels[rows]
                 for stack in by_target.values():
                     self._score_stack(stack, rows, feats, labels)
-            for m, t, acc in group:
-                rec = self._record(m, t, key, acc, per_class)
-                metrics, ref = rec["metrics"], t.reference["metrics"]["acc1"] if t.reference else None
-                metrics["clip_share"] = metrics["acc1"] / ref if ref and metrics["acc1"] is not None else None
-                records.append(rec)
+            records += [self._record(m, t, key, acc, per_class) for m, t, acc in group]
         return records
 
     def _score_stack(self, stack: list, rows: np.ndarray, feats: np.ndarray, labels: np.ndarray) -> None:
@@ -248,6 +242,10 @@ class EvalSet:
                 per_class: bool) -> dict:
         """The record of mapping m (None: CLIP) on encoder KEY's features, scored into acc."""
         run, entry = m.run if m is not None else {}, self.encoders[key]
+        metrics = acc.metrics(t.vocab.classifier)
+        clip_acc1 = metrics["acc1"] if m is None else t.reference and t.reference["metrics"]["acc1"]
+        known = clip_acc1 and metrics["acc1"] is not None
+        metrics["clip_share"] = metrics["acc1"] / clip_acc1 if known else None  # CLIP's: 1
         rec = {
             "mapping": mapping_id(m) if m is not None else None,
             "mapping_name": m.name if m is not None else None,
@@ -272,7 +270,7 @@ class EvalSet:
             "holdout": (run.get("holdout") or {}).get("final"),  # label-free, on the training cache
             "fit_warnings": run.get("warnings") or [],
             "rows": self.account(key).counts,
-            "metrics": acc.metrics(t.vocab.classifier),
+            "metrics": metrics,
         }
         if per_class:
             rec["per_class"] = acc.per_class(t.vocab.names)
