@@ -33,15 +33,12 @@ def model_and_pretrained(rec: dict) -> tuple[str, str]:
     return f"{encoder_label(rec)}+{rec['method']}", rec.get("mapping_name") or Path(rec["mapping"]).name
 
 
-def dataset_name(rec: dict) -> str:
+def clip_benchmark_record(rec: dict) -> dict:
     from zoomshot.vocab import builtin_vocabularies
 
-    return rec["vocab"] if rec.get("vocab") in builtin_vocabularies() else rec["dataset"]
-
-
-def clip_benchmark_record(rec: dict) -> dict:
     model, pretrained = model_and_pretrained(rec)
-    return {"dataset": dataset_name(rec), "model": model, "pretrained": pretrained, "task": TASK,
+    dataset = rec["vocab"] if rec.get("vocab") in builtin_vocabularies() else rec["dataset"]
+    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": TASK,
             "metrics": {k: rec["metrics"].get(k) for k in METRICS}, "language": "en"}
 
 

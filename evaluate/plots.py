@@ -90,8 +90,7 @@ def heatmap_grid(records: list[dict], method: str, cache: str) -> tuple[list, li
             i, j = epochs.index(r["epochs"]), fractions.index(r["fraction"])
             total[i, j] += 100 * acc
             count[i, j] += 1
-    with np.errstate(invalid="ignore"):
-        return epochs, fractions, np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return epochs, fractions, np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _heatmap(plt, records, labels, path: Path) -> str | None:
