@@ -1,4 +1,4 @@
-"""zoomshot.evaluate: zero-shot metrics from cached features, reports (JSON, CSV, Markdown, PNG), sweeps."""
+"""zoomshot.evaluate: zero-shot metrics from cached features, and reports (JSON, CSV, Markdown, PNG)."""
 from .metrics import zero_shot_logits
 from .report import read_results, write_report
 from .scoring import evaluate, record_key

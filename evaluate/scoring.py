@@ -245,7 +245,7 @@ class EvalSet:
         metrics = acc.metrics(t.vocab.classifier)
         clip_acc1 = metrics["acc1"] if m is None else t.reference and t.reference["metrics"]["acc1"]
         known = clip_acc1 and metrics["acc1"] is not None
-        metrics["clip_share"] = metrics["acc1"] / clip_acc1 if known else None  # CLIP's: 1
+        metrics["clip_share"] = metrics["acc1"] / clip_acc1 if known else None  # CLIP's own: 1.0
         rec = {
             "mapping": mapping_id(m) if m is not None else None,
             "mapping_name": m.name if m is not None else None,
