@@ -51,14 +51,13 @@ def digest(v: Vocabulary) -> str:
     return hashlib.sha256(json.dumps([v.classnames, v.templates]).encode()).hexdigest()
 
 
-def stored_digest(path: Path) -> str | None:
-    if not path.exists():
-        return None
+def is_stored(path: Path, v: Vocabulary) -> bool:
+    """Whether `path` holds the embeddings of v's names and templates (a file `save_text` wrote)."""
     try:
         with h5py.File(path, "r") as f:
-            return str(f.attrs.get("digest", ""))
-    except OSError:
-        return None
+            return str(f.attrs.get("digest", "")) == digest(v)
+    except OSError:  # absent or unreadable: embed again
+        return False
 
 
 def save_text(path: Path, v: Vocabulary, emb: np.ndarray) -> None:
