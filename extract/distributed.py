@@ -15,7 +15,6 @@ class Processes:
     local_rank: int
     dist_rank: int  # rank inside the torch.distributed group (0 when there is none)
     dist_world: int
-    initialized: bool = False
 
     def span(self, n: int) -> tuple[int, int]:
         """This process's contiguous share [first, last) of n items."""
@@ -40,11 +39,10 @@ def init_group(p: Processes, device: str) -> None:
 
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    p.initialized = True
 
 
 def barrier(p: Processes, device: str) -> None:
-    if not p.initialized:
+    if p.dist_world <= 1:
         return
     import torch
     import torch.distributed as dist
@@ -56,8 +54,7 @@ def barrier(p: Processes, device: str) -> None:
 
 
 def shutdown(p: Processes) -> None:
-    if p.initialized:
+    if p.dist_world > 1:
         import torch.distributed as dist
 
         dist.destroy_process_group()
-        p.initialized = False

@@ -36,6 +36,9 @@ from .stitch import write_entry
 from .text import is_stored, resolve_vocabularies, save_text
 from .writer import Rows, ShardWriterThread
 
+# float16 features plus per-row done/status/errors and HDF5's chunk overhead, per row and dim
+SHARD_BYTES_PER_VALUE, SHARD_BYTES_PER_ROW = 2.1, 64
+
 
 @dataclass
 class ExtractSummary:
@@ -148,7 +151,7 @@ class RunPlan:
         self.run_keys = [p.key for p in self.parsed if not (p.key in self.in_entry and self.in_entry[p.key][1]
                                                             and p.key not in layout.encoder_keys())]
 
-    def text_pending(self, key: str, family: str) -> list:
+    def vocabs_left(self, key: str, family: str) -> list:
         """The vocabularies CLIP encoder KEY has left to embed (only global rank 0 writes them)."""
         if family != "clip" or self.procs.rank != 0:
             return []
@@ -218,7 +221,7 @@ def build_encoders(plan: RunPlan) -> dict:
                 compute = {"precision": have.precision, "decode": have.decode}
             want = replace(have, spec=p.spec, weights=p.weights, **compute)
             refuse_mismatch(f"{layout.root}/{p.key}", have, want)
-            if rows_done and not plan.text_pending(p.key, have.family):
+            if rows_done and not plan.vocabs_left(p.key, have.family):
                 continue
         # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
         enc = build_encoder(spec, device=plan.device)
@@ -240,8 +243,8 @@ class RowCounts:
 
 
 def compute_rows(plan: RunPlan, encoders: dict) -> RowCounts:
-    """Claim this process's shards, write pending vocabularies, finish interrupted shards, then run
-    the batches left."""
+    """Claim this process's shards, write pending vocabularies, finish interrupted shards, check the
+    free space, then run the batches left."""
     layout, mine = plan.layout, plan.mine
     first, last = plan.procs.span(plan.manifest.shards)
     counts = RowCounts({k: 0 for k in plan.run_keys})
@@ -249,13 +252,17 @@ def compute_rows(plan: RunPlan, encoders: dict) -> RowCounts:
         for key in encoders:
             claims.enter_context(layout.claim_shards(key, first, last))
         for key, enc in encoders.items():
-            for v in plan.text_pending(key, enc.family):
+            for v in plan.vocabs_left(key, enc.family):
                 save_text(layout.text_path(key, v.name), v, embed_prompts(enc, v))
         resume = {key: {s: resume_point(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim)
                         for s, (a, b) in mine.items()}
                   for key, enc in encoders.items()}
-        _check_free_space(layout, {key: (enc.dim, sum(b - resume[key][s] for s, (_, b) in mine.items()))
-                                   for key, enc in encoders.items()})
+        need = sum((b - resume[key][s]) * (enc.dim * SHARD_BYTES_PER_VALUE + SHARD_BYTES_PER_ROW)
+                   for key, enc in encoders.items() for s, (_, b) in mine.items())
+        free = shutil.disk_usage(layout.root).free
+        if need > free:  # refused before the first batch
+            raise ZsError(f"{layout.root} needs about {need / 1e9:.2f} GB for the rows left to compute and "
+                          f"its disk has {free / 1e9:.2f} GB free; free space or write to another --out")
         batches = plan_batches(mine, resume, plan.cfg.batch_size)
         if batches:
             t_loop = time.perf_counter()
@@ -293,19 +300,6 @@ def finish(plan: RunPlan, counts: RowCounts, seconds: float) -> ExtractSummary:
                           cache_unreadable=cache_bad, unfinished=unfinished, device=plan.device, failed=failed)
 
 
-# float16 features plus per-row done/status/errors and HDF5's chunk overhead, per row and dim
-SHARD_BYTES_PER_VALUE, SHARD_BYTES_PER_ROW = 2.1, 64
-
-
-def _check_free_space(layout: Layout, left: dict[str, tuple[int, int]]) -> None:
-    """Refuse, before the first batch, a run whose rows left cannot fit on the disk of the shard folder."""
-    need = sum(rows * (dim * SHARD_BYTES_PER_VALUE + SHARD_BYTES_PER_ROW) for dim, rows in left.values())
-    free = shutil.disk_usage(layout.root).free
-    if need > free:
-        raise ZsError(f"{layout.root} needs about {need / 1e9:.2f} GB for the rows left to compute and its disk has "
-                      f"{free / 1e9:.2f} GB free; free space or write to another --out")
-
-
 def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> None:
     """Decode each image once per batch, feed every encoder, hand the rows to the writer thread."""
     import torch
@@ -314,17 +308,15 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
     groups = PreprocessGroups(encoders.values())
     gpu = cfg.decode == "gpu"
     tensor_tfs = [tensor_transform(t, k) for k, t in zip(groups.keys, groups.transforms)] if gpu else None
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
-    workers = min(workers, len(batches))
+    workers = min(default_workers(device) if cfg.workers is None else cfg.workers, len(batches))
     dataset = DecodedBatches(plan.source, batches, [] if gpu else groups.transforms, gpu=gpu,
                              threads=1 if workers else torch.get_num_threads())
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=identity_collate,
-        pin_memory=device.startswith("cuda"),
-        prefetch_factor=4 if workers else None, persistent_workers=False)
+        dataset, batch_size=None, num_workers=workers, collate_fn=identity_collate,
+        pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
     forwards = {k: make_forward(e, device, cfg.precision, cfg.channels_last, cfg.compile) for k, e in encoders.items()}
-    rows_total = sum(b.stop - b.start for b in batches)
-    progress = progress_bar(rows_total, f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
+    progress = progress_bar(sum(b.stop - b.start for b in batches),
+                            f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
                             enabled=cfg.progress and procs.local_rank == 0)
     batches_iter = DevicePrefetcher(iter(loader), device)  # forks the decode workers before the writer thread starts
     writer = ShardWriterThread(plan.layout, plan.manifest, {k: (e.spec, e.dim) for k, e in encoders.items()})
@@ -338,8 +330,7 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
                 for key in b.keys:
                     x = tensors[groups.group_of[key]]
                     if x is None:
-                        dim = encoders[key].dim
-                        feats = (lambda d=dim: np.zeros((0, d), np.float32))
+                        feats = (lambda d=encoders[key].dim: np.zeros((0, d), np.float32))
                     else:
                         feats = to_host(forwards[key](x), device)
                     writer.put(Rows(key, b.shard, b.start, b.stop, feats, ok, errors))

@@ -48,7 +48,6 @@ class ShardFile:
     @classmethod
     def open(cls, final: Path, start: int, stop: int, key: str, spec: str, dim: int) -> "ShardFile":
         """Open the partial shard for appending, creating it when absent."""
-        final = Path(final)
         partial = partial_of(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists():
@@ -112,7 +111,6 @@ def resume_point(final: Path, start: int, stop: int, key: str, spec: str, dim: i
     `keep_sound_final`); a partial file that does not open, belongs to another encoder or range, or
     fails its checksums is removed, so the shard is written again from its first row. A complete
     partial (killed between its last write and its rename) is renamed final now."""
-    final = Path(final)
     if final.exists():
         return stop
     partial = partial_of(final)

@@ -25,13 +25,8 @@ CLASSES = "classes"
 
 
 def resolve_vocabularies(names: list[str], source: ImageSource) -> list[Vocabulary]:
-    if not names:
-        if source.vocab_name:
-            names = [source.vocab_name]
-        elif source.class_names:
-            names = [CLASSES]
-        else:
-            names = ["imagenet1k"]
+    """The --vocab names as vocabularies; without any, the source's default (see the module docstring)."""
+    names = names or [source.vocab_name or (CLASSES if source.class_names else "imagenet1k")]
     out: dict[str, Vocabulary] = {}
     for n in names:
         if n == CLASSES:

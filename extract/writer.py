@@ -100,16 +100,12 @@ class ShardWriterThread:
 
     def abort(self) -> None:
         """After an error in the main loop: stop, keep what was flushed, close the files."""
-        try:
+        with contextlib.suppress(queue.Full):
             self.q.put(None, timeout=5)
             self.thread.join(timeout=30)
-        except queue.Full:
-            pass
         if self.thread.is_alive():  # stuck in a write: leave its files to the OS
             return
-        for sf in list(self.open.values()):
-            try:
+        for sf in self.open.values():
+            with contextlib.suppress(Exception):
                 sf.close()
-            except Exception:
-                pass
         self.open.clear()
