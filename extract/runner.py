@@ -136,10 +136,10 @@ class RunPlan:
     compute: dict  # the precision and decoder rows computed now are recorded with
     layout: Layout
     in_entry: dict[str, tuple[EncoderEntry, bool]]  # the existing entry file's encoders: (entry, complete)
+    vocabs: list  # the vocabularies to embed for CLIP encoders (only global rank 0 writes them)
     manifest: Manifest | None = None  # the shard folder's, once opened
     mine: dict[int, tuple[int, int]] = field(default_factory=dict)  # this process's shards -> row bounds
     run_keys: list[str] = field(default_factory=list)  # encoders this run is responsible for
-    vocabs: list | None = None  # resolved on first need (global rank 0 only)
 
     def open_manifest(self) -> None:
         src, layout = self.source, self.layout
@@ -153,10 +153,8 @@ class RunPlan:
 
     def vocabs_left(self, key: str, family: str) -> list:
         """The vocabularies CLIP encoder KEY has left to embed (only global rank 0 writes them)."""
-        if family != "clip" or self.procs.rank != 0:
+        if family != "clip":
             return []
-        if self.vocabs is None:
-            self.vocabs = resolve_vocabularies(self.cfg.vocabs, self.source)
         return [v for v in self.vocabs if not is_stored(self.layout.text_path(key, v.name), v)]
 
 
@@ -179,11 +177,11 @@ def plan_run(cfg: ExtractConfig, procs: D.Processes, device: str) -> RunPlan:
     if len(source) == 0:
         raise ZsError(f"{source.description} holds no images")
     # a bad --vocab is refused before any file is written
-    vocabs = resolve_vocabularies(cfg.vocabs, source) if cfg.vocabs and procs.rank == 0 else None
+    vocabs = resolve_vocabularies(cfg.vocabs, source) if procs.rank == 0 else []
     layout = Layout(cfg.out)
     digest = source.ids_digest()
     in_entry = _check_entry(layout.entry, digest, source.ids, parsed, compute)
-    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, vocabs=vocabs)
+    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, vocabs)
 
 
 def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict) -> dict:

@@ -1,12 +1,10 @@
 """One shard of one encoder: rows [start, stop) written batch by batch, renamed into place when complete.
 
-A shard is written under `NNNNN.h5.partial`. After each batch the features, status and errors are
-flushed first and the `rows_done` attribute second, so a process killed at any moment leaves a
-partial file whose first `rows_done` rows are whole. A rerun checks those rows (fletcher32
-checksums) and continues after them, or starts the shard again when the file does not read back.
-Before a complete shard is renamed final it is read back whole (`verify_shard`): every row done
-or unreadable, every done row finite, every checksum good; a write the disk lost (full disk,
-I/O error) therefore never becomes a final shard.
+A shard is written as `NNNNN.h5.partial`: each batch's rows are flushed before the `rows_done`
+attribute that claims them, so a process killed at any moment leaves whole rows, which a rerun
+checks (fletcher32 checksums) and continues after, or starts the shard again when they do not read
+back. A complete shard is read back whole (`verify_shard`) before it is renamed final, so a write
+the disk lost (full disk, I/O error) never becomes a final shard.
 """
 from __future__ import annotations
 
@@ -54,9 +52,8 @@ class ShardFile:
             return cls(final, h5py.File(partial, "a", rdcc_nbytes=CHUNK_CACHE_BYTES))
         f = h5py.File(partial, "w", rdcc_nbytes=CHUNK_CACHE_BYTES)
         n = stop - start
-        for k, v in {"format": SHARD_FORMAT, "key": key, "spec": spec, "dim": dim,
-                     "start": start, "stop": stop, "rows_done": start, "complete": False}.items():
-            f.attrs[k] = v
+        f.attrs.update({"format": SHARD_FORMAT, "key": key, "spec": spec, "dim": dim,
+                        "start": start, "stop": stop, "rows_done": start, "complete": False})
         f.create_dataset("image", shape=(n, dim), dtype=np.float16, chunks=(chunk_rows(dim, n), dim),
                          fletcher32=True, fillvalue=np.float16(np.nan))
         f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False, chunks=(n,), fletcher32=True)

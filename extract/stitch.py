@@ -82,8 +82,7 @@ def _keep_first_errors(errors: list[str], offset: int, new: list[str]) -> None:
 def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest, key: str, done: np.ndarray):
     entry = layout.encoder(key)
     g = encs.create_group(key)
-    for k, v in entry.attrs().items():
-        g.attrs[k] = v
+    g.attrs.update(entry.attrs())
     lay = h5py.VirtualLayout(shape=(m.rows, entry.dim), dtype=np.float16)
     for s in range(m.shards):
         a, b = m.bounds(s)

@@ -80,14 +80,11 @@ class ShardWriterThread:
     def _drop_damaged(self, r: Rows, err: BaseException) -> BaseException:
         """After a failed write the partial file's HDF5 metadata cannot be trusted (a later append
         fails or lands beyond its end): remove it, so the rerun writes this shard again."""
-        final = self.layout.shard_path(r.key, r.shard)
-        sf = self.open.pop((r.key, r.shard), None)
-        if sf is not None:
-            with contextlib.suppress(Exception):
-                sf.close()
+        with contextlib.suppress(Exception):  # KeyError: the open itself failed
+            self.open.pop((r.key, r.shard)).close()
         with contextlib.suppress(OSError):
             self.layout.partial_path(r.key, r.shard).unlink()
-        return write_failed(final, err)
+        return write_failed(self.layout.shard_path(r.key, r.shard), err)
 
     def close(self) -> None:
         """Wait for every queued write; partial shards stay on disk for a rerun to resume."""
