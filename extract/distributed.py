@@ -2,6 +2,7 @@
 (`--num-shards K --shard-index I`), combined into one global rank among K × WORLD_SIZE."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -31,14 +32,20 @@ def from_environment(num_shards: int = 1, shard_index: int = 0) -> Processes:
                      dist_rank=rank, dist_world=world)
 
 
-def init_group(p: Processes, device: str) -> None:
-    """Join the torchrun process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1."""
+@contextlib.contextmanager
+def process_group(p: Processes, device: str):
+    """Inside the torchrun process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1."""
     if p.dist_world <= 1:
+        yield
         return
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def barrier(p: Processes, device: str) -> None:
@@ -51,10 +58,3 @@ def barrier(p: Processes, device: str) -> None:
         dist.barrier(device_ids=[torch.device(device).index or 0])
     else:
         dist.barrier()
-
-
-def shutdown(p: Processes) -> None:
-    if p.dist_world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()

@@ -1,11 +1,10 @@
 """`extract(ExtractConfig)`: images -> a zs-cache, one code path for one process or many.
 
-Everything the run needs (output path, specs, weights, --vocab names, the image list, the fit of an
-existing entry file and shard folder, the free space for the rows left) is checked before a row is
-computed. Each process locks its contiguous range of shards, decodes each image once per batch for
-every encoder, and a writer thread fills partial shards, renamed final once read back whole. Then
-global rank 0 writes the entry file if every shard is final; the run fails when a readable row is
-missing or every row is unreadable. A rerun recomputes nothing; a first run that fails before its
+Everything the run needs (specs, weights, --vocab names, the image list, the fit of an existing entry
+file and shard folder, free space) is checked before a row is computed. Each process locks its range
+of shards and decodes each image once per batch for every encoder; a writer thread fills the shards.
+Global rank 0 then writes the entry file if every shard is final; the run fails when a readable row
+is missing or every row is unreadable. A rerun recomputes nothing; a first run that fails before its
 first row leaves no shard folder behind.
 """
 from __future__ import annotations
@@ -102,8 +101,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     autocast_dtype(cfg.precision, device)  # refuse a bad --precision before any file is written
     if cfg.decode == "gpu" and not device.startswith("cuda"):
         raise ZsError("--decode gpu needs a CUDA device; use --decode cpu")
-    D.init_group(procs, device)
-    try:
+    with D.process_group(procs, device):
         started = time.perf_counter()
         plan = plan_run(cfg, procs, device)
         # A first run that fails before its first row (a model, plug-in or vocabulary that does not
@@ -119,8 +117,6 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         seconds = time.perf_counter() - started
         D.barrier(procs, device)
         return finish(plan, counts, seconds)
-    finally:
-        D.shutdown(procs)
 
 
 @dataclass
@@ -135,21 +131,18 @@ class RunPlan:
     parsed: list  # one ParsedSpec per --encoder
     compute: dict  # the precision and decoder rows computed now are recorded with
     layout: Layout
-    in_entry: dict[str, tuple[EncoderEntry, bool]]  # the existing entry file's encoders: (entry, complete)
+    in_entry: dict[str, EncoderEntry]  # the existing entry file's encoders
+    run_keys: list[str]  # encoders this run is responsible for
     vocabs: list  # the vocabularies to embed for CLIP encoders (only global rank 0 writes them)
     manifest: Manifest | None = None  # the shard folder's, once opened
     mine: dict[int, tuple[int, int]] = field(default_factory=dict)  # this process's shards -> row bounds
-    run_keys: list[str] = field(default_factory=list)  # encoders this run is responsible for
 
     def open_manifest(self) -> None:
-        src, layout = self.source, self.layout
-        self.manifest = layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names, self.ids_digest,
-                                              self.cfg.shard_rows, self.procs.world)
+        src = self.source
+        self.manifest = self.layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names,
+                                                   self.ids_digest, self.cfg.shard_rows, self.procs.world)
         first, last = self.procs.span(self.manifest.shards)
         self.mine = {s: self.manifest.bounds(s) for s in range(first, last)}
-        # An encoder the entry holds complete without shards (written by another tool) needs nothing.
-        self.run_keys = [p.key for p in self.parsed if not (p.key in self.in_entry and self.in_entry[p.key][1]
-                                                            and p.key not in layout.encoder_keys())]
 
     def vocabs_left(self, key: str, family: str) -> list:
         """The vocabularies CLIP encoder KEY has left to embed (only global rank 0 writes them)."""
@@ -180,14 +173,16 @@ def plan_run(cfg: ExtractConfig, procs: D.Processes, device: str) -> RunPlan:
     vocabs = resolve_vocabularies(cfg.vocabs, source) if procs.rank == 0 else []
     layout = Layout(cfg.out)
     digest = source.ids_digest()
-    in_entry = _check_entry(layout.entry, digest, source.ids, parsed, compute)
-    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, vocabs)
+    in_entry, complete = _check_entry(layout.entry, digest, source.ids, parsed, compute)
+    # An encoder the entry holds complete without shards (written by another tool) needs nothing.
+    run_keys = [k for k in keys if k not in complete or k in layout.encoder_keys()]
+    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, run_keys, vocabs)
 
 
-def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict) -> dict:
-    """Refuse a run that does not fit an existing entry file; returns its encoders as (entry, complete)."""
+def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict) -> tuple[dict, set]:
+    """Refuse a run that does not fit an existing entry file; returns its encoders and the complete ones."""
     if not entry.exists():
-        return {}
+        return {}, set()
     with open_cache(entry) as c:
         check_image_list(str(entry), c.n, c.ids_digest, ids, digest)
         encs = c.encoders
@@ -198,7 +193,7 @@ def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict
             want = replace(e, spec=p.spec, weights=p.weights, **compute)
             refuse_mismatch(f"{entry}: encoders/{p.key}", e, want,
                             ("spec", "weights") + (COMPUTE if p.key not in complete else ()))
-    return {k: (e, k in complete) for k, e in encs.items()}
+    return encs, complete
 
 
 def build_encoders(plan: RunPlan) -> dict:
@@ -223,7 +218,7 @@ def build_encoders(plan: RunPlan) -> dict:
                 continue
         # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
         enc = build_encoder(spec, device=plan.device)
-        e = plan.in_entry.get(p.key, (None,))[0]
+        e = plan.in_entry.get(p.key)
         if e is not None and e.mismatch(enc.entry(), ("dim", "family")):
             raise CacheError(f"{layout.entry}: encoders/{p.key} has dim {e.dim} ({e.family}), "
                              f"this run has {enc.dim} ({enc.family}); write to another --out")
@@ -276,16 +271,17 @@ def finish(plan: RunPlan, counts: RowCounts, seconds: float) -> ExtractSummary:
     if plan.procs.dist_rank == 0:
         written = write_entry(layout, m, require=plan.run_keys)
         if written is not None:
-            bad = written.status != STATUS_OK
+            status, errors, done = written
+            bad = status != STATUS_OK
             cache_bad = int(bad.sum())
-            missing = {k: int((~written.done[k] & ~bad).sum()) for k in plan.run_keys}
+            missing = {k: int((~done[k] & ~bad).sum()) for k in plan.run_keys}
             if any(missing.values()):
                 failed = (f"{layout.entry}: readable rows missing: "
                           + ", ".join(f"{k} {v}" for k, v in missing.items() if v)
                           + "; rerun the same zs extract to compute them")
             elif bad.all():
                 failed = (f"every one of the {m.rows} images is unreadable (first reason: "
-                          f"{written.errors[0] or '?'}); the cache holds no features — check the image source")
+                          f"{errors[0] or '?'}); the cache holds no features — check the image source")
         else:
             counts_of = {k: layout.shard_counts(k) for k in plan.run_keys}
             unfinished = {k: f"{final} of {m.shards} shards final, {partial} partial"

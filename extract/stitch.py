@@ -7,7 +7,6 @@ Encoders an earlier entry file holds without shards (written by another tool) ar
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -20,17 +19,9 @@ from .layout import Layout, Manifest
 from .shardfile import read_shard_rows
 
 
-@dataclass
-class Stitched:
-    """What a written entry file holds, per row: status, first error, and each encoder's done rows."""
-
-    status: np.ndarray
-    errors: list[str]
-    done: dict[str, np.ndarray]
-
-
-def write_entry(layout: Layout, m: Manifest, require: list[str]) -> Stitched | None:
-    """Write the entry file when every encoder in `require` has all shards final; None when not written."""
+def write_entry(layout: Layout, m: Manifest, require: list[str]):
+    """Write the entry file when every encoder in `require` has all shards final: what it holds per row
+    (status, first error, each encoder's done rows), or None when it was not written."""
     with layout.lock_file(layout.lock_path("entry")), contextlib.ExitStack() as stack:
         keys = [k for k in layout.encoder_keys() if layout.shard_counts(k)[0] == m.shards]
         if not set(require) <= set(keys):
@@ -69,7 +60,7 @@ def write_entry(layout: Layout, m: Manifest, require: list[str]) -> Stitched | N
                 w.f["images/status"][...] = status
                 w.f["images/errors"][...] = np.array(errors, dtype=object)
             fault_point("entry_written")
-        return Stitched(status, errors, per_key)
+        return status, errors, per_key
 
 
 def _keep_first_errors(errors: list[str], offset: int, new: list[str]) -> None:
