@@ -80,8 +80,7 @@ class Layout(ShardPaths):
                 return have
             n = len(ids)
             rows = shard_rows or max(1, min(DEFAULT_SHARD_ROWS, math.ceil(n / max(world, 1))))
-            m = Manifest(rows=n, shard_rows=rows, shards=max(1, math.ceil(n / rows)) if n else 0,
-                         ids_sha256=ids_sha256)
+            m = Manifest(rows=n, shard_rows=rows, shards=math.ceil(n / rows), ids_sha256=ids_sha256)
             try:
                 with atomic_path(self.images_path) as tmp, h5py.File(tmp, "w") as f:
                     write_ids(f, ids)

@@ -315,7 +315,7 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
     batches_iter = DevicePrefetcher(iter(loader), device)  # forks the decode workers before the writer thread starts
     writer = ShardWriterThread(plan.layout, plan.manifest, {k: (e.spec, e.dim) for k, e in encoders.items()})
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), progress:
             for item in batches_iter:
                 b = batches[item["index"]]
                 ok, errors, tensors = item["ok"], item["errors"], item["tensors"]
@@ -337,7 +337,6 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
         writer.abort()
         raise
     finally:
-        progress.close()
         dataset.close()
 
 

@@ -52,10 +52,7 @@ class ShardWriterThread:
             raise self.error
 
     def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
+        for item in iter(self.q.get, None):
             if self.error is not None:
                 continue  # drain after a failure; the main loop raises it
             try:
