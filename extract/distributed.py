@@ -34,27 +34,19 @@ def from_environment(num_shards: int = 1, shard_index: int = 0) -> Processes:
 
 @contextlib.contextmanager
 def process_group(p: Processes, device: str):
-    """Inside the torchrun process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1."""
+    """Inside the torchrun process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1; leaving it
+    without an error waits for every process (a barrier)."""
     if p.dist_world <= 1:
         yield
-        return
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def barrier(p: Processes, device: str) -> None:
-    if p.dist_world <= 1:
         return
     import torch
     import torch.distributed as dist
 
-    if device.startswith("cuda"):
-        dist.barrier(device_ids=[torch.device(device).index or 0])
-    else:
-        dist.barrier()
+    cuda = device.startswith("cuda")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        yield
+        dist.barrier(device_ids=[torch.device(device).index or 0] if cuda else None)
+    finally:
+        dist.destroy_process_group()

@@ -101,7 +101,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     autocast_dtype(cfg.precision, device)  # refuse a bad --precision before any file is written
     if cfg.decode == "gpu" and not device.startswith("cuda"):
         raise ZsError("--decode gpu needs a CUDA device; use --decode cpu")
-    with D.process_group(procs, device):
+    with D.process_group(procs, device):  # left once every process is done: then rank 0 stitches
         started = time.perf_counter()
         plan = plan_run(cfg, procs, device)
         # A first run that fails before its first row (a model, plug-in or vocabulary that does not
@@ -115,8 +115,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                 shutil.rmtree(plan.layout.root, ignore_errors=True)
             raise
         seconds = time.perf_counter() - started
-        D.barrier(procs, device)
-        return finish(plan, counts, seconds)
+    return finish(plan, counts, seconds)
 
 
 @dataclass
