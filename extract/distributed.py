@@ -2,6 +2,7 @@
 (`--num-shards K --shard-index I`), combined into one global rank among K × WORLD_SIZE."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -15,7 +16,6 @@ class Processes:
     local_rank: int
     dist_rank: int  # rank inside the torch.distributed group (0 when there is none)
     dist_world: int
-    initialized: bool = False
 
     def span(self, n: int) -> tuple[int, int]:
         """This process's contiguous share [first, last) of n items."""
@@ -32,32 +32,21 @@ def from_environment(num_shards: int = 1, shard_index: int = 0) -> Processes:
                      dist_rank=rank, dist_world=world)
 
 
-def init_group(p: Processes, device: str) -> None:
-    """Join the torchrun process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1."""
+@contextlib.contextmanager
+def process_group(p: Processes, device: str):
+    """Inside the torchrun process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1; leaving it
+    without an error waits for every process (a barrier)."""
     if p.dist_world <= 1:
-        return
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    p.initialized = True
-
-
-def barrier(p: Processes, device: str) -> None:
-    if not p.initialized:
+        yield
         return
     import torch
     import torch.distributed as dist
 
-    if device.startswith("cuda"):
-        dist.barrier(device_ids=[torch.device(device).index or 0])
-    else:
-        dist.barrier()
-
-
-def shutdown(p: Processes) -> None:
-    if p.initialized:
-        import torch.distributed as dist
-
+    cuda = device.startswith("cuda")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        yield
+        dist.barrier(device_ids=[torch.device(device).index or 0] if cuda else None)
+    finally:
         dist.destroy_process_group()
-        p.initialized = False

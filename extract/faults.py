@@ -28,9 +28,8 @@ def fault_point(point: str) -> None:
     n, _, mode = rest.partition(":")
     with _lock:
         _counts[point] = _counts.get(point, 0) + 1
-        hit = _counts[point] == int(n or 1)
-    if not hit:
-        return
+        if _counts[point] != int(n or 1):
+            return
     if mode == "pause":
         ready = os.environ.get("ZS_EXTRACT_FAULT_READY")
         if ready:

@@ -21,23 +21,25 @@ from zoomshot.cache import (COMPUTE, IDENTITY, STR, CacheError, EncoderEntry, ch
 from zoomshot.fileutil import atomic_path, write_text_atomic
 from zoomshot.shards import ShardPaths
 
+from .shardfile import write_failed
+
 MANIFEST_FORMAT = "zs-shards"
 MANIFEST_VERSION = 1
 DEFAULT_SHARD_ROWS = 10_000
 
 
-@contextlib.contextmanager
-def _one_line_write_errors(path: Path):
-    from .shardfile import write_failed
-
-    try:
-        yield
-    except (OSError, RuntimeError) as e:
-        raise write_failed(path, e) from None
-
-
-class LockedError(CacheError):
-    """Another process is writing the same part of the same cache."""
+def refuse_mismatch(holder: str, have: EncoderEntry, want: EncoderEntry, fields=IDENTITY + COMPUTE) -> None:
+    """Refuse a run whose encoder `want` differs from `have`, recorded in `holder`, in one of `fields`:
+    identity (spec, family, dim, weights) or the precision and decoder its rows were computed with."""
+    name = have.mismatch(want, fields)
+    if name in IDENTITY:
+        raise CacheError(f"{holder} has {name}={getattr(have, name)!r}, this run has "
+                         f"{getattr(want, name)!r}; write to another --out")
+    if name in COMPUTE:
+        was, now = getattr(have, name), getattr(want, name)
+        raise CacheError(f"{holder} holds rows computed with --{name} {was}, this run uses {now}; rerun with "
+                         f"--{name} {was} (rows computed differently are not mixed in one encoder) or write "
+                         f"to another --out")
 
 
 @dataclass
@@ -56,7 +58,6 @@ class Manifest:
 class Layout(ShardPaths):
     """The bookkeeping of one cache's shard folder."""
 
-    # -- manifest and image list ----------------------------------------------------------------
     def read_manifest(self) -> Manifest | None:
         if not self.manifest_path.exists():
             return None
@@ -79,14 +80,15 @@ class Layout(ShardPaths):
                 return have
             n = len(ids)
             rows = shard_rows or max(1, min(DEFAULT_SHARD_ROWS, math.ceil(n / max(world, 1))))
-            m = Manifest(rows=n, shard_rows=rows, shards=max(1, math.ceil(n / rows)) if n else 0,
-                         ids_sha256=ids_sha256)
-            with atomic_path(self.images_path) as tmp, _one_line_write_errors(self.images_path):
-                with h5py.File(tmp, "w") as f:
+            m = Manifest(rows=n, shard_rows=rows, shards=math.ceil(n / rows), ids_sha256=ids_sha256)
+            try:
+                with atomic_path(self.images_path) as tmp, h5py.File(tmp, "w") as f:
                     write_ids(f, ids)
                     f.create_dataset("labels", data=np.asarray(labels, np.int32), **checksummed(len(ids)))
                     if class_names is not None:
                         f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=STR)
+            except (OSError, RuntimeError) as e:
+                raise write_failed(self.images_path, e) from None
             write_text_atomic(self.manifest_path, json.dumps(asdict(m), indent=1))
             return m
 
@@ -95,7 +97,6 @@ class Layout(ShardPaths):
             names = read_strings(f["class_names"]) if "class_names" in f else None
             return read_ids(f["ids"], self.images_path), f["labels"][()], names
 
-    # -- encoders -------------------------------------------------------------------------------
     def write_encoder(self, entry: EncoderEntry) -> None:
         """Record (or check against the record) an encoder's identity in its shard folder."""
         path = self.encoder_record_path(entry.key)
@@ -106,29 +107,16 @@ class Layout(ShardPaths):
         write_text_atomic(path, json.dumps(entry.record(), indent=1, sort_keys=True))
 
     def check_encoder(self, entry: EncoderEntry) -> None:
-        """Refuse a run whose encoder identity differs from the shards': spec, family, dim, weights, and
-        the precision and decoder the rows were computed with (folders written before these were
-        recorded are not checked on them)."""
+        """Refuse a run whose encoder differs from the one recorded for the shards (`refuse_mismatch`)."""
         have = self.encoder(entry.key)
-        name = have.mismatch(entry) if have is not None else None
-        if name in IDENTITY:
-            raise CacheError(f"{self.root}/{entry.key} holds shards with {name}={getattr(have, name)!r}, this run "
-                             f"has {getattr(entry, name)!r}; write to another --out")
-        if name in COMPUTE:
-            was, now = getattr(have, name), getattr(entry, name)
-            raise CacheError(f"{self.root}/{entry.key} holds rows computed with --{name} {was}, this run "
-                             f"uses {now}; rerun with --{name} {was} (rows computed differently "
-                             f"are not mixed in one encoder) or write to another --out")
+        if have is not None:
+            refuse_mismatch(f"{self.root}/{entry.key}", have, entry)
 
     def encoder(self, key: str) -> EncoderEntry | None:
         """The encoder recorded in KEY/encoder.json, or None."""
         path = self.encoder_record_path(key)
         return EncoderEntry.from_record(key, json.loads(path.read_text()), str(path)) if path.exists() else None
 
-    def final_shards(self, key: str, m: Manifest) -> list[bool]:
-        return [self.shard_path(key, s).exists() for s in range(m.shards)]
-
-    # -- locks ----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock_file(self, path: Path):
         """A blocking exclusive lock for short critical sections (manifest, entry file)."""
@@ -139,36 +127,24 @@ class Layout(ShardPaths):
         finally:
             os.close(fd)  # closing releases the lock
 
-    def claim_shards(self, key: str, first: int, last: int) -> "ShardClaim":
-        """Lock shards [first, last) of encoder KEY for this process, or refuse with a clear message."""
-        return ShardClaim(self, key, first, last)
-
-
-class ShardClaim:
-    """Byte-range lock on KEY/.lock: bytes [first, last) stand for shards [first, last).
-
-    POSIX record locks are released when the process dies, so a killed run leaves no stale lock.
-    """
-
-    def __init__(self, layout: Layout, key: str, first: int, last: int):
-        self.path = layout.claim_lock_path(key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.first, self.last = first, last
-        self.fd = None
+    @contextlib.contextmanager
+    def claim_shards(self, key: str, first: int, last: int):
+        """Lock shards [first, last) of encoder KEY for this process, or refuse with a clear message:
+        a byte-range lock on KEY/.lock, released when the process dies (a killed run leaves none)."""
         if last <= first:  # nothing to claim (a zero length would lock the whole file)
+            yield
             return
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.claim_lock_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, last - first, first, os.SEEK_SET)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            raise LockedError(
-                f"{layout.entry} is being written by another zs extract (shards {first}..{last - 1} of "
-                f"encoder {key} are locked in {layout.root}); wait for it to finish, or write to another --out"
-            ) from None
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, last - first, first, os.SEEK_SET)
+            except OSError:
+                raise CacheError(
+                    f"{self.entry} is being written by another zs extract (shards {first}..{last - 1} of "
+                    f"encoder {key} are locked in {self.root}); wait for it to finish, or write to "
+                    f"another --out") from None
+            yield
+        finally:
+            os.close(fd)

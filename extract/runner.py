@@ -1,15 +1,11 @@
 """`extract(ExtractConfig)`: images -> a zs-cache, one code path for one process or many.
 
-Steps: resolve everything the run needs before listing or writing anything (output path, specs,
-weights, --vocab names); list the source (sorted ids, optional seeded subset); check any existing
-entry file and shard folder against this run (spec, weights, dim, and for rows left to compute the
-precision and decoder); refuse rows that cannot fit on the disk; take this process's contiguous range of shards and lock it;
-CLIP encoders' vocabularies (global rank 0); decode each image once per batch and feed every
-encoder; a writer thread appends to partial shards, reads each back whole when complete and only
-then renames it final; finally (after a barrier under torchrun) the entry file is written if every
-shard of the run is final, and the run fails when a readable row is missing or every row is
-unreadable. A rerun finds final shards, resumes partial ones from their done rows, and recomputes
-nothing; a first run that fails before its first row leaves no shard folder behind.
+Everything the run needs (specs, weights, --vocab names, the image list, the fit of an existing entry
+file and shard folder, free space) is checked before a row is computed. Each process locks its range
+of shards and decodes each image once per batch for every encoder; a writer thread fills the shards.
+Global rank 0 then writes the entry file if every shard is final; the run fails when a readable row
+is missing or every row is unreadable. A rerun recomputes nothing; a first run that fails before its
+first row leaves no shard folder behind.
 """
 from __future__ import annotations
 
@@ -32,13 +28,15 @@ from zoomshot.vocab import embed_prompts
 from . import distributed as D
 from .config import ExtractConfig  # noqa: F401  (re-exported: extract(ExtractConfig(...)))
 from .devices import DECODERS, DevicePrefetcher, gpu_decode, make_forward, tensor_transform, to_host
-from .layout import Layout, Manifest
+from .layout import Layout, Manifest, refuse_mismatch
 from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
-from .shardfile import ShardFile, keep_sound_final
-from .stitch import shard_progress, write_entry
-from .text import resolve_vocabularies, save_text, stored_digest
-from .text import digest as vocab_digest
+from .shardfile import keep_sound_final, resume_point
+from .stitch import write_entry
+from .text import is_stored, resolve_vocabularies, save_text
 from .writer import Rows, ShardWriterThread
+
+# float16 features plus per-row done/status/errors and HDF5's chunk overhead, per row and dim
+SHARD_BYTES_PER_VALUE, SHARD_BYTES_PER_ROW = 2.1, 64
 
 
 @dataclass
@@ -75,14 +73,9 @@ class ExtractSummary:
 
 
 def default_workers(device: str) -> int:
-    """Decode worker processes, from the cores this process can have (shared among torchrun's local ranks).
-
-    An accelerator leaves the cores to decoding: all of them less one for this process. On the CPU
-    the forward needs every core, and a worker process decoding beside it takes a core from one
-    of the forward's threads in the middle of an operator, which then waits for that thread
-    (end to end was 0.69 of model-only for mobilenetv3_large on 2 cores). So a CPU run has no
-    worker processes: it decodes each batch in this process, on one thread per torch thread,
-    between forwards."""
+    """Decode worker processes: with an accelerator, this process's share of the cores less one. On
+    the CPU none (batches are decoded here between forwards): a worker beside the forward takes a core
+    from one of its threads mid-operator (end to end was 0.69 of model-only on 2 cores)."""
     if device == "cpu":
         return 0
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -108,11 +101,21 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     autocast_dtype(cfg.precision, device)  # refuse a bad --precision before any file is written
     if cfg.decode == "gpu" and not device.startswith("cuda"):
         raise ZsError("--decode gpu needs a CUDA device; use --decode cpu")
-    D.init_group(procs, device)
-    try:
-        return _extract(cfg, procs, device)
-    finally:
-        D.shutdown(procs)
+    with D.process_group(procs, device):  # left once every process is done: then rank 0 stitches
+        started = time.perf_counter()
+        plan = plan_run(cfg, procs, device)
+        # A first run that fails before its first row (a model, plug-in or vocabulary that does not
+        # load) removes the shard folder it created, so the corrected rerun starts clean.
+        created = not plan.layout.root.exists() and procs.world == 1
+        try:
+            plan.open_manifest()
+            counts = compute_rows(plan, build_encoders(plan))
+        except BaseException:
+            if created and not plan.layout.any_rows_written():
+                shutil.rmtree(plan.layout.root, ignore_errors=True)
+            raise
+        seconds = time.perf_counter() - started
+    return finish(plan, counts, seconds)
 
 
 @dataclass
@@ -127,44 +130,31 @@ class RunPlan:
     parsed: list  # one ParsedSpec per --encoder
     compute: dict  # the precision and decoder rows computed now are recorded with
     layout: Layout
-    in_entry: dict[str, tuple[EncoderEntry, bool]]  # the existing entry file's encoders: (entry, complete)
-    started: float
+    in_entry: dict[str, EncoderEntry]  # the existing entry file's encoders
+    run_keys: list[str]  # encoders this run is responsible for
+    vocabs: list  # the vocabularies to embed for CLIP encoders (only global rank 0 writes them)
     manifest: Manifest | None = None  # the shard folder's, once opened
     mine: dict[int, tuple[int, int]] = field(default_factory=dict)  # this process's shards -> row bounds
-    run_keys: list[str] = field(default_factory=list)  # encoders this run is responsible for
-    vocabs: list | None = None  # resolved on first need (global rank 0 only)
-
-    @property
-    def keys(self) -> list[str]:
-        return [p.key for p in self.parsed]
 
     def open_manifest(self) -> None:
-        src, layout = self.source, self.layout
-        self.manifest = layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names, self.ids_digest,
-                                              self.cfg.shard_rows, self.procs.world)
+        src = self.source
+        self.manifest = self.layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names,
+                                                   self.ids_digest, self.cfg.shard_rows, self.procs.world)
         first, last = self.procs.span(self.manifest.shards)
         self.mine = {s: self.manifest.bounds(s) for s in range(first, last)}
-        # An encoder the entry holds complete without shards (written by another tool) needs nothing.
-        self.run_keys = [p.key for p in self.parsed if not (p.key in self.in_entry and self.in_entry[p.key][1]
-                                                            and p.key not in layout.encoder_keys())]
 
-    def text_pending(self, key: str, family: str) -> bool:
-        """Whether CLIP encoder KEY has a vocabulary left to embed (only global rank 0 writes them)."""
-        if family != "clip" or self.procs.rank != 0:
-            return False
-        if self.vocabs is None:
-            self.vocabs = resolve_vocabularies(self.cfg.vocabs, self.source)
-        return any(stored_digest(self.layout.text_path(key, v.name)) != vocab_digest(v) for v in self.vocabs)
+    def vocabs_left(self, key: str, family: str) -> list:
+        """The vocabularies CLIP encoder KEY has left to embed (only global rank 0 writes them)."""
+        if family != "clip":
+            return []
+        return [v for v in self.vocabs if not is_stored(self.layout.text_path(key, v.name), v)]
 
 
 def plan_run(cfg: ExtractConfig, procs: D.Processes, device: str) -> RunPlan:
-    """Resolve everything the run needs before any byte is written: the output location, the specs,
-    the weights (in the local hub cache, or the hub reachable), the image list, --vocab names, and
-    the fit of an existing entry file."""
+    """Resolve and check everything the run needs before any byte is written (see the module docstring)."""
     from zoomshot.encoders import check_loadable, parse_spec
     from zoomshot.fileutil import check_writable
 
-    started = time.perf_counter()
     check_writable(cfg.out)
     parsed = [parse_spec(s) for s in cfg.encoders]
     keys = [p.key for p in parsed]
@@ -179,60 +169,30 @@ def plan_run(cfg: ExtractConfig, procs: D.Processes, device: str) -> RunPlan:
     if len(source) == 0:
         raise ZsError(f"{source.description} holds no images")
     # a bad --vocab is refused before any file is written
-    vocabs = resolve_vocabularies(cfg.vocabs, source) if cfg.vocabs and procs.rank == 0 else None
+    vocabs = resolve_vocabularies(cfg.vocabs, source) if procs.rank == 0 else []
     layout = Layout(cfg.out)
     digest = source.ids_digest()
-    in_entry = _check_entry(layout.entry, digest, source.ids, parsed, compute)
-    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, started, vocabs=vocabs)
+    in_entry, complete = _check_entry(layout.entry, digest, source.ids, parsed, compute)
+    # An encoder the entry holds complete without shards (written by another tool) needs nothing.
+    run_keys = [k for k in keys if k not in complete or k in layout.encoder_keys()]
+    return RunPlan(cfg, procs, device, source, digest, parsed, compute, layout, in_entry, run_keys, vocabs)
 
 
-def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict) -> dict:
-    """Refuse a run that does not fit an existing entry file; returns its encoders as (entry, complete)."""
+def _check_entry(entry: Path, digest: str, ids: list[str], parsed, compute: dict) -> tuple[dict, set]:
+    """Refuse a run that does not fit an existing entry file; returns its encoders and the complete ones."""
     if not entry.exists():
-        return {}
+        return {}, set()
     with open_cache(entry) as c:
         check_image_list(str(entry), c.n, c.ids_digest, ids, digest)
         encs = c.encoders
         complete = {k for k in encs if bool(np.all(c.done(k) | (c.status != STATUS_OK)))}
     for p in parsed:
-        e = encs.get(p.key)
-        if e is None:
-            continue
-        want = replace(e, spec=p.spec, weights=p.weights, **compute)
-        what = e.mismatch(want, ("spec", "weights"))
-        if what:
-            raise CacheError(f"{entry}: encoders/{p.key} has {what}={getattr(e, what)!r}, this run has "
-                             f"{getattr(want, what)!r}; write to another --out")
-        what = e.mismatch(want, COMPUTE) if p.key not in complete else None
-        if what:
-            raise CacheError(f"{entry}: encoders/{p.key} holds rows computed with --{what} {getattr(e, what)}, "
-                             f"this run uses {getattr(want, what)}; rerun with --{what} {getattr(e, what)} or "
-                             f"write to another --out")
-    return {k: (e, k in complete) for k, e in encs.items()}
-
-
-def _extract(cfg: ExtractConfig, procs: D.Processes, device: str) -> ExtractSummary:
-    plan = plan_run(cfg, procs, device)
-    # A first run that fails before its first row (a model, plug-in or vocabulary that does not
-    # load) removes the shard folder it created, so the corrected rerun starts clean.
-    created = not plan.layout.root.exists() and procs.world == 1
-    with _removed_on_failure(plan.layout if created else None):
-        plan.open_manifest()
-        encoders = build_encoders(plan)
-        counts = compute_rows(plan, encoders)
-    seconds = time.perf_counter() - plan.started
-    D.barrier(procs, device)
-    return finish(plan, counts, seconds)
-
-
-@contextlib.contextmanager
-def _removed_on_failure(layout: Layout | None):
-    try:
-        yield
-    except BaseException:
-        if layout is not None and not layout.any_rows_written():  # no row written: nothing to resume
-            shutil.rmtree(layout.root, ignore_errors=True)
-        raise
+        if p.key in encs:
+            e = encs[p.key]
+            want = replace(e, spec=p.spec, weights=p.weights, **compute)
+            refuse_mismatch(f"{entry}: encoders/{p.key}", e, want,
+                            ("spec", "weights") + (COMPUTE if p.key not in complete else ()))
+    return encs, complete
 
 
 def build_encoders(plan: RunPlan) -> dict:
@@ -244,24 +204,21 @@ def build_encoders(plan: RunPlan) -> dict:
         if p.key not in plan.run_keys:
             continue
         for s in plan.mine:
-            if layout.shard_path(p.key, s).exists():
-                keep_sound_final(layout.shard_path(p.key, s))
+            keep_sound_final(layout.shard_path(p.key, s))
         compute = plan.compute
         have = layout.encoder(p.key)
         if have is not None:  # refuse a mismatch before loading any model
-            layout.check_encoder(replace(have, spec=p.spec, weights=p.weights))
-            finals = layout.final_shards(p.key, plan.manifest)
-            if all(finals[s] for s in plan.mine):
-                if not plan.text_pending(p.key, have.family):
-                    continue
-                compute = {"precision": have.precision, "decode": have.decode}  # only text to compute
-            else:  # rows left: computed as the earlier ones were
-                layout.check_encoder(replace(have, spec=p.spec, weights=p.weights, **compute))
+            rows_done = all(layout.shard_path(p.key, s).exists() for s in plan.mine)
+            if rows_done:  # only text left to compute: nothing is mixed
+                compute = {"precision": have.precision, "decode": have.decode}
+            want = replace(have, spec=p.spec, weights=p.weights, **compute)
+            refuse_mismatch(f"{layout.root}/{p.key}", have, want)
+            if rows_done and not plan.vocabs_left(p.key, have.family):
+                continue
         # SPEC@random is seeded by its spec inside build_encoder: the same draw in every process and resume.
         enc = build_encoder(spec, device=plan.device)
-        in_entry = plan.in_entry.get(p.key)
-        if in_entry is not None and in_entry[0].mismatch(enc.entry(), ("dim", "family")):
-            e = in_entry[0]
+        e = plan.in_entry.get(p.key)
+        if e is not None and e.mismatch(enc.entry(), ("dim", "family")):
             raise CacheError(f"{layout.entry}: encoders/{p.key} has dim {e.dim} ({e.family}), "
                              f"this run has {enc.dim} ({enc.family}); write to another --out")
         layout.write_encoder(replace(enc.entry(), **compute))
@@ -278,35 +235,31 @@ class RowCounts:
 
 
 def compute_rows(plan: RunPlan, encoders: dict) -> RowCounts:
-    """Claim this process's shards, write pending vocabularies, finish interrupted shards, then run
-    the batches left."""
+    """Claim this process's shards, write pending vocabularies, finish interrupted shards, check the
+    free space, then run the batches left."""
     layout, mine = plan.layout, plan.mine
     first, last = plan.procs.span(plan.manifest.shards)
     counts = RowCounts({k: 0 for k in plan.run_keys})
-    claims = []
-    try:
+    with contextlib.ExitStack() as claims:
         for key in encoders:
-            claims.append(layout.claim_shards(key, first, last))
+            claims.enter_context(layout.claim_shards(key, first, last))
         for key, enc in encoders.items():
-            if plan.text_pending(key, enc.family):
-                _write_vocabularies(enc, plan.vocabs, layout)
-        resume = {key: {s: ShardFile.resume_point(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim)
+            for v in plan.vocabs_left(key, enc.family):
+                save_text(layout.text_path(key, v.name), v, embed_prompts(enc, v))
+        resume = {key: {s: resume_point(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim)
                         for s, (a, b) in mine.items()}
                   for key, enc in encoders.items()}
-        for key, enc in encoders.items():  # killed between its last write and its rename: rename now
-            for s, (a, b) in mine.items():
-                if resume[key][s] == b and layout.partial_path(key, s).exists():
-                    ShardFile.open(layout.shard_path(key, s), a, b, key, enc.spec, enc.dim).finalize()
-        _check_free_space(layout, {key: (enc.dim, sum(b - resume[key][s] for s, (_, b) in mine.items()))
-                                   for key, enc in encoders.items()})
+        need = sum((b - resume[key][s]) * (enc.dim * SHARD_BYTES_PER_VALUE + SHARD_BYTES_PER_ROW)
+                   for key, enc in encoders.items() for s, (_, b) in mine.items())
+        free = shutil.disk_usage(layout.root).free
+        if need > free:  # refused before the first batch
+            raise ZsError(f"{layout.root} needs about {need / 1e9:.2f} GB for the rows left to compute and "
+                          f"its disk has {free / 1e9:.2f} GB free; free space or write to another --out")
         batches = plan_batches(mine, resume, plan.cfg.batch_size)
         if batches:
             t_loop = time.perf_counter()
             _run_batches(plan, batches, encoders, counts)
             counts.loop_seconds = time.perf_counter() - t_loop
-    finally:
-        for c in claims:
-            c.release()
     return counts
 
 
@@ -317,46 +270,27 @@ def finish(plan: RunPlan, counts: RowCounts, seconds: float) -> ExtractSummary:
     if plan.procs.dist_rank == 0:
         written = write_entry(layout, m, require=plan.run_keys)
         if written is not None:
-            bad = written.status != STATUS_OK
+            status, errors, done = written
+            bad = status != STATUS_OK
             cache_bad = int(bad.sum())
-            missing = {k: int((~written.done[k] & ~bad).sum()) for k in plan.run_keys}
+            missing = {k: int((~done[k] & ~bad).sum()) for k in plan.run_keys}
             if any(missing.values()):
                 failed = (f"{layout.entry}: readable rows missing: "
                           + ", ".join(f"{k} {v}" for k, v in missing.items() if v)
                           + "; rerun the same zs extract to compute them")
             elif bad.all():
                 failed = (f"every one of the {m.rows} images is unreadable (first reason: "
-                          f"{written.errors[0] or '?'}); the cache holds no features — check the image source")
+                          f"{errors[0] or '?'}); the cache holds no features — check the image source")
         else:
-            prog = shard_progress(layout, m)
-            unfinished = {k: f"{prog.final.get(k, 0)} of {m.shards} shards final, {prog.partial.get(k, 0)} partial"
-                          for k in plan.run_keys if not prog.complete(k)}
+            counts_of = {k: layout.shard_counts(k) for k in plan.run_keys}
+            unfinished = {k: f"{final} of {m.shards} shards final, {partial} partial"
+                          for k, (final, partial) in counts_of.items() if final < m.shards}
     first, last = plan.procs.span(m.shards)
-    return ExtractSummary(out=layout.entry, rows=m.rows, encoders=plan.keys, shards=(first, last, m.shards),
-                          computed=counts.computed, decoded=counts.decoded, unreadable=counts.unreadable,
-                          seconds=seconds, entry_written=written is not None,
+    return ExtractSummary(out=layout.entry, rows=m.rows, encoders=[p.key for p in plan.parsed],
+                          shards=(first, last, m.shards), computed=counts.computed, decoded=counts.decoded,
+                          unreadable=counts.unreadable, seconds=seconds, entry_written=written is not None,
                           images_per_s=counts.decoded / counts.loop_seconds if counts.loop_seconds > 0 else 0.0,
                           cache_unreadable=cache_bad, unfinished=unfinished, device=plan.device, failed=failed)
-
-
-# float16 features plus per-row done/status/errors and HDF5's chunk overhead, per row and dim
-SHARD_BYTES_PER_VALUE, SHARD_BYTES_PER_ROW = 2.1, 64
-
-
-def _check_free_space(layout: Layout, left: dict[str, tuple[int, int]]) -> None:
-    """Refuse, before the first batch, a run whose rows left cannot fit on the disk of the shard folder."""
-    need = sum(rows * (dim * SHARD_BYTES_PER_VALUE + SHARD_BYTES_PER_ROW) for dim, rows in left.values())
-    free = shutil.disk_usage(layout.root).free
-    if need > free:
-        raise ZsError(f"{layout.root} needs about {need / 1e9:.2f} GB for the rows left to compute and its disk has "
-                      f"{free / 1e9:.2f} GB free; free space or write to another --out")
-
-
-def _write_vocabularies(enc, vocabs, layout: Layout) -> None:
-    for v in vocabs:
-        path = layout.text_path(enc.key, v.name)
-        if stored_digest(path) != vocab_digest(v):
-            save_text(path, v, embed_prompts(enc, v))
 
 
 def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> None:
@@ -364,26 +298,23 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
     import torch
 
     cfg, device, procs = plan.cfg, plan.device, plan.procs
-
-    cuda = device.startswith("cuda")
     groups = PreprocessGroups(encoders.values())
     gpu = cfg.decode == "gpu"
     tensor_tfs = [tensor_transform(t, k) for k, t in zip(groups.keys, groups.transforms)] if gpu else None
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
-    workers = min(workers, len(batches))
+    workers = min(default_workers(device) if cfg.workers is None else cfg.workers, len(batches))
     dataset = DecodedBatches(plan.source, batches, [] if gpu else groups.transforms, gpu=gpu,
                              threads=1 if workers else torch.get_num_threads())
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=identity_collate,
-        pin_memory=cuda, prefetch_factor=4 if workers else None, persistent_workers=False)
+        dataset, batch_size=None, num_workers=workers, collate_fn=identity_collate,
+        pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
     forwards = {k: make_forward(e, device, cfg.precision, cfg.channels_last, cfg.compile) for k, e in encoders.items()}
-    rows_total = sum(b.stop - b.start for b in batches)
-    progress = progress_bar(rows_total, f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
+    progress = progress_bar(sum(b.stop - b.start for b in batches),
+                            f"extract {procs.rank}/{procs.world}" if procs.world > 1 else "extract",
                             enabled=cfg.progress and procs.local_rank == 0)
     batches_iter = DevicePrefetcher(iter(loader), device)  # forks the decode workers before the writer thread starts
     writer = ShardWriterThread(plan.layout, plan.manifest, {k: (e.spec, e.dim) for k, e in encoders.items()})
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), progress:
             for item in batches_iter:
                 b = batches[item["index"]]
                 ok, errors, tensors = item["ok"], item["errors"], item["tensors"]
@@ -392,8 +323,7 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
                 for key in b.keys:
                     x = tensors[groups.group_of[key]]
                     if x is None:
-                        dim = encoders[key].dim
-                        feats = (lambda d=dim: np.zeros((0, d), np.float32))
+                        feats = (lambda d=encoders[key].dim: np.zeros((0, d), np.float32))
                     else:
                         feats = to_host(forwards[key](x), device)
                     writer.put(Rows(key, b.shard, b.start, b.stop, feats, ok, errors))
@@ -406,7 +336,6 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
         writer.abort()
         raise
     finally:
-        progress.close()
         dataset.close()
 
 

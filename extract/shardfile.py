@@ -1,17 +1,16 @@
 """One shard of one encoder: rows [start, stop) written batch by batch, renamed into place when complete.
 
-A shard is written under `NNNNN.h5.partial`. After each batch the features, status and errors are
-flushed first and the `rows_done` attribute second, so a process killed at any moment leaves a
-partial file whose first `rows_done` rows are whole. A rerun checks those rows (fletcher32
-checksums) and continues after them, or starts the shard again when the file does not read back.
-Before a complete shard is renamed final it is read back whole (`verify_shard`): every row done
-or unreadable, every done row finite, every checksum good; a write the disk lost (full disk,
-I/O error) therefore never becomes a final shard.
+A shard is written as `NNNNN.h5.partial`: each batch's rows are flushed before the `rows_done`
+attribute that claims them, so a process killed at any moment leaves whole rows, which a rerun
+checks (fletcher32 checksums) and continues after, or starts the shard again when they do not read
+back. A complete shard is read back whole (`verify_shard`) before it is renamed final, so a write
+the disk lost (full disk, I/O error) never becomes a final shard.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -29,7 +28,6 @@ CHUNK_CACHE_BYTES = 8 << 20
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-
 class ShardFile:
     """An open partial shard. Use `resume_point` first, then `open` to append."""
 
@@ -45,57 +43,17 @@ class ShardFile:
     def rows_done(self) -> int:
         return int(self.f.attrs["rows_done"])
 
-    # -- opening ----------------------------------------------------------------------------------
-    @staticmethod
-    def resume_point(final: Path, start: int, stop: int, key: str, spec: str, dim: int) -> int:
-        """The first row still to write: stop for a final shard, rows_done of a sound partial, else start.
-
-        Final shards are trusted here: the run checked them (`keep_sound_final`) before it chose the
-        encoders to build, and removed the unsound ones.
-
-        A partial file that does not open, belongs to another encoder or range, or fails its
-        checksums is removed, so the shard is written again from its first row.
-        """
-        final = Path(final)
-        if final.exists():
-            return stop
-        partial = partial_of(final)
-        if not partial.exists():
-            return start
-        try:
-            with h5py.File(partial, "r") as f:
-                a = f.attrs
-                if (a.get("format") != SHARD_FORMAT or int(a["start"]) != start or int(a["stop"]) != stop
-                        or a["key"] != key or a["spec"] != spec or int(a["dim"]) != dim):
-                    raise ValueError("written for another shard layout or encoder")
-                done = int(a["rows_done"])
-                if not start <= done <= stop:
-                    raise ValueError(f"rows_done {done} outside [{start}, {stop}]")
-                n = done - start
-                if n:
-                    img = f["image"][:n]  # reading checks the chunks' fletcher32 checksums
-                    d, st = f["done"][:n], f["status"][:n]
-                    f["errors"][:n]
-                    if not np.all(d | (st != STATUS_OK)) or not np.isfinite(img[d]).all():
-                        raise ValueError("rows claimed written were lost (full disk?)")
-                return done
-        except Exception:  # a file cut off mid-flush: its rows are not trusted, write the shard again
-            partial.unlink()
-            return start
-
     @classmethod
     def open(cls, final: Path, start: int, stop: int, key: str, spec: str, dim: int) -> "ShardFile":
         """Open the partial shard for appending, creating it when absent."""
-        final = Path(final)
         partial = partial_of(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists():
             return cls(final, h5py.File(partial, "a", rdcc_nbytes=CHUNK_CACHE_BYTES))
         f = h5py.File(partial, "w", rdcc_nbytes=CHUNK_CACHE_BYTES)
         n = stop - start
-        for k, v in {"format": SHARD_FORMAT, "key": key, "spec": spec, "dim": dim,
-                     "start": start, "stop": stop, "rows_done": start, "complete": False}.items():
-            f.attrs[k] = v
+        f.attrs.update({"format": SHARD_FORMAT, "key": key, "spec": spec, "dim": dim,
+                        "start": start, "stop": stop, "rows_done": start, "complete": False})
         f.create_dataset("image", shape=(n, dim), dtype=np.float16, chunks=(chunk_rows(dim, n), dim),
                          fletcher32=True, fillvalue=np.float16(np.nan))
         f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False, chunks=(n,), fletcher32=True)
@@ -104,7 +62,6 @@ class ShardFile:
         f.flush()
         return cls(final, f)
 
-    # -- writing ----------------------------------------------------------------------------------
     def write(self, a: int, b: int, feats: np.ndarray, ok: np.ndarray, errors: list[str]) -> None:
         """Rows [a, b): feats holds the rows where ok is True, in order; errors the reasons of the others."""
         if a != self.rows_done or not self.start <= a < b <= self.stop:
@@ -125,13 +82,12 @@ class ShardFile:
         self.f.flush()  # ... then the claim that they are there
         fault_point("batch_written")
 
-    def finalize(self) -> Path:
+    def finalize(self) -> None:
         """Close a complete shard and rename it to its final name (visible to readers only now)."""
         if self.rows_done != self.stop:
             raise CacheError(f"{self.partial}: finalize with {self.rows_done - self.start} of {self.stop - self.start} rows")
         self.f.attrs["complete"] = True
-        self.f.close()
-        self.f = None
+        self.close()
         fsync_path(self.partial)
         verify_shard(self.partial, self.start, self.stop)
         fault_point("shard_complete")
@@ -139,7 +95,6 @@ class ShardFile:
         with contextlib.suppress(OSError):
             fsync_path(self.final.parent)
         fault_point("shard_final")
-        return self.final
 
     def close(self) -> None:
         if self.f is not None:
@@ -147,11 +102,38 @@ class ShardFile:
             self.f = None
 
 
+def resume_point(final: Path, start: int, stop: int, key: str, spec: str, dim: int) -> int:
+    """The first row of shard `final` still to write: stop for a final shard, rows_done of a sound
+    partial, else start. Final shards are trusted (the run removed unsound ones with
+    `keep_sound_final`); a partial file that does not open, belongs to another encoder or range, or
+    fails its checksums is removed, so the shard is written again from its first row. A complete
+    partial (killed between its last write and its rename) is renamed final now."""
+    if final.exists():
+        return stop
+    partial = partial_of(final)
+    if not partial.exists():
+        return start
+    try:
+        with h5py.File(partial, "r") as f:
+            a = f.attrs
+            if (a.get("format") != SHARD_FORMAT or int(a["start"]) != start or int(a["stop"]) != stop
+                    or a["key"] != key or a["spec"] != spec or int(a["dim"]) != dim):
+                raise ValueError("written for another shard layout or encoder")
+            done = int(a["rows_done"])
+            if not start <= done <= stop:
+                raise ValueError(f"rows_done {done} outside [{start}, {stop}]")
+            _check_rows(f, done - start, start)
+    except Exception:  # a file cut off mid-flush: its rows are not trusted, write the shard again
+        partial.unlink()
+        return start
+    if done == stop:
+        ShardFile.open(final, start, stop, key, spec, dim).finalize()
+    return done
+
+
 def write_failed(path, err: BaseException) -> CacheError:
     """One line for an HDF5 write that failed (full disk, file-size limit, I/O error): HDF5's own
     message spans lines and carries a time stamp and buffer address."""
-    import re
-
     text = str(err)
     m = re.search(r"error message = '([^']*)'", text)
     why = m.group(1) if m else (text.splitlines()[0] if text else type(err).__name__)
@@ -174,46 +156,45 @@ def _to_float16(feats: np.ndarray, key: str) -> np.ndarray:
     return out
 
 
+def _check_rows(f: h5py.File, n: int, start: int) -> None:
+    """Raise CacheError unless the first n rows of shard file f read back whole: every readable row
+    done, status 0 or 1, done rows finite, every chunk's fletcher32 checksum good."""
+    done, status = f["done"][:n], f["status"][:n]
+    if not np.all(done | (status != STATUS_OK)):
+        raise CacheError(f"{int((~done & (status == STATUS_OK)).sum())} readable rows are not done")
+    if not np.all(np.isin(status, (STATUS_OK, STATUS_UNREADABLE))):
+        raise CacheError("status holds values other than 0 and 1")
+    img, step = f["image"], f["image"].chunks[0]
+    for lo in range(0, n, step):  # reading checks every chunk's fletcher32 checksum
+        if not np.isfinite(img[lo:min(lo + step, n)][done[lo:lo + step]]).all():
+            raise CacheError(f"non-finite features in done rows near row {start + lo}")
+    read_strings(f["errors"])
+
+
 def verify_shard(path: Path, start: int, stop: int) -> None:
     """Read a complete shard back whole before it may become final; raise CacheError when it is not sound."""
     try:
         with h5py.File(path, "r") as f:
             if int(f.attrs["rows_done"]) != stop or not bool(f.attrs.get("complete", False)):
                 raise CacheError("rows_done or complete did not reach the file")
-            done, status = f["done"][()], f["status"][()]
-            if len(done) != stop - start or len(status) != stop - start:
+            if len(f["done"]) != stop - start or len(f["status"]) != stop - start:
                 raise CacheError("row count does not match the shard range")
-            if not np.all(done | (status != STATUS_OK)):
-                raise CacheError(f"{int((~done & (status == STATUS_OK)).sum())} readable rows are not done")
-            if not np.all(np.isin(status, (STATUS_OK, STATUS_UNREADABLE))):
-                raise CacheError("status holds values other than 0 and 1")
-            img = f["image"]
-            step = max(1, chunk_rows(img.shape[1], len(done)))
-            for lo in range(0, len(done), step):  # reading checks every chunk's fletcher32 checksum
-                block = img[lo:lo + step]
-                if not np.isfinite(block[done[lo:lo + step]]).all():
-                    raise CacheError(f"non-finite features in done rows near row {start + lo}")
-            read_strings(f["errors"])
-    except (OSError, KeyError, ValueError) as e:
-        err = CacheError(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except CacheError as e:
-        err = e
-    else:
-        return
-    raise CacheError(f"shard {path} did not read back after writing ({err}); the disk may be full or failing. "
-                     f"It was not made final: free space and rerun the same zs extract")
+            _check_rows(f, stop - start, start)
+    except (OSError, KeyError, ValueError, CacheError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CacheError(f"shard {path} did not read back after writing ({why}); the disk may be "
+                         f"full or failing. It was not made final: free space and rerun the same "
+                         f"zs extract") from None
 
 
-def keep_sound_final(final: Path) -> bool:
-    """True when final shard `final` is sound (marked complete, every readable row done); a shard
-    left final by a run that lost writes (before shards were verified) is removed, to be written
-    again. Reads done and status only."""
+def keep_sound_final(final: Path) -> None:
+    """Remove final shard `final` when it is not sound (not marked complete, or readable rows not done:
+    left by a run that lost writes before shards were verified), so it is written again."""
     try:
-        read_shard_rows(final)
-        return True
+        if final.exists():
+            read_shard_rows(final)
     except CacheError:
         final.unlink()
-        return False
 
 
 def read_shard_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

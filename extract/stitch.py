@@ -6,12 +6,12 @@ Encoders an earlier entry file holds without shards (written by another tool) ar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
 
 import h5py
 import numpy as np
 
-from zoomshot.cache import Cache, CacheError, CacheWriter, check_image_list, checksummed, open_cache, read_strings
+from zoomshot.cache import CacheError, CacheWriter, check_image_list, checksummed, open_cache, read_strings
 from zoomshot.fileutil import atomic_path
 
 from .faults import fault_point
@@ -19,43 +19,14 @@ from .layout import Layout, Manifest
 from .shardfile import read_shard_rows
 
 
-@dataclass
-class ShardProgress:
-    """How far each encoder in a shard folder is."""
-
-    shards: int
-    final: dict[str, int] = field(default_factory=dict)  # key -> final shard count
-    partial: dict[str, int] = field(default_factory=dict)  # key -> partial shard count
-
-    def complete(self, key: str) -> bool:
-        return self.final.get(key, 0) == self.shards
-
-
-def shard_progress(layout: Layout, m: Manifest) -> ShardProgress:
-    p = ShardProgress(m.shards)
-    for key in layout.encoder_keys():
-        p.final[key] = sum(layout.final_shards(key, m))
-        p.partial[key] = sum(layout.partial_path(key, s).exists() for s in range(m.shards))
-    return p
-
-
-@dataclass
-class Stitched:
-    """What a written entry file holds, per row: status, first error, and each encoder's done rows."""
-
-    status: np.ndarray
-    errors: list[str]
-    done: dict[str, np.ndarray]
-
-
-def write_entry(layout: Layout, m: Manifest, require: list[str]) -> Stitched | None:
-    """Write the entry file when every encoder in `require` has all shards final; None when not written."""
-    with layout.lock_file(layout.lock_path("entry")):
-        progress = shard_progress(layout, m)
-        if not all(progress.complete(k) for k in require):
+def write_entry(layout: Layout, m: Manifest, require: list[str]):
+    """Write the entry file when every encoder in `require` has all shards final: what it holds per row
+    (status, first error, each encoder's done rows), or None when it was not written."""
+    with layout.lock_file(layout.lock_path("entry")), contextlib.ExitStack() as stack:
+        keys = [k for k in layout.encoder_keys() if layout.shard_counts(k)[0] == m.shards]
+        if not set(require) <= set(keys):
             return None
         ids, labels, class_names = layout.read_images()
-        keys = [k for k in layout.encoder_keys() if progress.complete(k)]
         per_key = {}
         status = np.zeros(m.rows, np.uint8)
         errors = [""] * m.rows
@@ -70,30 +41,26 @@ def write_entry(layout: Layout, m: Manifest, require: list[str]) -> Stitched | N
                 status[a:b] = np.maximum(status[a:b], st)
                 _keep_first_errors(errors, a, er)
             per_key[key] = done
-        old = _open_old_entry(layout, ids)
-        try:
-            with atomic_path(layout.entry) as tmp:
-                w = CacheWriter(tmp, ids, labels, class_names)
-                try:
-                    encs = w.f.require_group("encoders")
-                    for key in keys:
-                        _write_encoder(w, encs, layout, m, key, per_key[key])
-                    if old is not None:
-                        for key in old.encoders:
-                            if key not in encs:
-                                old.f.copy(old.f[f"encoders/{key}"], encs, name=key)
-                        status = np.maximum(status, old.status)
-                        _keep_first_errors(errors, 0, old.errors)
-                        per_key.update({k: old.done(k) for k in old.encoders if k not in per_key})
-                    w.f["images/status"][...] = status
-                    w.f["images/errors"][...] = np.array(errors, dtype=object)
-                finally:
-                    w.close()
-                fault_point("entry_written")
-        finally:
-            if old is not None:
-                old.close()
-        return Stitched(status, errors, per_key)
+        old = None
+        if layout.entry.exists():  # open_cache refuses a file that is not a readable zs-cache of this version
+            old = stack.enter_context(open_cache(layout.entry))
+            check_image_list(str(layout.entry), old.n, old.ids_digest, ids, m.ids_sha256, than="its shards")
+        with atomic_path(layout.entry) as tmp:
+            with CacheWriter(tmp, ids, labels, class_names) as w:
+                encs = w.f.require_group("encoders")
+                for key in keys:
+                    _write_encoder(w, encs, layout, m, key, per_key[key])
+                if old is not None:
+                    for key in old.encoders:
+                        if key not in encs:
+                            old.f.copy(old.f[f"encoders/{key}"], encs, name=key)
+                    status = np.maximum(status, old.status)
+                    _keep_first_errors(errors, 0, old.errors)
+                    per_key.update({k: old.done(k) for k in old.encoders if k not in per_key})
+                w.f["images/status"][...] = status
+                w.f["images/errors"][...] = np.array(errors, dtype=object)
+            fault_point("entry_written")
+        return status, errors, per_key
 
 
 def _keep_first_errors(errors: list[str], offset: int, new: list[str]) -> None:
@@ -103,23 +70,10 @@ def _keep_first_errors(errors: list[str], offset: int, new: list[str]) -> None:
             errors[offset + i] = e
 
 
-def _open_old_entry(layout: Layout, ids: list[str]) -> Cache | None:
-    if not layout.entry.exists():
-        return None
-    old = open_cache(layout.entry)  # refuses a file that is not a readable zs-cache of this version
-    try:
-        check_image_list(str(layout.entry), old.n, old.ids_digest, ids, than="its shards")
-    except CacheError:
-        old.close()
-        raise
-    return old
-
-
 def _write_encoder(w: CacheWriter, encs: h5py.Group, layout: Layout, m: Manifest, key: str, done: np.ndarray):
     entry = layout.encoder(key)
     g = encs.create_group(key)
-    for k, v in entry.attrs().items():
-        g.attrs[k] = v
+    g.attrs.update(entry.attrs())
     lay = h5py.VirtualLayout(shape=(m.rows, entry.dim), dtype=np.float16)
     for s in range(m.shards):
         a, b = m.bounds(s)

@@ -25,13 +25,8 @@ CLASSES = "classes"
 
 
 def resolve_vocabularies(names: list[str], source: ImageSource) -> list[Vocabulary]:
-    if not names:
-        if source.vocab_name:
-            names = [source.vocab_name]
-        elif source.class_names:
-            names = [CLASSES]
-        else:
-            names = ["imagenet1k"]
+    """The --vocab names as vocabularies; without any, the source's default (see the module docstring)."""
+    names = names or [source.vocab_name or (CLASSES if source.class_names else "imagenet1k")]
     out: dict[str, Vocabulary] = {}
     for n in names:
         if n == CLASSES:
@@ -51,14 +46,13 @@ def digest(v: Vocabulary) -> str:
     return hashlib.sha256(json.dumps([v.classnames, v.templates]).encode()).hexdigest()
 
 
-def stored_digest(path: Path) -> str | None:
-    if not path.exists():
-        return None
+def is_stored(path: Path, v: Vocabulary) -> bool:
+    """Whether `path` holds the embeddings of v's names and templates (a file `save_text` wrote)."""
     try:
         with h5py.File(path, "r") as f:
-            return str(f.attrs.get("digest", ""))
-    except OSError:
-        return None
+            return str(f.attrs.get("digest", "")) == digest(v)
+    except OSError:  # absent or unreadable: embed again
+        return False
 
 
 def save_text(path: Path, v: Vocabulary, emb: np.ndarray) -> None:

@@ -52,10 +52,7 @@ class ShardWriterThread:
             raise self.error
 
     def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
+        for item in iter(self.q.get, None):
             if self.error is not None:
                 continue  # drain after a failure; the main loop raises it
             try:
@@ -80,14 +77,11 @@ class ShardWriterThread:
     def _drop_damaged(self, r: Rows, err: BaseException) -> BaseException:
         """After a failed write the partial file's HDF5 metadata cannot be trusted (a later append
         fails or lands beyond its end): remove it, so the rerun writes this shard again."""
-        final = self.layout.shard_path(r.key, r.shard)
-        sf = self.open.pop((r.key, r.shard), None)
-        if sf is not None:
-            with contextlib.suppress(Exception):
-                sf.close()
+        with contextlib.suppress(Exception):  # KeyError: the open itself failed
+            self.open.pop((r.key, r.shard)).close()
         with contextlib.suppress(OSError):
             self.layout.partial_path(r.key, r.shard).unlink()
-        return write_failed(final, err)
+        return write_failed(self.layout.shard_path(r.key, r.shard), err)
 
     def close(self) -> None:
         """Wait for every queued write; partial shards stay on disk for a rerun to resume."""
@@ -100,16 +94,12 @@ class ShardWriterThread:
 
     def abort(self) -> None:
         """After an error in the main loop: stop, keep what was flushed, close the files."""
-        try:
+        with contextlib.suppress(queue.Full):
             self.q.put(None, timeout=5)
             self.thread.join(timeout=30)
-        except queue.Full:
-            pass
         if self.thread.is_alive():  # stuck in a write: leave its files to the OS
             return
-        for sf in list(self.open.values()):
-            try:
+        for sf in self.open.values():
+            with contextlib.suppress(Exception):
                 sf.close()
-            except Exception:
-                pass
         self.open.clear()
