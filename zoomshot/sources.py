@@ -18,7 +18,8 @@ import io
 import os
 import re
 import tarfile
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -52,15 +53,10 @@ class TarReader:
 
     def __init__(self, tars: Sequence[str]):
         self.tars = [str(t) for t in tars]
-        self._handles: dict[int, object] = {}
         self._pid = None
 
-    def __getstate__(self):
-        return {"tars": self.tars}
-
-    def __setstate__(self, state):
-        self.tars = state["tars"]
-        self._handles, self._pid = {}, None
+    def __getstate__(self):  # open files stay behind
+        return {"tars": self.tars, "_pid": None}
 
     def read(self, item) -> bytes:
         tar_index, offset, size = item
@@ -107,7 +103,6 @@ class ImageSource:
     kind: str = "folder"
     description: str = ""
     vocab_name: str | None = None  # the built-in vocabulary named after a --dataset
-    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -115,9 +110,6 @@ class ImageSource:
     def read(self, row: int):
         """Raw bytes of image `row` (or a PIL image for array-backed datasets); raises OSError."""
         return self.reader_pool[self.readers[row]].read(self.items[row])
-
-    def load(self, row: int):
-        return decode_rgb(self.read(row))
 
     def subset(self, rows: Sequence[int]) -> "ImageSource":
         rows = [int(r) for r in rows]
@@ -181,23 +173,11 @@ def _wide_to_8bit(img):
 
 def _sorted_source(ids, items, readers, pool, labels, **kw) -> ImageSource:
     if len(set(ids)) != len(ids):
-        seen, dup = set(), None
-        for i in ids:
-            if i in seen:
-                dup = i
-                break
-            seen.add(i)
+        dup = next(i for i, count in Counter(ids).items() if count > 1)
         raise SourceError(f"image id {dup!r} occurs twice in {kw.get('description', 'the source')}; ids must be unique")
-    order = sorted(range(len(ids)), key=lambda r: ids[r])
-    lab = None if labels is None else np.asarray(labels, np.int32)[order] if len(order) else np.zeros(0, np.int32)
-    return ImageSource(
-        ids=[ids[r] for r in order],
-        items=[items[r] for r in order],
-        readers=[readers[r] for r in order],
-        reader_pool=pool,
-        labels=lab,
-        **kw,
-    )
+    labels = None if labels is None else np.asarray(labels, np.int32)
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    return ImageSource(ids, items, readers, pool, labels, **kw).subset(order)
 
 
 def _is_image_name(name: str) -> bool:
@@ -271,6 +251,17 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
                           kind="flat", description=f"{root} (flat folder, no labels)")
 
 
+def _label_indices(raw_labels: list) -> tuple[list[int], list[str] | None]:
+    """(labels, class names): integer labels as given (no names), other values as names numbered in
+    sorted order; a missing label (None) is -1."""
+    given = [x for x in raw_labels if x is not None]
+    if all(isinstance(x, (int, np.integer)) for x in given):
+        return [-1 if x is None else int(x) for x in raw_labels], None
+    class_names = sorted({str(x) for x in given})
+    index = {c: i for i, c in enumerate(class_names)}
+    return [-1 if x is None else index[str(x)] for x in raw_labels], class_names
+
+
 # ------------------------------------------------------------------------------ file lists -----
 def list_source(list_file: str | os.PathLike) -> ImageSource:
     """A .txt/.csv/.tsv file of `path[,label]` lines (tab-separated for .tsv); paths relative to the
@@ -295,14 +286,10 @@ def list_source(list_file: str | os.PathLike) -> ImageSource:
     if not paths:
         raise SourceError(f"{list_file} lists no images")
     labels, class_names = None, None
-    given = [x for x in raw_labels if x is not None]
-    if given:
-        if all(re.fullmatch(r"-?\d+", x) for x in given):
-            labels = [int(x) if x is not None else -1 for x in raw_labels]
-        else:
-            class_names = sorted(set(given))
-            index = {c: i for i, c in enumerate(class_names)}
-            labels = [index[x] if x is not None else -1 for x in raw_labels]
+    if any(x is not None for x in raw_labels):
+        if all(x is None or re.fullmatch(r"-?\d+", x) for x in raw_labels):
+            raw_labels = [x if x is None else int(x) for x in raw_labels]
+        labels, class_names = _label_indices(raw_labels)
     ids = [Path(p).as_posix() for p in paths]
     return _sorted_source(ids, list(paths), [0] * len(ids), [FileReader(list_file.parent)], labels,
                           class_names=class_names, kind="list", description=f"{list_file} (file list)")
@@ -377,19 +364,12 @@ def webdataset_source(pattern: str) -> ImageSource:
                         raise SourceError(f"{tar}: {m.name} holds {text!r}, not a class index") from None
     if not samples:
         raise SourceError(f"{pattern} holds no samples")
-    ids, items, readers, labels = [], [], [], []
-    for key, s in samples.items():
-        ids.append(key)
-        if "image" in s:
-            items.append(s["image"])
-            readers.append(0)
-        else:
-            items.append(f"sample {key} in {tars[s['tar']]} has no image member")
-            readers.append(1)
-        labels.append(s.get("label", -1))
-    has_labels = any(x >= 0 for x in labels)
-    return _sorted_source(ids, items, readers, [TarReader(tars), MissingImageReader()],
-                          labels if has_labels else None, kind="webdataset",
+    items = [s.get("image", f"sample {key} in {tars[s['tar']]} has no image member")
+             for key, s in samples.items()]
+    readers = [0 if "image" in s else 1 for s in samples.values()]  # 1: MissingImageReader
+    labels = [s.get("label", -1) for s in samples.values()]
+    return _sorted_source(list(samples), items, readers, [TarReader(tars), MissingImageReader()],
+                          labels if any(x >= 0 for x in labels) else None, kind="webdataset",
                           description=f"{pattern} (WebDataset, {len(tars)} shard{'s' * (len(tars) > 1)})")
 
 
@@ -412,32 +392,20 @@ class ParquetReader:
     def __init__(self, files: Sequence[str], column: str):
         self.files, self.column = [str(f) for f in files], column
         self._pid = None
-        self._reset()
 
-    def _reset(self) -> None:
-        self._files: dict[int, object] = {}
-        self._at = None  # (file, group) the stream below reads
-        self._stream = None
-        self._slice: list = []
-        self._slice_start = 0  # row (in the group) of self._slice[0]
-
-    def __getstate__(self):
-        return {"files": self.files, "column": self.column}
-
-    def __setstate__(self, state):
-        self.__init__(state["files"], state["column"])
+    def __getstate__(self):  # open files and streams stay behind
+        return {"files": self.files, "column": self.column, "_pid": None}
 
     def _cell(self, fi: int, gi: int, ri: int):
         if self._pid != os.getpid():  # a forked worker opens its own files
-            self._reset()
-            self._pid = os.getpid()
+            self._files, self._at, self._pid = {}, None, os.getpid()
         if self._at != (fi, gi) or ri < self._slice_start:
             import pyarrow.parquet as pq
 
             pf = self._files.get(fi)
             if pf is None:
                 pf = self._files[fi] = pq.ParquetFile(self.files[fi])
-            self._at, self._slice, self._slice_start = (fi, gi), [], 0
+            self._at, self._slice, self._slice_start = (fi, gi), [], 0  # _slice starts at row _slice_start
             self._stream = pf.iter_batches(batch_size=self.SLICE_ROWS, row_groups=[gi], columns=[self.column])
         while ri >= self._slice_start + len(self._slice):
             self._slice_start += len(self._slice)
@@ -499,17 +467,6 @@ def _parquet_rows(files, handles, id_col: str | None, label_col: str | None):
     return ids, items, raw_labels
 
 
-def _parquet_labels(raw_labels: list, schema, label_col: str):
-    """(labels, class names): integer labels as given (names from the schema, if any), other values
-    as names numbered in sorted order; a missing label is -1."""
-    given = [x for x in raw_labels if x is not None]
-    if all(isinstance(x, (int, np.integer)) for x in given):
-        return [-1 if x is None else int(x) for x in raw_labels], _parquet_class_names(schema, label_col)
-    class_names = sorted({str(x) for x in given})
-    index = {c: i for i, c in enumerate(class_names)}
-    return [-1 if x is None else index[str(x)] for x in raw_labels], class_names
-
-
 def parquet_source(pattern: str, image_column: str | None = None, label_column: str | None = None) -> ImageSource:
     """Rows of parquet files (brace pattern or glob), listed row group by row group without reading
     the images. Ids: a `key`/`id` column when there is one, else FILE_STEM/ROW."""
@@ -548,7 +505,9 @@ def parquet_source(pattern: str, image_column: str | None = None, label_column: 
     ids, items, raw_labels = _parquet_rows(files, handles, id_col, label_col)
     if not ids:
         raise SourceError(f"{pattern} holds no rows")
-    labels, class_names = _parquet_labels(raw_labels, schema, label_col) if label_col else (None, None)
+    labels, class_names = _label_indices(raw_labels) if label_col else (None, None)
+    if label_col and class_names is None:
+        class_names = _parquet_class_names(schema, label_col)
     return _sorted_source(ids, items, [0] * len(ids), [ParquetReader(files, image_col)], labels,
                           class_names=class_names, kind="parquet",
                           description=f"{pattern} (parquet, {len(files)} file{'s' * (len(files) > 1)}, "
@@ -587,15 +546,11 @@ def dataset_source(name: str, root: str | os.PathLike, split: str | None = None)
     if split not in splits:
         raise SourceError(f"dataset {name} has splits {', '.join(splits)}, not {split!r}")
     root = Path(root)
-    if name == "imagenet1k":
-        split_dir = "val" if split == "test" else split
-        expected = root / split_dir
-    else:
-        expected = root / below
+    expected = root / below.format(split="val" if split == "test" else split)
     import torchvision.datasets as tvd
 
     try:
-        if name == "imagenet1k":
+        if cls_name == "ImageFolder":
             if not expected.is_dir():
                 raise RuntimeError("not found")
             ds = tvd.ImageFolder(str(expected))
@@ -604,42 +559,33 @@ def dataset_source(name: str, root: str | os.PathLike, split: str | None = None)
     except (RuntimeError, FileNotFoundError, OSError) as e:
         raise SourceError(f"no local copy of {name} (split {split}) at {expected} ({str(e).splitlines()[0]}); "
                           f"zs never downloads: place the dataset there or pass another --root") from None
-    labels = None
-    for attr in ("targets", "labels", "_labels", "y"):
-        if getattr(ds, attr, None) is not None:
-            labels = np.asarray(getattr(ds, attr), np.int64)
-            break
+    labels = _first_attr(ds, ("targets", "labels", "_labels", "y"))
     if labels is None:
         raise SourceError(f"cannot read the labels of torchvision's {cls_name} without decoding its images")
-    labels = labels + LABEL_OFFSET.get(name, 0)
+    labels = np.asarray(labels, np.int64) + LABEL_OFFSET.get(name, 0)
     if name not in builtin_vocabularies():
         raise SourceError(f"no built-in vocabulary {name!r} for the class names of dataset {name}")
     vocab = load_vocabulary(name)
     if len(labels) and labels.max() >= len(vocab.classnames):
         raise SourceError(f"dataset {name} at {expected} has class index {int(labels.max())}, but the "
                           f"{name} vocabulary names {len(vocab.classnames)} classes")
-    paths = _dataset_paths(ds)
+    samples = getattr(ds, "samples", None)
+    paths = [p for p, _ in samples] if samples is not None else _first_attr(ds, ("_image_files", "_images"))
     n = len(labels)
     if paths is not None and len(paths) == n:
-        base = Path(ds.root if name != "imagenet1k" else expected)
-        ids = [_rel(p, base) for p in paths]
+        ids = [_rel(p, Path(ds.root)) for p in paths]
         items, pool = [str(Path(p).absolute()) for p in paths], [FileReader("/")]  # a relative --root too
     else:
         width = len(str(max(n - 1, 0)))
         ids = [f"{split}/{i:0{width}d}" for i in range(n)]
         items, pool = list(range(n)), [DatasetReader(ds)]
     return _sorted_source(ids, items, [0] * n, pool, labels.astype(np.int32), class_names=vocab.classnames,
-                          kind="dataset", description=f"{name} {split} at {expected}", vocab_name=name,
-                          meta={"dataset": name, "split": split})
+                          kind="dataset", description=f"{name} {split} at {expected}", vocab_name=name)
 
 
-def _dataset_paths(ds) -> list | None:
-    if getattr(ds, "samples", None) is not None:
-        return [Path(p) for p, _ in ds.samples]
-    for attr in ("_image_files", "_images"):
-        if getattr(ds, attr, None) is not None:
-            return [Path(p) for p in getattr(ds, attr)]
-    return None
+def _first_attr(ds, names: Sequence[str]):
+    """The first of the attributes `names` that ds has and that is not None, or None."""
+    return next((getattr(ds, a) for a in names if getattr(ds, a, None) is not None), None)
 
 
 def _rel(p: Path, base: Path) -> str:
