@@ -435,14 +435,10 @@ def _parquet_class_names(schema, column: str) -> list[str] | None:
     """Class names of a Hugging Face ClassLabel column, from the file's `huggingface` metadata."""
     import json
 
-    meta = (schema.metadata or {}).get(b"huggingface")
-    if not meta:
-        return None
     try:
-        feat = json.loads(meta)["info"]["features"][column]
+        names = json.loads(schema.metadata[b"huggingface"])["info"]["features"][column]["names"]
     except (KeyError, TypeError, ValueError):
         return None
-    names = feat.get("names") if isinstance(feat, dict) else None
     return [str(n) for n in names] if names else None
 
 
