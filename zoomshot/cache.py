@@ -123,6 +123,10 @@ def _s(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def read_strings(ds) -> list[str]:
     """A string dataset as a list of str."""
     return [_s(x) for x in ds[()]]
@@ -352,7 +356,7 @@ class Cache:
             if name not in self.f:
                 raise CacheError(f"{self.path} lacks {name}")
         self.n = int(self.f["images/ids"].shape[0])
-        self._sources_ok: set[str] = set()  # encoder keys whose shard files all opened
+        self._sharded: dict[str, ShardedRows] = {}  # encoder key -> reader of its shard files
 
     # -- images ---------------------------------------------------------------------------
     def _read(self, name: str):
@@ -360,7 +364,7 @@ class Cache:
         try:
             return self.f[name][()]
         except (OSError, KeyError) as e:
-            raise CacheError(f"{self.path}: {name} does not read back ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            raise CacheError(f"{self.path}: {name} does not read back ({_first_line(e)}); "
                              f"the file is damaged: re-extract it or restore a copy") from None
 
     # Metadata is read once per open (a Cache is read-only): the properties below are cached.
@@ -437,14 +441,10 @@ class Cache:
         """Features of encoders/KEY for `rows` (all rows when None), in the order given."""
         self.encoder(key)
         ds = self.f[f"encoders/{key}/image"]
-        self._check_sources(ds, key)
         try:
-            if ds.is_virtual:
-                with ShardedRows(ds, self._source_path) as sharded:
-                    return self._read_rows(sharded, rows, dtype)
-            return self._read_rows(ds, rows, dtype)
+            return self._read_rows(self._shards(key) if ds.is_virtual else ds, rows, dtype)
         except (OSError, KeyError) as e:
-            raise CacheError(self._read_error(ds, key, e)) from None
+            raise CacheError(f"{self.path}: reading encoders/{key}/image failed: {_first_line(e)}") from None
 
     def _read_rows(self, ds, rows, dtype) -> np.ndarray:
         if rows is None:
@@ -476,43 +476,12 @@ class Cache:
             return shard_dir(self.path).joinpath(*p.parts[1:])
         return self.path.parent / p
 
-    def _check_sources(self, ds, key: str) -> None:
-        # HDF5 fills the rows of a missing or unopenable source file with the fill value, silently:
-        # check every shard file once, so such rows never pass for features.
-        if not ds.is_virtual or key in self._sources_ok:
-            return
-        missing, unreadable = [], []
-        vs_names = {vs.file_name: vs.dset_name for vs in ds.virtual_sources()}
-        for name in sorted(vs_names):
-            p = self._source_path(name)
-            if not p.exists():
-                missing.append(str(p))
-                continue
-            try:
-                with h5py.File(p, "r") as f:
-                    if vs_names.get(name) not in f:
-                        raise OSError("no dataset")
-            except OSError:
-                unreadable.append(str(p))
-        if missing:
-            raise CacheError(f"{self.path}: encoders/{key}/image is missing shard files: {', '.join(missing)}")
-        if unreadable:
-            raise CacheError(f"{self.path}: encoders/{key}/image has corrupt shard files (they do not open or lack their dataset; delete them and rerun zs extract): "
-                             f"{', '.join(unreadable)}")
-        self._sources_ok.add(key)
-
-    def _read_error(self, ds, key: str, err: OSError) -> str:
-        """Which file a failed read came from: a virtual dataset's read error does not say."""
-        if ds.is_virtual:
-            for vs in ds.virtual_sources():
-                p = self._source_path(vs.file_name)
-                try:
-                    with h5py.File(p, "r") as f:
-                        f[vs.dset_name][()]
-                except OSError as e:
-                    return (f"shard file {p} of {self.path} (encoders/{key}/image) is corrupt: "
-                            f"{str(e).splitlines()[0]} (checksum); delete it and rerun zs extract")
-        return f"{self.path}: reading encoders/{key}/image failed: {str(err).splitlines()[0]}"
+    def _shards(self, key: str) -> "ShardedRows":
+        """The shard reader of a virtual encoders/KEY/image, built (and its files checked) once per open."""
+        if key not in self._sharded:
+            name = f"encoders/{key}/image"
+            self._sharded[key] = ShardedRows(self.f[name], self._source_path, self.path, name)
+        return self._sharded[key]
 
     # -- text -----------------------------------------------------------------------------
     def vocabularies(self, key: str) -> list[str]:
@@ -579,7 +548,7 @@ class Cache:
             shard_note = ""
             if ds.is_virtual:
                 try:
-                    self._check_sources(ds, k)
+                    self._shards(k)
                     shard_note = ", virtual over shards"
                 except CacheError as err:
                     shard_note = f", INCOMPLETE: {err}"
@@ -593,6 +562,8 @@ class Cache:
         return "\n".join(lines)
 
     def close(self) -> None:
+        for sharded in self._sharded.values():
+            sharded.close()
         self.f.close()
 
     def __enter__(self):
@@ -605,42 +576,54 @@ class Cache:
 class ShardedRows:
     """Row-range reads of a virtual dataset straight from its shard files, found through `resolve`
     (not through the names HDF5 stored, which point at the shards of the name the cache had when
-    it was written). Rows no shard covers read as NaN, like the virtual dataset's fill value."""
+    it was written). Rows no shard covers read as NaN, like the virtual dataset's fill value.
 
-    def __init__(self, ds, resolve):
-        self.shape, self.dtype = ds.shape, ds.dtype
-        self.parts = []  # (first row, stop row, file, dataset name, first source row)
-        for vs in ds.virtual_sources():
+    Every shard file is opened up front: HDF5 fills the rows of a missing or unopenable source file
+    with the fill value, silently, so such rows could pass for features."""
+
+    def __init__(self, ds, resolve, entry: Path, name: str):
+        self.shape, self.dtype, self.entry, self.name = ds.shape, ds.dtype, entry, name
+        sources = [(vs, resolve(vs.file_name)) for vs in ds.virtual_sources()]
+        missing = sorted({str(p) for _, p in sources if not p.exists()})
+        if missing:
+            raise CacheError(f"{entry}: {name} is missing shard files: {', '.join(missing)}")
+        self.files: dict = {}
+        self.parts = []  # (first row, stop row, shard path, shard dataset, first source row)
+        unreadable = set()
+        for vs, path in sources:
             if vs.vspace.get_select_type() == h5py.h5s.SEL_ALL:
                 a, b = 0, ds.shape[0] - 1
             else:
                 (a, _), (b, _) = vs.vspace.get_select_bounds()
             src = vs.src_space
             sa = 0 if src.get_select_type() == h5py.h5s.SEL_ALL else src.get_select_bounds()[0][0]
-            self.parts.append((int(a), int(b) + 1, resolve(vs.file_name), vs.dset_name, int(sa)))
+            try:
+                if path not in self.files:
+                    self.files[path] = h5py.File(path, "r")
+                self.parts.append((int(a), int(b) + 1, path, self.files[path][vs.dset_name], int(sa)))
+            except (OSError, KeyError):
+                unreadable.add(str(path))
+        if unreadable:
+            self.close()
+            raise CacheError(f"{entry}: {name} has corrupt shard files (they do not open or lack their "
+                             f"dataset; delete them and rerun zs extract): {', '.join(sorted(unreadable))}")
         self.parts.sort(key=lambda x: x[0])
-        self.files: dict = {}
 
     def __getitem__(self, index):
-        if index == ():
-            lo, hi = 0, self.shape[0]
-        else:
-            lo, hi, _ = index.indices(self.shape[0])
+        lo, hi = (0, self.shape[0]) if index == () else index.indices(self.shape[0])[:2]
         out = np.full((max(0, hi - lo), self.shape[1]), np.nan, self.dtype)
-        for a, b, path, name, sa in self.parts:
+        for a, b, path, shard, sa in self.parts:
             x, y = max(a, lo), min(b, hi)
             if x >= y:
                 continue
-            f = self.files.get(path)
-            if f is None:
-                f = self.files[path] = h5py.File(path, "r")
-            out[x - lo:y - lo] = f[name][sa + x - a:sa + y - a]
+            try:
+                out[x - lo:y - lo] = shard[sa + x - a:sa + y - a]
+            except OSError as e:
+                raise CacheError(f"shard file {path} of {self.entry} ({self.name}) is corrupt: "
+                                 f"{_first_line(e)} (checksum); delete it and rerun zs extract") from None
         return out
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    def close(self) -> None:
         for f in self.files.values():
             f.close()
 
