@@ -103,10 +103,6 @@ class EncoderEntry:
         except KeyError as e:
             raise CacheError(f"{where or 'encoders/' + key} lacks attribute {e.args[0]!r}") from None
 
-    @classmethod
-    def from_group(cls, key: str, g: h5py.Group) -> "EncoderEntry":
-        return cls.from_record(key, g.attrs)
-
 
 @dataclass
 class TextVocab:
@@ -203,7 +199,7 @@ class CacheWriter:
             raise CacheError(f"family must be one of {FAMILIES}, got {entry.family!r}")
         grp = self.f.require_group("encoders")
         if entry.key in grp:
-            have = EncoderEntry.from_group(entry.key, grp[entry.key])
+            have = EncoderEntry.from_record(entry.key, grp[entry.key].attrs)
             name = have.mismatch(entry, IDENTITY)
             if name:
                 raise CacheError(f"{self.path}: encoders/{entry.key} has {name}={getattr(have, name)!r}, "
@@ -418,7 +414,7 @@ class Cache:
     @cached_property
     def encoders(self) -> dict[str, EncoderEntry]:
         g = self.f.get("encoders")
-        return {k: EncoderEntry.from_group(k, g[k]) for k in g} if g is not None else {}
+        return {k: EncoderEntry.from_record(k, g[k].attrs) for k in g} if g is not None else {}
 
     def encoder(self, key: str) -> EncoderEntry:
         encs = self.encoders

@@ -238,11 +238,8 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
                           f"use a folder of class subfolders, or a flat folder of images")
     pool = [FileReader(root)]
     if class_dirs:
-        ids, labels = [], []
-        for c, name in enumerate(class_dirs):
-            for p in listed[name]:
-                ids.append(p.relative_to(root).as_posix())
-                labels.append(c)
+        ids = [p.relative_to(root).as_posix() for name in class_dirs for p in listed[name]]
+        labels = [c for c, name in enumerate(class_dirs) for _ in listed[name]]
         return _sorted_source(ids, list(ids), [0] * len(ids), pool, labels, class_names=class_dirs,
                               kind="imagefolder", description=f"{root} (ImageFolder, {len(class_dirs)} classes)")
     if not top_images:
