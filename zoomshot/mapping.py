@@ -138,11 +138,6 @@ def check_mapping_out(out_dir: str | os.PathLike) -> Path:
         if any(out.iterdir()) and not (out / RUN_FILE).is_file():
             raise MappingError(f"--out {out} is a folder that holds no mapping; saving would replace it, "
                                f"so give a new or empty folder, or an earlier mapping folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise MappingError(f"--out {out}: {parent} is a file, not a folder")
-            break
     return out
 
 

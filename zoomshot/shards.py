@@ -36,9 +36,6 @@ class ShardPaths:
         """The lock file of a short critical section: "manifest" or "entry"."""
         return self.root / f".{what}.lock"
 
-    def encoder_dir(self, key: str) -> Path:
-        return self.root / key
-
     def encoder_record_path(self, key: str) -> Path:
         return self.root / key / "encoder.json"
 
@@ -55,7 +52,7 @@ class ShardPaths:
         return self.root / key / "text" / f"{vocab}.h5"
 
     def vocabularies(self, key: str) -> list[str]:
-        d = self.encoder_dir(key) / "text"
+        d = self.root / key / "text"
         return sorted(p.stem for p in d.glob("*.h5")) if d.is_dir() else []
 
     def relative_to_entry(self, p: Path) -> str:
@@ -65,11 +62,6 @@ class ShardPaths:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if self.encoder_record_path(p.name).exists())
-
-    def shard_counts(self, key: str) -> tuple[int, int]:
-        """(final, partial) shard files of encoder KEY."""
-        d = self.encoder_dir(key)
-        return len(list(d.glob("[0-9]*.h5"))), len(list(d.glob(f"[0-9]*.h5{PARTIAL}")))
 
     def any_rows_written(self) -> bool:
         """Whether any shard file (final or partial) exists: then a failed run leaves rows to resume."""
@@ -91,7 +83,8 @@ def shard_report(entry: str | os.PathLike, skip_complete: set[str] = frozenset()
         return [f"{paths.manifest_path} is unreadable"]
     out = []
     for key in paths.encoder_keys():
-        final, partial = paths.shard_counts(key)
+        final = len(list((paths.root / key).glob("[0-9]*.h5")))
+        partial = len(list((paths.root / key).glob(f"[0-9]*.h5{PARTIAL}")))
         if final == total and key in skip_complete:
             continue
         if final < total or partial:
