@@ -142,18 +142,15 @@ class CacheWriter:
     Opening an existing cache with an image list checks that the ids are the same, in order.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        ids: Sequence[str],
-        labels: Sequence[int] | None = None,
-        class_names: Sequence[str] | None = None,
-    ):
+    def __init__(self, path: str | os.PathLike, ids: Sequence[str], labels: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None):
         self.path = Path(path)
         exists = self.path.exists()
-        if not exists:
-            # check the image list before anything is written, so a refusal leaves no file behind
-            _check_new_images(ids, labels)
+        if not exists:  # check the image list before anything is written, so a refusal leaves no file
+            if len(set(ids)) != len(ids):
+                raise CacheError("image ids must be unique")
+            if labels is not None and np.shape(labels) != (len(ids),):
+                raise CacheError(f"labels has shape {np.shape(labels)}, expected ({len(ids)},)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.f = h5py.File(self.path, "a")
@@ -187,9 +184,8 @@ class CacheWriter:
         img.create_dataset("status", data=np.zeros(n, np.uint8), **checksummed(n))
         img.create_dataset("errors", data=np.array([""] * n, dtype=object), dtype=STR)
         if class_names is not None:
-            f.require_group("classes").create_dataset(
-                "names", data=np.array(list(class_names), dtype=object), dtype=STR
-            )
+            f.require_group("classes").create_dataset("names", data=np.array(list(class_names), dtype=object),
+                                                      dtype=STR)
         self.n = n
 
     # -- encoders -------------------------------------------------------------------------
@@ -206,15 +202,9 @@ class CacheWriter:
                                  f"this run has {getattr(entry, name)!r}; write to another --out")
             return
         g = grp.create_group(entry.key)
-        for k, v in entry.attrs().items():
-            g.attrs[k] = v
-        g.create_dataset(
-            "image",
-            shape=(self.n, entry.dim),
-            dtype=np.float16,
-            chunks=(chunk_rows(entry.dim, self.n), entry.dim) if self.n else None,
-            fletcher32=bool(self.n),
-        )
+        g.attrs.update(entry.attrs())
+        g.create_dataset("image", shape=(self.n, entry.dim), dtype=np.float16, fletcher32=bool(self.n),
+                         chunks=(chunk_rows(entry.dim, self.n), entry.dim) if self.n else None)
         g.create_dataset("done", data=np.zeros(self.n, bool), **checksummed(self.n))
 
     def done(self, key: str) -> np.ndarray:
@@ -315,14 +305,6 @@ def ids_digest_of(ds, ids: list[str]) -> str:
     """ids_sha256 of ids read (and so checked) from dataset ds: its stored checksum, else hashed."""
     stored = ds.attrs.get("sha256")
     return _s(stored) if stored is not None else ids_sha256(ids)
-
-
-def _check_new_images(ids, labels) -> None:
-    n = len(ids)
-    if len(set(ids)) != n:
-        raise CacheError("image ids must be unique")
-    if labels is not None and np.shape(labels) != (n,):
-        raise CacheError(f"labels has shape {np.shape(labels)}, expected ({n},)")
 
 
 def _check_version(f: h5py.File, path) -> None:
@@ -549,11 +531,9 @@ class Cache:
                 except CacheError as err:
                     shard_note = f", INCOMPLETE: {err}"
             vocabs = self.vocabularies(k)
-            lines.append(
-                f"encoder {k}: {e.spec} [{e.family}] dim {e.dim}, weights {e.weights}, "
-                f"{int(done.sum())}/{self.n} rows done{shard_note}"
-                + (f", vocabularies: {', '.join(vocabs)}" if vocabs else "")
-            )
+            lines.append(f"encoder {k}: {e.spec} [{e.family}] dim {e.dim}, weights {e.weights}, "
+                         f"{int(done.sum())}/{self.n} rows done{shard_note}"
+                         + (f", vocabularies: {', '.join(vocabs)}" if vocabs else ""))
         lines.extend(shard_report(self.path, skip_complete=set(self.encoders)))
         return "\n".join(lines)
 

@@ -1,14 +1,9 @@
-"""Image sources: where the images of an extraction come from, as sorted ids, labels and readers.
+"""Image sources: the images of an extraction as ids in sorted order, labels and readers.
 
-`open_source` recognises an ImageFolder tree (class subfolders give labels and class names), a
-flat folder (no labels), a text/CSV file list (`path[,label]`), WebDataset tar shards
-(`data/shard-{00000..00099}.tar`; a `cls` member gives the label), parquet files with image
-bytes (`data/*.parquet`, img2dataset's and Hugging Face datasets' layouts) and, through
-`--dataset`, a local copy of a torchvision dataset. Every source lists its images in a deterministic order
-(sorted ids) without decoding anything; `ImageSource.read(i)` returns the raw bytes of image i
-(or a PIL image for array-backed datasets) and `decode_rgb` turns that into a PIL RGB image,
-raising on truncated, empty or non-image data so the caller can record the row as unreadable.
-Readers are picklable and open files lazily, so DataLoader workers can use them.
+`open_source` recognises an ImageFolder tree, a flat folder, a `path[,label]` file list, WebDataset
+tar shards, parquet files (img2dataset's and Hugging Face datasets' layouts) and a local copy of a
+torchvision dataset (`--dataset`). Listing decodes nothing; `decode_rgb` decodes one image and raises
+on bad data, so the caller records the row as unreadable. Readers pickle without their open files.
 """
 from __future__ import annotations
 
@@ -113,13 +108,9 @@ class ImageSource:
 
     def subset(self, rows: Sequence[int]) -> "ImageSource":
         rows = [int(r) for r in rows]
-        return replace(
-            self,
-            ids=[self.ids[r] for r in rows],
-            items=[self.items[r] for r in rows],
-            readers=[self.readers[r] for r in rows],
-            labels=None if self.labels is None else self.labels[rows],
-        )
+        return replace(self, ids=[self.ids[r] for r in rows], items=[self.items[r] for r in rows],
+                       readers=[self.readers[r] for r in rows],
+                       labels=None if self.labels is None else self.labels[rows])
 
     def labels_or_unknown(self) -> np.ndarray:
         return np.full(len(self), -1, np.int32) if self.labels is None else self.labels
