@@ -89,12 +89,10 @@ class Mapping:
         is checked the same way when the cache holds it."""
         for role in ("source", "target"):
             want = self.run[role]
-            match = [e for e in encoders.values() if e.spec == want["spec"]]
-            if not match:
-                if role == "target":
-                    continue
+            entry = next((e for e in encoders.values() if e.spec == want["spec"]), None)
+            if entry is None and role == "source":
                 return f"cache has no encoder with spec {want['spec']!r} (the mapping's {role})"
-            why = role_mismatch(role, want, match[0])
+            why = entry and role_mismatch(role, want, entry)
             if why:
                 return why
         return None
@@ -158,10 +156,8 @@ def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     from zoomshot.fileutil import atomic_path, fsync_path, json_default
 
     out = check_mapping_out(out_dir)
-    tensors = {"W": mapping.W, "b": mapping.b, "mean": mapping.mean, "std": mapping.std}
-    if mapping.U is not None:
-        tensors.update(U=mapping.U, e=mapping.e)
-    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    names = ("W", "b", "mean", "std") + (("U", "e") if mapping.U is not None else ())
+    tensors = {k: np.ascontiguousarray(getattr(mapping, k), np.float32) for k in names}
 
     def run_text(sha: str) -> str:
         run = {"format": MAPPING_FORMAT, "format_version": MAPPING_VERSION, **mapping.run, "tensors_sha256": sha}
