@@ -137,10 +137,7 @@ def ensemble_classifier(emb: np.ndarray) -> np.ndarray:
 
 
 class CacheWriter:
-    """Create a cache or append encoders / rows / vocabularies to an existing one.
-
-    Opening an existing cache with an image list checks that the ids are the same, in order.
-    """
+    """Create a cache, or append encoders / rows / vocabularies to one that holds the same ids in order."""
 
     def __init__(self, path: str | os.PathLike, ids: Sequence[str], labels: Sequence[int] | None = None,
                  class_names: Sequence[str] | None = None):

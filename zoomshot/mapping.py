@@ -83,10 +83,8 @@ class Mapping:
         return w.astype(np.float32), b.astype(np.float32)
 
     def mismatch(self, encoders: dict) -> str | None:
-        """Why this mapping cannot be used with a cache's encoders (a dict key -> EncoderEntry), or None.
-
-        The source encoder must be in the cache with the same spec, dim and weights. The target
-        is checked the same way when the cache holds it."""
+        """Why this mapping cannot be used with a cache's encoders (key -> EncoderEntry), or None: the
+        source must be there with the same spec, dim and weights; the target too, if it is there."""
         for role in ("source", "target"):
             want = self.run[role]
             entry = next((e for e in encoders.values() if e.spec == want["spec"]), None)
@@ -148,9 +146,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
-    """Write a mapping folder so that a loadable mapping is there at every instant: a new folder
-    appears complete or not at all; in an existing mapping folder only mapping.safetensors and
-    run.json are replaced (see the module docstring), everything else in it stays."""
+    """Write a mapping folder: a new one appears complete or not at all; in an existing one only the
+    two files are replaced, by the journal the module docstring describes."""
     from safetensors.numpy import save_file
 
     from zoomshot.fileutil import atomic_path, fsync_path, json_default

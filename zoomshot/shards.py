@@ -69,11 +69,8 @@ class ShardPaths:
 
 
 def shard_report(entry: str | os.PathLike, skip_complete: set[str] = frozenset()) -> list[str]:
-    """Lines on unfinished extractions in NAME.shards/ beside an entry file.
-
-    An encoder folder counts its final shards against the manifest's shard count and its partial
-    ones; complete encoders in skip_complete are not reported.
-    """
+    """Lines on the encoders in NAME.shards/ beside an entry file with fewer final shards than the
+    manifest counts, or partial ones; complete encoders in skip_complete are not reported."""
     paths = ShardPaths(entry)
     if not paths.manifest_path.exists():
         return []

@@ -252,12 +252,8 @@ def _label_indices(raw_labels: list) -> tuple[list[int], list[str] | None]:
 
 # ------------------------------------------------------------------------------ file lists -----
 def list_source(list_file: str | os.PathLike) -> ImageSource:
-    """A .txt/.csv/.tsv file of `path[,label]` lines (tab-separated for .tsv); paths relative to the
-    list file's folder.
-
-    Labels are integers or class names (then class names are their sorted set). A first line
-    starting with `path` is a header. Blank lines and lines starting with `#` are skipped.
-    """
+    """A .txt/.csv/.tsv file of `path[,label]` lines, paths relative to its folder; labels are integers
+    or class names (numbered in sorted order). A first line starting with `path` is a header."""
     list_file = Path(list_file)
     paths, raw_labels = [], []
     with open(list_file, newline="") as fh:
@@ -321,10 +317,8 @@ def _expand_shards(pattern: str, what: str) -> list[str]:
 
 
 def webdataset_source(pattern: str) -> ImageSource:
-    """Samples of uncompressed WebDataset tar shards (brace pattern or glob); the sample key is the image id.
-
-    Samples are grouped by webdataset's key/extension convention; the standard library's tarfile
-    lists the members with their byte offsets, so any row can be read (and resumed) on its own."""
+    """Samples of uncompressed WebDataset tar shards (brace pattern or glob), keyed by webdataset's
+    convention; members are read by byte offset, so any row can be read (and resumed) on its own."""
     tars = _expand_shards(pattern, "WebDataset")
     samples: dict[str, dict] = {}
     for ti, tar in enumerate(tars):
@@ -611,10 +605,7 @@ def open_source(images: str | None = None, dataset: str | None = None, root: str
 
 
 def subset_fraction(source: ImageSource, fraction: float, seed: int = 0) -> ImageSource:
-    """A seeded random subset of about `fraction` of the rows, stratified by label when there are labels.
-
-    Each class keeps round(fraction × its size) rows, at least one; rows stay in id order.
-    """
+    """A seeded random subset in id order: each label keeps round(fraction × its rows), at least one."""
     if not 0 < fraction <= 1:
         raise SourceError(f"--fraction must be in (0, 1], got {fraction}")
     n = len(source)
