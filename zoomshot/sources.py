@@ -428,20 +428,15 @@ def _parquet_rows(files, handles, id_col: str | None, label_col: str | None):
     """(ids, items (file, row group, row), raw labels) of every row, reading only the id and label columns."""
     ids, items, raw_labels = [], [], []
     for fi, (f, h) in enumerate(zip(files, handles)):
-        width = len(str(max(h.metadata.num_rows - 1, 0)))
-        row = 0
-        for gi in range(h.num_row_groups):
-            cols = [c for c in (id_col, label_col) if c]
-            table = h.read_row_group(gi, columns=cols) if cols else None
-            n = h.metadata.row_group(gi).num_rows
-            if id_col:
-                ids.extend(str(x) for x in table.column(id_col).to_pylist())
-            else:
-                ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(row, row + n))
-            if label_col:
-                raw_labels.extend(table.column(label_col).to_pylist())
-            items.extend((fi, gi, r) for r in range(n))
-            row += n
+        sizes = [h.metadata.row_group(gi).num_rows for gi in range(h.num_row_groups)]
+        items.extend((fi, gi, r) for gi, n in enumerate(sizes) for r in range(n))
+        if id_col:
+            ids.extend(str(x) for x in h.read(columns=[id_col]).column(0).to_pylist())
+        else:
+            width = len(str(max(h.metadata.num_rows - 1, 0)))
+            ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(h.metadata.num_rows))
+        if label_col:
+            raw_labels.extend(h.read(columns=[label_col]).column(0).to_pylist())
     return ids, items, raw_labels
 
 
