@@ -230,7 +230,7 @@ class CacheWriter:
         if _s(g.attrs["family"]) != "clip":
             raise CacheError(f"encoders/{key} is not a CLIP encoder; it has no text tower")
         emb = np.asarray(emb, np.float32)
-        emb /= np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)
+        emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)  # not in place: emb is the caller's
         if emb.shape[:2] != (len(names), len(templates)) or emb.shape[2] != int(g.attrs["dim"]):
             raise CacheError(f"text embeddings of shape {emb.shape} do not fit {len(names)} names × "
                              f"{len(templates)} templates × dim {int(g.attrs['dim'])}")
@@ -242,9 +242,6 @@ class CacheWriter:
         v.create_dataset("templates", data=np.array(list(templates), dtype=object), dtype=STR)
         v.create_dataset("emb", data=emb.astype(np.float16))
         v.create_dataset("classifier", data=ensemble_classifier(emb))
-
-    def flush(self) -> None:
-        self.f.flush()
 
     def close(self) -> None:
         if self.f:
