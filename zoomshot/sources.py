@@ -48,20 +48,17 @@ class TarReader:
 
     def __init__(self, tars: Sequence[str]):
         self.tars = [str(t) for t in tars]
-        self._pid = None
+        self._files: dict = {}
 
     def __getstate__(self):  # open files stay behind
-        return {"tars": self.tars, "_pid": None}
+        return {"tars": self.tars, "_files": {}}
 
     def read(self, item) -> bytes:
         tar_index, offset, size = item
-        if self._pid != os.getpid():  # a forked worker must not share its parent's file offsets
-            self._handles, self._pid = {}, os.getpid()
-        fh = self._handles.get(tar_index)
-        if fh is None:
-            fh = self._handles[tar_index] = open(self.tars[tar_index], "rb")
-        fh.seek(offset)
-        data = fh.read(size)
+        if tar_index not in self._files:
+            self._files[tar_index] = open(self.tars[tar_index], "rb")
+        # pread shares no file offset, so a forked worker can use its parent's open files
+        data = os.pread(self._files[tar_index].fileno(), size, offset)
         if len(data) != size:
             raise OSError(f"{self.tars[tar_index]} ends inside a member")
         return data
