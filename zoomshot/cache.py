@@ -329,15 +329,19 @@ class Cache:
                 raise CacheError(f"{self.path} lacks {name}")
         self.n = int(self.f["images/ids"].shape[0])
         self._sharded: dict[str, ShardedRows] = {}  # encoder key -> reader of its shard files
+        self._arrays: dict[str, np.ndarray] = {}  # dataset name -> its content, as read
 
     # -- images ---------------------------------------------------------------------------
-    def _read(self, name: str):
-        """A whole dataset; a failed checksum or an unreadable block is a one-line CacheError."""
-        try:
-            return self.f[name][()]
-        except (OSError, KeyError) as e:
-            raise CacheError(f"{self.path}: {name} does not read back ({_first_line(e)}); "
-                             f"the file is damaged: re-extract it or restore a copy") from None
+    def _read(self, name: str) -> np.ndarray:
+        """A whole dataset, read once per open (callers copy it); a failed checksum or an unreadable
+        block is a one-line CacheError."""
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self.f[name][()]
+            except (OSError, KeyError) as e:
+                raise CacheError(f"{self.path}: {name} does not read back ({_first_line(e)}); "
+                                 f"the file is damaged: re-extract it or restore a copy") from None
+        return self._arrays[name]
 
     # Metadata is read once per open (a Cache is read-only): the properties below are cached.
     @cached_property
@@ -353,21 +357,13 @@ class Cache:
         (older files have none: hashed here)."""
         return ids_digest_of(self.f["images/ids"], self.ids)
 
-    @cached_property
-    def _labels(self) -> np.ndarray:
+    @property
+    def labels(self) -> np.ndarray:
         return self._read("images/labels").astype(np.int64)
 
     @property
-    def labels(self) -> np.ndarray:
-        return self._labels.copy()
-
-    @cached_property
-    def _status(self) -> np.ndarray:
-        return self._read("images/status")
-
-    @property
     def status(self) -> np.ndarray:
-        return self._status.copy()
+        return self._read("images/status").copy()
 
     @cached_property
     def created(self) -> str:
