@@ -121,9 +121,8 @@ class ImageSource:
 def decode_rgb(data, min_side: int | None = None):
     """Decode raw bytes (or pass a PIL image) fully into an RGB PIL image; raise on bad data.
 
-    min_side: the caller resizes the image so that its short side is at most this; a JPEG may then
-    be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's draft mode) as long as both
-    sides stay >= min_side, which makes large photos several times cheaper to decode and resize."""
+    min_side: the short side the caller resizes to; a JPEG at least twice that is decoded at 1/2,
+    1/4 or 1/8 scale (PIL's draft mode) keeping both sides >= min_side: several times cheaper."""
     from PIL import Image
 
     if isinstance(data, Image.Image):
@@ -506,7 +505,7 @@ LABEL_OFFSET = {"caltech101": 1}
 
 def dataset_source(name: str, root: str | os.PathLike, split: str | None = None) -> ImageSource:
     """A local copy of a torchvision dataset (never downloaded); class names from the built-in vocabulary."""
-    from zoomshot.vocab import builtin_vocabularies, load_vocabulary
+    from zoomshot.vocab import load_vocabulary
 
     if name not in DATASETS:
         raise SourceError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose from: {', '.join(DATASETS)}")
@@ -533,8 +532,6 @@ def dataset_source(name: str, root: str | os.PathLike, split: str | None = None)
     if labels is None:
         raise SourceError(f"cannot read the labels of torchvision's {cls_name} without decoding its images")
     labels = np.asarray(labels, np.int64) + LABEL_OFFSET.get(name, 0)
-    if name not in builtin_vocabularies():
-        raise SourceError(f"no built-in vocabulary {name!r} for the class names of dataset {name}")
     vocab = load_vocabulary(name)
     if len(labels) and labels.max() >= len(vocab.classnames):
         raise SourceError(f"dataset {name} at {expected} has class index {int(labels.max())}, but the "
