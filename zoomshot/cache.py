@@ -474,13 +474,8 @@ class Cache:
 
     # -- summary --------------------------------------------------------------------------
     def fingerprint(self) -> dict:
-        return {
-            "path": str(self.path),
-            "format_version": FORMAT_VERSION,
-            "rows": self.n,
-            "encoders": {k: {"spec": e.spec, "dim": e.dim, "weights": e.weights}
-                         for k, e in self.encoders.items()},
-        }
+        encs = {k: {"spec": e.spec, "dim": e.dim, "weights": e.weights} for k, e in self.encoders.items()}
+        return {"path": str(self.path), "format_version": FORMAT_VERSION, "rows": self.n, "encoders": encs}
 
     def content_fingerprint(self) -> str:
         """sha256 naming what this cache holds (when written, ids, labels, status, each encoder's

@@ -1,8 +1,6 @@
-"""The shard layout: the one home of the names an extraction gives its files (cache/README.md).
-
-The folder's tree is drawn in cache/README.md ('The shard folder').
-The cache reads through these names (a virtual dataset's shards, unfinished extractions) and
-`zoomshot.extract.layout` writes through them; nothing else spells a shard file name.
+"""The shard layout: the one home of the names an extraction gives its files (drawn in cache/README.md,
+'The shard folder'). The cache reads through these names (a virtual dataset's shards, unfinished
+extractions) and `zoomshot.extract.layout` writes through them; nothing else spells a shard file name.
 """
 from __future__ import annotations
 
