@@ -204,9 +204,6 @@ class CacheWriter:
                          chunks=(chunk_rows(entry.dim, self.n), entry.dim) if self.n else None)
         g.create_dataset("done", data=np.zeros(self.n, bool), **checksummed(self.n))
 
-    def done(self, key: str) -> np.ndarray:
-        return self.f[f"encoders/{key}/done"][()]
-
     def write_rows(self, key: str, start: int, feats: np.ndarray) -> None:
         """Write feats into rows [start, start+len) of encoders/KEY/image and mark them done."""
         g = self.f[f"encoders/{key}"]
