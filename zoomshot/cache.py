@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from zoomshot.version import __version__
-from zoomshot.errors import ZsError
+from zoomshot.errors import ZsError, first_line
 from zoomshot.shards import shard_dir, shard_report
 
 FORMAT = "zs-cache"
@@ -117,10 +117,6 @@ class TextVocab:
 
 def _s(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def read_strings(ds) -> list[str]:
@@ -336,7 +332,7 @@ class Cache:
             try:
                 self._arrays[name] = self.f[name][()]
             except (OSError, KeyError) as e:
-                raise CacheError(f"{self.path}: {name} does not read back ({_first_line(e)}); "
+                raise CacheError(f"{self.path}: {name} does not read back ({first_line(e)}); "
                                  f"the file is damaged: re-extract it or restore a copy") from None
         return self._arrays[name]
 
@@ -409,7 +405,7 @@ class Cache:
         try:
             return self._read_rows(self._shards(key) if ds.is_virtual else ds, rows, dtype)
         except (OSError, KeyError) as e:
-            raise CacheError(f"{self.path}: reading encoders/{key}/image failed: {_first_line(e)}") from None
+            raise CacheError(f"{self.path}: reading encoders/{key}/image failed: {first_line(e)}") from None
 
     def _read_rows(self, ds, rows, dtype) -> np.ndarray:
         if rows is None:
@@ -578,7 +574,7 @@ class ShardedRows:
                 out[x - lo:y - lo] = shard[sa + x - a:sa + y - a]
             except OSError as e:
                 raise CacheError(f"shard file {path} of {self.entry} ({self.name}) is corrupt: "
-                                 f"{_first_line(e)} (checksum); delete it and rerun zs extract") from None
+                                 f"{first_line(e)} (checksum); delete it and rerun zs extract") from None
         return out
 
     def close(self) -> None:

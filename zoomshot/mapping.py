@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoomshot.errors import ZsError
+from zoomshot.errors import ZsError, first_line
 
 MAPPING_FORMAT = "zs-mapping"
 MAPPING_VERSION = 1
@@ -216,7 +216,7 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
     try:
         t = load_file(str(tensors))
     except Exception as e:  # safetensors raises its own error types for a cut or garbled file
-        raise MappingError(f"{tensors} does not read as safetensors ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+        raise MappingError(f"{tensors} does not read as safetensors ({first_line(e)}); "
                            f"fit again with --out {p}") from None
     missing = {"W", "b", "mean", "std"} - set(t)
     if missing:

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zoomshot.errors import ZsError, did_you_mean
+from zoomshot.errors import ZsError, did_you_mean, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 # Members of a WebDataset sample that hold the image / the class index, by extension.
@@ -449,7 +449,7 @@ def parquet_source(pattern: str, image_column: str | None = None, label_column: 
         try:
             handles.append(pq.ParquetFile(f))
         except Exception as e:  # pyarrow raises ArrowInvalid and others on a non-parquet file
-            raise SourceError(f"{f} is not a parquet file ({str(e).splitlines()[0][:200]})") from None
+            raise SourceError(f"{f} is not a parquet file ({first_line(e)[:200]})") from None
     schema = handles[0].schema_arrow
     names = list(schema.names)
 
@@ -526,7 +526,7 @@ def dataset_source(name: str, root: str | os.PathLike, split: str | None = None)
         else:
             ds = getattr(tvd, cls_name)(root=str(root), download=False, **splits[split])
     except (RuntimeError, FileNotFoundError, OSError) as e:
-        raise SourceError(f"no local copy of {name} (split {split}) at {expected} ({str(e).splitlines()[0]}); "
+        raise SourceError(f"no local copy of {name} (split {split}) at {expected} ({first_line(e)}); "
                           f"zs never downloads: place the dataset there or pass another --root") from None
     labels = _first_attr(ds, ("targets", "labels", "_labels", "y"))
     if labels is None:
