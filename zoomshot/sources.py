@@ -24,7 +24,7 @@ from zoomshot.errors import ZsError, did_you_mean, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 # Members of a WebDataset sample that hold the image / the class index, by extension.
-TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "pgm", "tif", "tiff", "gif", "img")
+TAR_IMAGE_EXTS = tuple(e[1:] for e in IMAGE_EXTENSIONS) + ("img",)
 TAR_LABEL_EXTS = ("cls", "cls.txt", "label", "class")
 
 
