@@ -223,7 +223,7 @@ class CacheWriter:
         if _s(g.attrs["family"]) != "clip":
             raise CacheError(f"encoders/{key} is not a CLIP encoder; it has no text tower")
         emb = np.asarray(emb, np.float32)
-        emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)  # not in place: emb is the caller's
+        emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)  # a copy, not the caller's
         if emb.shape[:2] != (len(names), len(templates)) or emb.shape[2] != int(g.attrs["dim"]):
             raise CacheError(f"text embeddings of shape {emb.shape} do not fit {len(names)} names × "
                              f"{len(templates)} templates × dim {int(g.attrs['dim'])}")
