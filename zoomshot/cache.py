@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from zoomshot.version import __version__
-from zoomshot.errors import ZsError
+from zoomshot.errors import ZsError, first_line
 from zoomshot.shards import shard_dir, shard_report
 
 FORMAT = "zs-cache"
@@ -103,10 +103,6 @@ class EncoderEntry:
         except KeyError as e:
             raise CacheError(f"{where or 'encoders/' + key} lacks attribute {e.args[0]!r}") from None
 
-    @classmethod
-    def from_group(cls, key: str, g: h5py.Group) -> "EncoderEntry":
-        return cls.from_record(key, g.attrs)
-
 
 @dataclass
 class TextVocab:
@@ -137,23 +133,17 @@ def ensemble_classifier(emb: np.ndarray) -> np.ndarray:
 
 
 class CacheWriter:
-    """Create a cache or append encoders / rows / vocabularies to an existing one.
+    """Create a cache, or append encoders / rows / vocabularies to one that holds the same ids in order."""
 
-    Opening an existing cache with an image list checks that the ids are the same, in order.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        ids: Sequence[str],
-        labels: Sequence[int] | None = None,
-        class_names: Sequence[str] | None = None,
-    ):
+    def __init__(self, path: str | os.PathLike, ids: Sequence[str], labels: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None):
         self.path = Path(path)
         exists = self.path.exists()
-        if not exists:
-            # check the image list before anything is written, so a refusal leaves no file behind
-            _check_new_images(ids, labels)
+        if not exists:  # check the image list before anything is written, so a refusal leaves no file
+            if len(set(ids)) != len(ids):
+                raise CacheError("image ids must be unique")
+            if labels is not None and np.shape(labels) != (len(ids),):
+                raise CacheError(f"labels has shape {np.shape(labels)}, expected ({len(ids)},)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.f = h5py.File(self.path, "a")
@@ -187,9 +177,8 @@ class CacheWriter:
         img.create_dataset("status", data=np.zeros(n, np.uint8), **checksummed(n))
         img.create_dataset("errors", data=np.array([""] * n, dtype=object), dtype=STR)
         if class_names is not None:
-            f.require_group("classes").create_dataset(
-                "names", data=np.array(list(class_names), dtype=object), dtype=STR
-            )
+            f.require_group("classes").create_dataset("names", data=np.array(list(class_names), dtype=object),
+                                                      dtype=STR)
         self.n = n
 
     # -- encoders -------------------------------------------------------------------------
@@ -199,26 +188,17 @@ class CacheWriter:
             raise CacheError(f"family must be one of {FAMILIES}, got {entry.family!r}")
         grp = self.f.require_group("encoders")
         if entry.key in grp:
-            have = EncoderEntry.from_group(entry.key, grp[entry.key])
+            have = EncoderEntry.from_record(entry.key, grp[entry.key].attrs)
             name = have.mismatch(entry, IDENTITY)
             if name:
                 raise CacheError(f"{self.path}: encoders/{entry.key} has {name}={getattr(have, name)!r}, "
                                  f"this run has {getattr(entry, name)!r}; write to another --out")
             return
         g = grp.create_group(entry.key)
-        for k, v in entry.attrs().items():
-            g.attrs[k] = v
-        g.create_dataset(
-            "image",
-            shape=(self.n, entry.dim),
-            dtype=np.float16,
-            chunks=(chunk_rows(entry.dim, self.n), entry.dim) if self.n else None,
-            fletcher32=bool(self.n),
-        )
+        g.attrs.update(entry.attrs())
+        g.create_dataset("image", shape=(self.n, entry.dim), dtype=np.float16, fletcher32=bool(self.n),
+                         chunks=(chunk_rows(entry.dim, self.n), entry.dim) if self.n else None)
         g.create_dataset("done", data=np.zeros(self.n, bool), **checksummed(self.n))
-
-    def done(self, key: str) -> np.ndarray:
-        return self.f[f"encoders/{key}/done"][()]
 
     def write_rows(self, key: str, start: int, feats: np.ndarray) -> None:
         """Write feats into rows [start, start+len) of encoders/KEY/image and mark them done."""
@@ -243,7 +223,7 @@ class CacheWriter:
         if _s(g.attrs["family"]) != "clip":
             raise CacheError(f"encoders/{key} is not a CLIP encoder; it has no text tower")
         emb = np.asarray(emb, np.float32)
-        emb /= np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)
+        emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)  # a copy, not the caller's
         if emb.shape[:2] != (len(names), len(templates)) or emb.shape[2] != int(g.attrs["dim"]):
             raise CacheError(f"text embeddings of shape {emb.shape} do not fit {len(names)} names × "
                              f"{len(templates)} templates × dim {int(g.attrs['dim'])}")
@@ -255,9 +235,6 @@ class CacheWriter:
         v.create_dataset("templates", data=np.array(list(templates), dtype=object), dtype=STR)
         v.create_dataset("emb", data=emb.astype(np.float16))
         v.create_dataset("classifier", data=ensemble_classifier(emb))
-
-    def flush(self) -> None:
-        self.f.flush()
 
     def close(self) -> None:
         if self.f:
@@ -317,14 +294,6 @@ def ids_digest_of(ds, ids: list[str]) -> str:
     return _s(stored) if stored is not None else ids_sha256(ids)
 
 
-def _check_new_images(ids, labels) -> None:
-    n = len(ids)
-    if len(set(ids)) != n:
-        raise CacheError("image ids must be unique")
-    if labels is not None and np.shape(labels) != (n,):
-        raise CacheError(f"labels has shape {np.shape(labels)}, expected ({n},)")
-
-
 def _check_version(f: h5py.File, path) -> None:
     fmt = _s(f.attrs.get("format", ""))
     if fmt != FORMAT:
@@ -352,16 +321,20 @@ class Cache:
             if name not in self.f:
                 raise CacheError(f"{self.path} lacks {name}")
         self.n = int(self.f["images/ids"].shape[0])
-        self._sources_ok: set[str] = set()  # encoder keys whose shard files all opened
+        self._sharded: dict[str, ShardedRows] = {}  # encoder key -> reader of its shard files
+        self._arrays: dict[str, np.ndarray] = {}  # dataset name -> its content, as read
 
     # -- images ---------------------------------------------------------------------------
-    def _read(self, name: str):
-        """A whole dataset; a failed checksum or an unreadable block is a one-line CacheError."""
-        try:
-            return self.f[name][()]
-        except (OSError, KeyError) as e:
-            raise CacheError(f"{self.path}: {name} does not read back ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                             f"the file is damaged: re-extract it or restore a copy") from None
+    def _read(self, name: str) -> np.ndarray:
+        """A whole dataset, read once per open (callers copy it); a failed checksum or an unreadable
+        block is a one-line CacheError."""
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self.f[name][()]
+            except (OSError, KeyError) as e:
+                raise CacheError(f"{self.path}: {name} does not read back ({first_line(e)}); "
+                                 f"the file is damaged: re-extract it or restore a copy") from None
+        return self._arrays[name]
 
     # Metadata is read once per open (a Cache is read-only): the properties below are cached.
     @cached_property
@@ -377,21 +350,13 @@ class Cache:
         (older files have none: hashed here)."""
         return ids_digest_of(self.f["images/ids"], self.ids)
 
-    @cached_property
-    def _labels(self) -> np.ndarray:
+    @property
+    def labels(self) -> np.ndarray:
         return self._read("images/labels").astype(np.int64)
 
     @property
-    def labels(self) -> np.ndarray:
-        return self._labels.copy()
-
-    @cached_property
-    def _status(self) -> np.ndarray:
-        return self._read("images/status")
-
-    @property
     def status(self) -> np.ndarray:
-        return self._status.copy()
+        return self._read("images/status").copy()
 
     @cached_property
     def created(self) -> str:
@@ -414,7 +379,7 @@ class Cache:
     @cached_property
     def encoders(self) -> dict[str, EncoderEntry]:
         g = self.f.get("encoders")
-        return {k: EncoderEntry.from_group(k, g[k]) for k in g} if g is not None else {}
+        return {k: EncoderEntry.from_record(k, g[k].attrs) for k in g} if g is not None else {}
 
     def encoder(self, key: str) -> EncoderEntry:
         encs = self.encoders
@@ -437,14 +402,10 @@ class Cache:
         """Features of encoders/KEY for `rows` (all rows when None), in the order given."""
         self.encoder(key)
         ds = self.f[f"encoders/{key}/image"]
-        self._check_sources(ds, key)
         try:
-            if ds.is_virtual:
-                with ShardedRows(ds, self._source_path) as sharded:
-                    return self._read_rows(sharded, rows, dtype)
-            return self._read_rows(ds, rows, dtype)
+            return self._read_rows(self._shards(key) if ds.is_virtual else ds, rows, dtype)
         except (OSError, KeyError) as e:
-            raise CacheError(self._read_error(ds, key, e)) from None
+            raise CacheError(f"{self.path}: reading encoders/{key}/image failed: {first_line(e)}") from None
 
     def _read_rows(self, ds, rows, dtype) -> np.ndarray:
         if rows is None:
@@ -476,43 +437,12 @@ class Cache:
             return shard_dir(self.path).joinpath(*p.parts[1:])
         return self.path.parent / p
 
-    def _check_sources(self, ds, key: str) -> None:
-        # HDF5 fills the rows of a missing or unopenable source file with the fill value, silently:
-        # check every shard file once, so such rows never pass for features.
-        if not ds.is_virtual or key in self._sources_ok:
-            return
-        missing, unreadable = [], []
-        vs_names = {vs.file_name: vs.dset_name for vs in ds.virtual_sources()}
-        for name in sorted(vs_names):
-            p = self._source_path(name)
-            if not p.exists():
-                missing.append(str(p))
-                continue
-            try:
-                with h5py.File(p, "r") as f:
-                    if vs_names.get(name) not in f:
-                        raise OSError("no dataset")
-            except OSError:
-                unreadable.append(str(p))
-        if missing:
-            raise CacheError(f"{self.path}: encoders/{key}/image is missing shard files: {', '.join(missing)}")
-        if unreadable:
-            raise CacheError(f"{self.path}: encoders/{key}/image has corrupt shard files (they do not open or lack their dataset; delete them and rerun zs extract): "
-                             f"{', '.join(unreadable)}")
-        self._sources_ok.add(key)
-
-    def _read_error(self, ds, key: str, err: OSError) -> str:
-        """Which file a failed read came from: a virtual dataset's read error does not say."""
-        if ds.is_virtual:
-            for vs in ds.virtual_sources():
-                p = self._source_path(vs.file_name)
-                try:
-                    with h5py.File(p, "r") as f:
-                        f[vs.dset_name][()]
-                except OSError as e:
-                    return (f"shard file {p} of {self.path} (encoders/{key}/image) is corrupt: "
-                            f"{str(e).splitlines()[0]} (checksum); delete it and rerun zs extract")
-        return f"{self.path}: reading encoders/{key}/image failed: {str(err).splitlines()[0]}"
+    def _shards(self, key: str) -> "ShardedRows":
+        """The shard reader of a virtual encoders/KEY/image, built (and its files checked) once per open."""
+        if key not in self._sharded:
+            name = f"encoders/{key}/image"
+            self._sharded[key] = ShardedRows(self.f[name], self._source_path, self.path, name)
+        return self._sharded[key]
 
     # -- text -----------------------------------------------------------------------------
     def vocabularies(self, key: str) -> list[str]:
@@ -537,13 +467,8 @@ class Cache:
 
     # -- summary --------------------------------------------------------------------------
     def fingerprint(self) -> dict:
-        return {
-            "path": str(self.path),
-            "format_version": FORMAT_VERSION,
-            "rows": self.n,
-            "encoders": {k: {"spec": e.spec, "dim": e.dim, "weights": e.weights}
-                         for k, e in self.encoders.items()},
-        }
+        encs = {k: {"spec": e.spec, "dim": e.dim, "weights": e.weights} for k, e in self.encoders.items()}
+        return {"path": str(self.path), "format_version": FORMAT_VERSION, "rows": self.n, "encoders": encs}
 
     def content_fingerprint(self) -> str:
         """sha256 naming what this cache holds (when written, ids, labels, status, each encoder's
@@ -579,20 +504,20 @@ class Cache:
             shard_note = ""
             if ds.is_virtual:
                 try:
-                    self._check_sources(ds, k)
+                    self._shards(k)
                     shard_note = ", virtual over shards"
                 except CacheError as err:
                     shard_note = f", INCOMPLETE: {err}"
             vocabs = self.vocabularies(k)
-            lines.append(
-                f"encoder {k}: {e.spec} [{e.family}] dim {e.dim}, weights {e.weights}, "
-                f"{int(done.sum())}/{self.n} rows done{shard_note}"
-                + (f", vocabularies: {', '.join(vocabs)}" if vocabs else "")
-            )
+            lines.append(f"encoder {k}: {e.spec} [{e.family}] dim {e.dim}, weights {e.weights}, "
+                         f"{int(done.sum())}/{self.n} rows done{shard_note}"
+                         + (f", vocabularies: {', '.join(vocabs)}" if vocabs else ""))
         lines.extend(shard_report(self.path, skip_complete=set(self.encoders)))
         return "\n".join(lines)
 
     def close(self) -> None:
+        for sharded in self._sharded.values():
+            sharded.close()
         self.f.close()
 
     def __enter__(self):
@@ -605,42 +530,54 @@ class Cache:
 class ShardedRows:
     """Row-range reads of a virtual dataset straight from its shard files, found through `resolve`
     (not through the names HDF5 stored, which point at the shards of the name the cache had when
-    it was written). Rows no shard covers read as NaN, like the virtual dataset's fill value."""
+    it was written). Rows no shard covers read as NaN, like the virtual dataset's fill value.
 
-    def __init__(self, ds, resolve):
-        self.shape, self.dtype = ds.shape, ds.dtype
-        self.parts = []  # (first row, stop row, file, dataset name, first source row)
-        for vs in ds.virtual_sources():
+    Every shard file is opened up front: HDF5 fills the rows of a missing or unopenable source file
+    with the fill value, silently, so such rows could pass for features."""
+
+    def __init__(self, ds, resolve, entry: Path, name: str):
+        self.shape, self.dtype, self.entry, self.name = ds.shape, ds.dtype, entry, name
+        sources = [(vs, resolve(vs.file_name)) for vs in ds.virtual_sources()]
+        missing = sorted({str(p) for _, p in sources if not p.exists()})
+        if missing:
+            raise CacheError(f"{entry}: {name} is missing shard files: {', '.join(missing)}")
+        self.files: dict = {}
+        self.parts = []  # (first row, stop row, shard path, shard dataset, first source row)
+        unreadable = set()
+        for vs, path in sources:
             if vs.vspace.get_select_type() == h5py.h5s.SEL_ALL:
                 a, b = 0, ds.shape[0] - 1
             else:
                 (a, _), (b, _) = vs.vspace.get_select_bounds()
             src = vs.src_space
             sa = 0 if src.get_select_type() == h5py.h5s.SEL_ALL else src.get_select_bounds()[0][0]
-            self.parts.append((int(a), int(b) + 1, resolve(vs.file_name), vs.dset_name, int(sa)))
+            try:
+                if path not in self.files:
+                    self.files[path] = h5py.File(path, "r")
+                self.parts.append((int(a), int(b) + 1, path, self.files[path][vs.dset_name], int(sa)))
+            except (OSError, KeyError):
+                unreadable.add(str(path))
+        if unreadable:
+            self.close()
+            raise CacheError(f"{entry}: {name} has corrupt shard files (they do not open or lack their "
+                             f"dataset; delete them and rerun zs extract): {', '.join(sorted(unreadable))}")
         self.parts.sort(key=lambda x: x[0])
-        self.files: dict = {}
 
     def __getitem__(self, index):
-        if index == ():
-            lo, hi = 0, self.shape[0]
-        else:
-            lo, hi, _ = index.indices(self.shape[0])
+        lo, hi = (0, self.shape[0]) if index == () else index.indices(self.shape[0])[:2]
         out = np.full((max(0, hi - lo), self.shape[1]), np.nan, self.dtype)
-        for a, b, path, name, sa in self.parts:
+        for a, b, path, shard, sa in self.parts:
             x, y = max(a, lo), min(b, hi)
             if x >= y:
                 continue
-            f = self.files.get(path)
-            if f is None:
-                f = self.files[path] = h5py.File(path, "r")
-            out[x - lo:y - lo] = f[name][sa + x - a:sa + y - a]
+            try:
+                out[x - lo:y - lo] = shard[sa + x - a:sa + y - a]
+            except OSError as e:
+                raise CacheError(f"shard file {path} of {self.entry} ({self.name}) is corrupt: "
+                                 f"{first_line(e)} (checksum); delete it and rerun zs extract") from None
         return out
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    def close(self) -> None:
         for f in self.files.values():
             f.close()
 

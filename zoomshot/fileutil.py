@@ -75,12 +75,8 @@ def json_default(x):
     """`json.dumps(default=...)` for the numpy scalars, arrays and paths that records and run files hold."""
     import numpy as np
 
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
+    if isinstance(x, (np.integer, np.floating, np.ndarray)):
+        return x.tolist()  # a numpy scalar's tolist() is its Python int or float
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoomshot.errors import ZsError
+from zoomshot.errors import ZsError, first_line
 
 MAPPING_FORMAT = "zs-mapping"
 MAPPING_VERSION = 1
@@ -83,18 +83,14 @@ class Mapping:
         return w.astype(np.float32), b.astype(np.float32)
 
     def mismatch(self, encoders: dict) -> str | None:
-        """Why this mapping cannot be used with a cache's encoders (a dict key -> EncoderEntry), or None.
-
-        The source encoder must be in the cache with the same spec, dim and weights. The target
-        is checked the same way when the cache holds it."""
+        """Why this mapping cannot be used with a cache's encoders (key -> EncoderEntry), or None: the
+        source must be there with the same spec, dim and weights; the target too, if it is there."""
         for role in ("source", "target"):
             want = self.run[role]
-            match = [e for e in encoders.values() if e.spec == want["spec"]]
-            if not match:
-                if role == "target":
-                    continue
+            entry = next((e for e in encoders.values() if e.spec == want["spec"]), None)
+            if entry is None and role == "source":
                 return f"cache has no encoder with spec {want['spec']!r} (the mapping's {role})"
-            why = role_mismatch(role, want, match[0])
+            why = entry and role_mismatch(role, want, entry)
             if why:
                 return why
         return None
@@ -138,11 +134,6 @@ def check_mapping_out(out_dir: str | os.PathLike) -> Path:
         if any(out.iterdir()) and not (out / RUN_FILE).is_file():
             raise MappingError(f"--out {out} is a folder that holds no mapping; saving would replace it, "
                                f"so give a new or empty folder, or an earlier mapping folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise MappingError(f"--out {out}: {parent} is a file, not a folder")
-            break
     return out
 
 
@@ -155,18 +146,15 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
-    """Write a mapping folder so that a loadable mapping is there at every instant: a new folder
-    appears complete or not at all; in an existing mapping folder only mapping.safetensors and
-    run.json are replaced (see the module docstring), everything else in it stays."""
+    """Write a mapping folder: a new one appears complete or not at all; in an existing one only the
+    two files are replaced, by the journal the module docstring describes."""
     from safetensors.numpy import save_file
 
     from zoomshot.fileutil import atomic_path, fsync_path, json_default
 
     out = check_mapping_out(out_dir)
-    tensors = {"W": mapping.W, "b": mapping.b, "mean": mapping.mean, "std": mapping.std}
-    if mapping.U is not None:
-        tensors.update(U=mapping.U, e=mapping.e)
-    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    names = ("W", "b", "mean", "std") + (("U", "e") if mapping.U is not None else ())
+    tensors = {k: np.ascontiguousarray(getattr(mapping, k), np.float32) for k in names}
 
     def run_text(sha: str) -> str:
         run = {"format": MAPPING_FORMAT, "format_version": MAPPING_VERSION, **mapping.run, "tensors_sha256": sha}
@@ -228,7 +216,7 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
     try:
         t = load_file(str(tensors))
     except Exception as e:  # safetensors raises its own error types for a cut or garbled file
-        raise MappingError(f"{tensors} does not read as safetensors ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+        raise MappingError(f"{tensors} does not read as safetensors ({first_line(e)}); "
                            f"fit again with --out {p}") from None
     missing = {"W", "b", "mean", "std"} - set(t)
     if missing:

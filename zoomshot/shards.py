@@ -1,8 +1,6 @@
-"""The shard layout: the one home of the names an extraction gives its files (cache/README.md).
-
-The folder's tree is drawn in cache/README.md ('The shard folder').
-The cache reads through these names (a virtual dataset's shards, unfinished extractions) and
-`zoomshot.extract.layout` writes through them; nothing else spells a shard file name.
+"""The shard layout: the one home of the names an extraction gives its files (drawn in cache/README.md,
+'The shard folder'). The cache reads through these names (a virtual dataset's shards, unfinished
+extractions) and `zoomshot.extract.layout` writes through them; nothing else spells a shard file name.
 """
 from __future__ import annotations
 
@@ -36,9 +34,6 @@ class ShardPaths:
         """The lock file of a short critical section: "manifest" or "entry"."""
         return self.root / f".{what}.lock"
 
-    def encoder_dir(self, key: str) -> Path:
-        return self.root / key
-
     def encoder_record_path(self, key: str) -> Path:
         return self.root / key / "encoder.json"
 
@@ -55,7 +50,7 @@ class ShardPaths:
         return self.root / key / "text" / f"{vocab}.h5"
 
     def vocabularies(self, key: str) -> list[str]:
-        d = self.encoder_dir(key) / "text"
+        d = self.root / key / "text"
         return sorted(p.stem for p in d.glob("*.h5")) if d.is_dir() else []
 
     def relative_to_entry(self, p: Path) -> str:
@@ -66,22 +61,14 @@ class ShardPaths:
             return []
         return sorted(p.name for p in self.root.iterdir() if self.encoder_record_path(p.name).exists())
 
-    def shard_counts(self, key: str) -> tuple[int, int]:
-        """(final, partial) shard files of encoder KEY."""
-        d = self.encoder_dir(key)
-        return len(list(d.glob("[0-9]*.h5"))), len(list(d.glob(f"[0-9]*.h5{PARTIAL}")))
-
     def any_rows_written(self) -> bool:
         """Whether any shard file (final or partial) exists: then a failed run leaves rows to resume."""
         return any(self.root.glob("*/[0-9]*.h5*"))
 
 
 def shard_report(entry: str | os.PathLike, skip_complete: set[str] = frozenset()) -> list[str]:
-    """Lines on unfinished extractions in NAME.shards/ beside an entry file.
-
-    An encoder folder counts its final shards against the manifest's shard count and its partial
-    ones; complete encoders in skip_complete are not reported.
-    """
+    """Lines on the encoders in NAME.shards/ beside an entry file with fewer final shards than the
+    manifest counts, or partial ones; complete encoders in skip_complete are not reported."""
     paths = ShardPaths(entry)
     if not paths.manifest_path.exists():
         return []
@@ -91,7 +78,8 @@ def shard_report(entry: str | os.PathLike, skip_complete: set[str] = frozenset()
         return [f"{paths.manifest_path} is unreadable"]
     out = []
     for key in paths.encoder_keys():
-        final, partial = paths.shard_counts(key)
+        final = len(list((paths.root / key).glob("[0-9]*.h5")))
+        partial = len(list((paths.root / key).glob(f"[0-9]*.h5{PARTIAL}")))
         if final == total and key in skip_complete:
             continue
         if final < total or partial:

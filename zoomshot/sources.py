@@ -1,14 +1,9 @@
-"""Image sources: where the images of an extraction come from, as sorted ids, labels and readers.
+"""Image sources: the images of an extraction as ids in sorted order, labels and readers.
 
-`open_source` recognises an ImageFolder tree (class subfolders give labels and class names), a
-flat folder (no labels), a text/CSV file list (`path[,label]`), WebDataset tar shards
-(`data/shard-{00000..00099}.tar`; a `cls` member gives the label), parquet files with image
-bytes (`data/*.parquet`, img2dataset's and Hugging Face datasets' layouts) and, through
-`--dataset`, a local copy of a torchvision dataset. Every source lists its images in a deterministic order
-(sorted ids) without decoding anything; `ImageSource.read(i)` returns the raw bytes of image i
-(or a PIL image for array-backed datasets) and `decode_rgb` turns that into a PIL RGB image,
-raising on truncated, empty or non-image data so the caller can record the row as unreadable.
-Readers are picklable and open files lazily, so DataLoader workers can use them.
+`open_source` recognises an ImageFolder tree, a flat folder, a `path[,label]` file list, WebDataset
+tar shards, parquet files (img2dataset's and Hugging Face datasets' layouts) and a local copy of a
+torchvision dataset (`--dataset`). Listing decodes nothing; `decode_rgb` decodes one image and raises
+on bad data, so the caller records the row as unreadable. Readers pickle without their open files.
 """
 from __future__ import annotations
 
@@ -18,17 +13,18 @@ import io
 import os
 import re
 import tarfile
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from zoomshot.errors import ZsError, did_you_mean
+from zoomshot.errors import ZsError, did_you_mean, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 # Members of a WebDataset sample that hold the image / the class index, by extension.
-TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "pgm", "tif", "tiff", "gif", "img")
+TAR_IMAGE_EXTS = tuple(e[1:] for e in IMAGE_EXTENSIONS) + ("img",)
 TAR_LABEL_EXTS = ("cls", "cls.txt", "label", "class")
 
 
@@ -52,25 +48,17 @@ class TarReader:
 
     def __init__(self, tars: Sequence[str]):
         self.tars = [str(t) for t in tars]
-        self._handles: dict[int, object] = {}
-        self._pid = None
+        self._files: dict = {}
 
-    def __getstate__(self):
-        return {"tars": self.tars}
-
-    def __setstate__(self, state):
-        self.tars = state["tars"]
-        self._handles, self._pid = {}, None
+    def __getstate__(self):  # open files stay behind
+        return {"tars": self.tars, "_files": {}}
 
     def read(self, item) -> bytes:
         tar_index, offset, size = item
-        if self._pid != os.getpid():  # a forked worker must not share its parent's file offsets
-            self._handles, self._pid = {}, os.getpid()
-        fh = self._handles.get(tar_index)
-        if fh is None:
-            fh = self._handles[tar_index] = open(self.tars[tar_index], "rb")
-        fh.seek(offset)
-        data = fh.read(size)
+        if tar_index not in self._files:
+            self._files[tar_index] = open(self.tars[tar_index], "rb")
+        # pread shares no file offset, so a forked worker can use its parent's open files
+        data = os.pread(self._files[tar_index].fileno(), size, offset)
         if len(data) != size:
             raise OSError(f"{self.tars[tar_index]} ends inside a member")
         return data
@@ -107,7 +95,6 @@ class ImageSource:
     kind: str = "folder"
     description: str = ""
     vocab_name: str | None = None  # the built-in vocabulary named after a --dataset
-    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -116,18 +103,11 @@ class ImageSource:
         """Raw bytes of image `row` (or a PIL image for array-backed datasets); raises OSError."""
         return self.reader_pool[self.readers[row]].read(self.items[row])
 
-    def load(self, row: int):
-        return decode_rgb(self.read(row))
-
     def subset(self, rows: Sequence[int]) -> "ImageSource":
         rows = [int(r) for r in rows]
-        return replace(
-            self,
-            ids=[self.ids[r] for r in rows],
-            items=[self.items[r] for r in rows],
-            readers=[self.readers[r] for r in rows],
-            labels=None if self.labels is None else self.labels[rows],
-        )
+        return replace(self, ids=[self.ids[r] for r in rows], items=[self.items[r] for r in rows],
+                       readers=[self.readers[r] for r in rows],
+                       labels=None if self.labels is None else self.labels[rows])
 
     def labels_or_unknown(self) -> np.ndarray:
         return np.full(len(self), -1, np.int32) if self.labels is None else self.labels
@@ -141,9 +121,8 @@ class ImageSource:
 def decode_rgb(data, min_side: int | None = None):
     """Decode raw bytes (or pass a PIL image) fully into an RGB PIL image; raise on bad data.
 
-    min_side: the caller resizes the image so that its short side is at most this; a JPEG may then
-    be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's draft mode) as long as both
-    sides stay >= min_side, which makes large photos several times cheaper to decode and resize."""
+    min_side: the short side the caller resizes to; a JPEG at least twice that is decoded at 1/2,
+    1/4 or 1/8 scale (PIL's draft mode) keeping both sides >= min_side: several times cheaper."""
     from PIL import Image
 
     if isinstance(data, Image.Image):
@@ -181,23 +160,11 @@ def _wide_to_8bit(img):
 
 def _sorted_source(ids, items, readers, pool, labels, **kw) -> ImageSource:
     if len(set(ids)) != len(ids):
-        seen, dup = set(), None
-        for i in ids:
-            if i in seen:
-                dup = i
-                break
-            seen.add(i)
+        dup = next(i for i, count in Counter(ids).items() if count > 1)
         raise SourceError(f"image id {dup!r} occurs twice in {kw.get('description', 'the source')}; ids must be unique")
-    order = sorted(range(len(ids)), key=lambda r: ids[r])
-    lab = None if labels is None else np.asarray(labels, np.int32)[order] if len(order) else np.zeros(0, np.int32)
-    return ImageSource(
-        ids=[ids[r] for r in order],
-        items=[items[r] for r in order],
-        readers=[readers[r] for r in order],
-        reader_pool=pool,
-        labels=lab,
-        **kw,
-    )
+    labels = None if labels is None else np.asarray(labels, np.int32)
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    return ImageSource(ids, items, readers, pool, labels, **kw).subset(order)
 
 
 def _is_image_name(name: str) -> bool:
@@ -258,11 +225,8 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
                           f"use a folder of class subfolders, or a flat folder of images")
     pool = [FileReader(root)]
     if class_dirs:
-        ids, labels = [], []
-        for c, name in enumerate(class_dirs):
-            for p in listed[name]:
-                ids.append(p.relative_to(root).as_posix())
-                labels.append(c)
+        ids = [p.relative_to(root).as_posix() for name in class_dirs for p in listed[name]]
+        labels = [c for c, name in enumerate(class_dirs) for _ in listed[name]]
         return _sorted_source(ids, list(ids), [0] * len(ids), pool, labels, class_names=class_dirs,
                               kind="imagefolder", description=f"{root} (ImageFolder, {len(class_dirs)} classes)")
     if not top_images:
@@ -271,14 +235,21 @@ def folder_source(root: str | os.PathLike) -> ImageSource:
                           kind="flat", description=f"{root} (flat folder, no labels)")
 
 
+def _label_indices(raw_labels: list) -> tuple[list[int], list[str] | None]:
+    """(labels, class names): integer labels as given (no names), other values as names numbered in
+    sorted order; a missing label (None) is -1."""
+    given = [x for x in raw_labels if x is not None]
+    if all(isinstance(x, (int, np.integer)) for x in given):
+        return [-1 if x is None else int(x) for x in raw_labels], None
+    class_names = sorted({str(x) for x in given})
+    index = {c: i for i, c in enumerate(class_names)}
+    return [-1 if x is None else index[str(x)] for x in raw_labels], class_names
+
+
 # ------------------------------------------------------------------------------ file lists -----
 def list_source(list_file: str | os.PathLike) -> ImageSource:
-    """A .txt/.csv/.tsv file of `path[,label]` lines (tab-separated for .tsv); paths relative to the
-    list file's folder.
-
-    Labels are integers or class names (then class names are their sorted set). A first line
-    starting with `path` is a header. Blank lines and lines starting with `#` are skipped.
-    """
+    """A .txt/.csv/.tsv file of `path[,label]` lines, paths relative to its folder; labels are integers
+    or class names (numbered in sorted order). A first line starting with `path` is a header."""
     list_file = Path(list_file)
     paths, raw_labels = [], []
     with open(list_file, newline="") as fh:
@@ -295,14 +266,10 @@ def list_source(list_file: str | os.PathLike) -> ImageSource:
     if not paths:
         raise SourceError(f"{list_file} lists no images")
     labels, class_names = None, None
-    given = [x for x in raw_labels if x is not None]
-    if given:
-        if all(re.fullmatch(r"-?\d+", x) for x in given):
-            labels = [int(x) if x is not None else -1 for x in raw_labels]
-        else:
-            class_names = sorted(set(given))
-            index = {c: i for i, c in enumerate(class_names)}
-            labels = [index[x] if x is not None else -1 for x in raw_labels]
+    if any(x is not None for x in raw_labels):
+        if all(x is None or re.fullmatch(r"-?\d+", x) for x in raw_labels):
+            raw_labels = [x if x is None else int(x) for x in raw_labels]
+        labels, class_names = _label_indices(raw_labels)
     ids = [Path(p).as_posix() for p in paths]
     return _sorted_source(ids, list(paths), [0] * len(ids), [FileReader(list_file.parent)], labels,
                           class_names=class_names, kind="list", description=f"{list_file} (file list)")
@@ -346,10 +313,8 @@ def _expand_shards(pattern: str, what: str) -> list[str]:
 
 
 def webdataset_source(pattern: str) -> ImageSource:
-    """Samples of uncompressed WebDataset tar shards (brace pattern or glob); the sample key is the image id.
-
-    Samples are grouped by webdataset's key/extension convention; the standard library's tarfile
-    lists the members with their byte offsets, so any row can be read (and resumed) on its own."""
+    """Samples of uncompressed WebDataset tar shards (brace pattern or glob), keyed by webdataset's
+    convention; members are read by byte offset, so any row can be read (and resumed) on its own."""
     tars = _expand_shards(pattern, "WebDataset")
     samples: dict[str, dict] = {}
     for ti, tar in enumerate(tars):
@@ -377,19 +342,12 @@ def webdataset_source(pattern: str) -> ImageSource:
                         raise SourceError(f"{tar}: {m.name} holds {text!r}, not a class index") from None
     if not samples:
         raise SourceError(f"{pattern} holds no samples")
-    ids, items, readers, labels = [], [], [], []
-    for key, s in samples.items():
-        ids.append(key)
-        if "image" in s:
-            items.append(s["image"])
-            readers.append(0)
-        else:
-            items.append(f"sample {key} in {tars[s['tar']]} has no image member")
-            readers.append(1)
-        labels.append(s.get("label", -1))
-    has_labels = any(x >= 0 for x in labels)
-    return _sorted_source(ids, items, readers, [TarReader(tars), MissingImageReader()],
-                          labels if has_labels else None, kind="webdataset",
+    items = [s.get("image", f"sample {key} in {tars[s['tar']]} has no image member")
+             for key, s in samples.items()]
+    readers = [0 if "image" in s else 1 for s in samples.values()]  # 1: MissingImageReader
+    labels = [s.get("label", -1) for s in samples.values()]
+    return _sorted_source(list(samples), items, readers, [TarReader(tars), MissingImageReader()],
+                          labels if any(x >= 0 for x in labels) else None, kind="webdataset",
                           description=f"{pattern} (WebDataset, {len(tars)} shard{'s' * (len(tars) > 1)})")
 
 
@@ -412,32 +370,20 @@ class ParquetReader:
     def __init__(self, files: Sequence[str], column: str):
         self.files, self.column = [str(f) for f in files], column
         self._pid = None
-        self._reset()
 
-    def _reset(self) -> None:
-        self._files: dict[int, object] = {}
-        self._at = None  # (file, group) the stream below reads
-        self._stream = None
-        self._slice: list = []
-        self._slice_start = 0  # row (in the group) of self._slice[0]
-
-    def __getstate__(self):
-        return {"files": self.files, "column": self.column}
-
-    def __setstate__(self, state):
-        self.__init__(state["files"], state["column"])
+    def __getstate__(self):  # open files and streams stay behind
+        return {"files": self.files, "column": self.column, "_pid": None}
 
     def _cell(self, fi: int, gi: int, ri: int):
         if self._pid != os.getpid():  # a forked worker opens its own files
-            self._reset()
-            self._pid = os.getpid()
+            self._files, self._at, self._pid = {}, None, os.getpid()
         if self._at != (fi, gi) or ri < self._slice_start:
             import pyarrow.parquet as pq
 
             pf = self._files.get(fi)
             if pf is None:
                 pf = self._files[fi] = pq.ParquetFile(self.files[fi])
-            self._at, self._slice, self._slice_start = (fi, gi), [], 0
+            self._at, self._slice, self._slice_start = (fi, gi), [], 0  # _slice starts at row _slice_start
             self._stream = pf.iter_batches(batch_size=self.SLICE_ROWS, row_groups=[gi], columns=[self.column])
         while ri >= self._slice_start + len(self._slice):
             self._slice_start += len(self._slice)
@@ -467,14 +413,10 @@ def _parquet_class_names(schema, column: str) -> list[str] | None:
     """Class names of a Hugging Face ClassLabel column, from the file's `huggingface` metadata."""
     import json
 
-    meta = (schema.metadata or {}).get(b"huggingface")
-    if not meta:
-        return None
     try:
-        feat = json.loads(meta)["info"]["features"][column]
+        names = json.loads(schema.metadata[b"huggingface"])["info"]["features"][column]["names"]
     except (KeyError, TypeError, ValueError):
         return None
-    names = feat.get("names") if isinstance(feat, dict) else None
     return [str(n) for n in names] if names else None
 
 
@@ -482,32 +424,16 @@ def _parquet_rows(files, handles, id_col: str | None, label_col: str | None):
     """(ids, items (file, row group, row), raw labels) of every row, reading only the id and label columns."""
     ids, items, raw_labels = [], [], []
     for fi, (f, h) in enumerate(zip(files, handles)):
-        width = len(str(max(h.metadata.num_rows - 1, 0)))
-        row = 0
-        for gi in range(h.num_row_groups):
-            cols = [c for c in (id_col, label_col) if c]
-            table = h.read_row_group(gi, columns=cols) if cols else None
-            n = h.metadata.row_group(gi).num_rows
-            if id_col:
-                ids.extend(str(x) for x in table.column(id_col).to_pylist())
-            else:
-                ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(row, row + n))
-            if label_col:
-                raw_labels.extend(table.column(label_col).to_pylist())
-            items.extend((fi, gi, r) for r in range(n))
-            row += n
+        sizes = [h.metadata.row_group(gi).num_rows for gi in range(h.num_row_groups)]
+        items.extend((fi, gi, r) for gi, n in enumerate(sizes) for r in range(n))
+        if id_col:
+            ids.extend(str(x) for x in h.read(columns=[id_col]).column(0).to_pylist())
+        else:
+            width = len(str(max(h.metadata.num_rows - 1, 0)))
+            ids.extend(f"{Path(f).stem}/{r:0{width}d}" for r in range(h.metadata.num_rows))
+        if label_col:
+            raw_labels.extend(h.read(columns=[label_col]).column(0).to_pylist())
     return ids, items, raw_labels
-
-
-def _parquet_labels(raw_labels: list, schema, label_col: str):
-    """(labels, class names): integer labels as given (names from the schema, if any), other values
-    as names numbered in sorted order; a missing label is -1."""
-    given = [x for x in raw_labels if x is not None]
-    if all(isinstance(x, (int, np.integer)) for x in given):
-        return [-1 if x is None else int(x) for x in raw_labels], _parquet_class_names(schema, label_col)
-    class_names = sorted({str(x) for x in given})
-    index = {c: i for i, c in enumerate(class_names)}
-    return [-1 if x is None else index[str(x)] for x in raw_labels], class_names
 
 
 def parquet_source(pattern: str, image_column: str | None = None, label_column: str | None = None) -> ImageSource:
@@ -523,7 +449,7 @@ def parquet_source(pattern: str, image_column: str | None = None, label_column: 
         try:
             handles.append(pq.ParquetFile(f))
         except Exception as e:  # pyarrow raises ArrowInvalid and others on a non-parquet file
-            raise SourceError(f"{f} is not a parquet file ({str(e).splitlines()[0][:200]})") from None
+            raise SourceError(f"{f} is not a parquet file ({first_line(e)[:200]})") from None
     schema = handles[0].schema_arrow
     names = list(schema.names)
 
@@ -548,7 +474,9 @@ def parquet_source(pattern: str, image_column: str | None = None, label_column: 
     ids, items, raw_labels = _parquet_rows(files, handles, id_col, label_col)
     if not ids:
         raise SourceError(f"{pattern} holds no rows")
-    labels, class_names = _parquet_labels(raw_labels, schema, label_col) if label_col else (None, None)
+    labels, class_names = _label_indices(raw_labels) if label_col else (None, None)
+    if label_col and class_names is None:
+        class_names = _parquet_class_names(schema, label_col)
     return _sorted_source(ids, items, [0] * len(ids), [ParquetReader(files, image_col)], labels,
                           class_names=class_names, kind="parquet",
                           description=f"{pattern} (parquet, {len(files)} file{'s' * (len(files) > 1)}, "
@@ -577,7 +505,7 @@ LABEL_OFFSET = {"caltech101": 1}
 
 def dataset_source(name: str, root: str | os.PathLike, split: str | None = None) -> ImageSource:
     """A local copy of a torchvision dataset (never downloaded); class names from the built-in vocabulary."""
-    from zoomshot.vocab import builtin_vocabularies, load_vocabulary
+    from zoomshot.vocab import load_vocabulary
 
     if name not in DATASETS:
         raise SourceError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose from: {', '.join(DATASETS)}")
@@ -587,59 +515,44 @@ def dataset_source(name: str, root: str | os.PathLike, split: str | None = None)
     if split not in splits:
         raise SourceError(f"dataset {name} has splits {', '.join(splits)}, not {split!r}")
     root = Path(root)
-    if name == "imagenet1k":
-        split_dir = "val" if split == "test" else split
-        expected = root / split_dir
-    else:
-        expected = root / below
+    expected = root / below.format(split="val" if split == "test" else split)
     import torchvision.datasets as tvd
 
     try:
-        if name == "imagenet1k":
+        if cls_name == "ImageFolder":
             if not expected.is_dir():
                 raise RuntimeError("not found")
             ds = tvd.ImageFolder(str(expected))
         else:
             ds = getattr(tvd, cls_name)(root=str(root), download=False, **splits[split])
     except (RuntimeError, FileNotFoundError, OSError) as e:
-        raise SourceError(f"no local copy of {name} (split {split}) at {expected} ({str(e).splitlines()[0]}); "
+        raise SourceError(f"no local copy of {name} (split {split}) at {expected} ({first_line(e)}); "
                           f"zs never downloads: place the dataset there or pass another --root") from None
-    labels = None
-    for attr in ("targets", "labels", "_labels", "y"):
-        if getattr(ds, attr, None) is not None:
-            labels = np.asarray(getattr(ds, attr), np.int64)
-            break
+    labels = _first_attr(ds, ("targets", "labels", "_labels", "y"))
     if labels is None:
         raise SourceError(f"cannot read the labels of torchvision's {cls_name} without decoding its images")
-    labels = labels + LABEL_OFFSET.get(name, 0)
-    if name not in builtin_vocabularies():
-        raise SourceError(f"no built-in vocabulary {name!r} for the class names of dataset {name}")
+    labels = np.asarray(labels, np.int64) + LABEL_OFFSET.get(name, 0)
     vocab = load_vocabulary(name)
     if len(labels) and labels.max() >= len(vocab.classnames):
         raise SourceError(f"dataset {name} at {expected} has class index {int(labels.max())}, but the "
                           f"{name} vocabulary names {len(vocab.classnames)} classes")
-    paths = _dataset_paths(ds)
+    samples = getattr(ds, "samples", None)
+    paths = [p for p, _ in samples] if samples is not None else _first_attr(ds, ("_image_files", "_images"))
     n = len(labels)
     if paths is not None and len(paths) == n:
-        base = Path(ds.root if name != "imagenet1k" else expected)
-        ids = [_rel(p, base) for p in paths]
+        ids = [_rel(p, Path(ds.root)) for p in paths]
         items, pool = [str(Path(p).absolute()) for p in paths], [FileReader("/")]  # a relative --root too
     else:
         width = len(str(max(n - 1, 0)))
         ids = [f"{split}/{i:0{width}d}" for i in range(n)]
         items, pool = list(range(n)), [DatasetReader(ds)]
     return _sorted_source(ids, items, [0] * n, pool, labels.astype(np.int32), class_names=vocab.classnames,
-                          kind="dataset", description=f"{name} {split} at {expected}", vocab_name=name,
-                          meta={"dataset": name, "split": split})
+                          kind="dataset", description=f"{name} {split} at {expected}", vocab_name=name)
 
 
-def _dataset_paths(ds) -> list | None:
-    if getattr(ds, "samples", None) is not None:
-        return [Path(p) for p, _ in ds.samples]
-    for attr in ("_image_files", "_images"):
-        if getattr(ds, attr, None) is not None:
-            return [Path(p) for p in getattr(ds, attr)]
-    return None
+def _first_attr(ds, names: Sequence[str]):
+    """The first of the attributes `names` that ds has and that is not None, or None."""
+    return next((getattr(ds, a) for a in names if getattr(ds, a, None) is not None), None)
 
 
 def _rel(p: Path, base: Path) -> str:
@@ -681,10 +594,7 @@ def open_source(images: str | None = None, dataset: str | None = None, root: str
 
 
 def subset_fraction(source: ImageSource, fraction: float, seed: int = 0) -> ImageSource:
-    """A seeded random subset of about `fraction` of the rows, stratified by label when there are labels.
-
-    Each class keeps round(fraction × its size) rows, at least one; rows stay in id order.
-    """
+    """A seeded random subset in id order: each label keeps round(fraction × its rows), at least one."""
     if not 0 < fraction <= 1:
         raise SourceError(f"--fraction must be in (0, 1], got {fraction}")
     n = len(source)
