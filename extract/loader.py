@@ -102,6 +102,42 @@ def draft_side(transforms) -> int | None:
     return need or None
 
 
+def batch_steps(tf):
+    """(PIL steps, Normalize or None) for a transform of Resize / CenterCrop / RGB conversions, then
+    ToTensor, then at most one Normalize: its tensor steps then run once on the batch (see
+    `_to_tensor_batch`) instead of per image, where each small op would start its own OpenMP team
+    from a decode thread. None for anything else (run whole, per image)."""
+    from torchvision import transforms as T
+
+    steps = transform_steps(tf)
+    at = next((i for i, t in enumerate(steps) if type(t).__name__ in ("ToTensor", "MaybeToTensor")), None)
+    if at is None or not all(isinstance(t, (T.Resize, T.CenterCrop)) or is_rgb_conversion(t) for t in steps[:at]):
+        return None
+    rest = steps[at + 1:]
+    if rest and (len(rest) > 1 or not isinstance(rest[0], T.Normalize) or not all(rest[0].std)):
+        return None
+    return steps[:at], (rest[0] if rest else None)
+
+
+def _apply(steps, img):
+    for t in steps:
+        img = t(img)
+    return img
+
+
+def _to_tensor_batch(arrays, norm):
+    """What ToTensor then Normalize give each image, for uint8 HWC arrays of one size: the same
+    float ops in the same order, so the same bits, in a contiguous (B, C, H, W) tensor."""
+    import torch
+
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    out = torch.empty(x.shape, dtype=torch.get_default_dtype()).copy_(x).div_(255)
+    if norm is not None:
+        out.sub_(torch.as_tensor(norm.mean, dtype=out.dtype).view(1, -1, 1, 1))
+        out.div_(torch.as_tensor(norm.std, dtype=out.dtype).view(1, -1, 1, 1))
+    return out
+
+
 class DecodedBatches:
     """A map-style dataset whose item i is planned batch i, decoded and preprocessed.
 
@@ -120,6 +156,7 @@ class DecodedBatches:
         self.gpu = gpu
         self.min_side = None if gpu else draft_side(transforms)
         self.threads = threads
+        self.splits = [batch_steps(t) for t in transforms]
         self._pool = None
 
     def __getstate__(self):  # sent to worker processes without the thread pool
@@ -129,14 +166,16 @@ class DecodedBatches:
         return len(self.batches)
 
     def _prepare(self, data):
-        """One image's bytes -> its raw tensor (gpu) or one tensor per preprocessing group; or the error."""
+        """One image's bytes -> its raw tensor (gpu) or one item per preprocessing group (the uint8 HWC
+        array of its PIL steps where `batch_steps` split the transform, else its tensor); or the error."""
         try:
             if isinstance(data, BaseException):
                 raise data
             if self.gpu:
                 return _raw_tensor(data), ""
             img = decode_rgb(data, self.min_side)
-            return [t(img) for t in self.transforms], ""
+            return [np.asarray(_apply(split[0], img)) if split else t(img)
+                    for t, split in zip(self.transforms, self.splits)], ""
         except Exception as e:  # any decoder failure marks the row unreadable; the run goes on
             return None, decode_failure(e)
 
@@ -173,7 +212,8 @@ class DecodedBatches:
             for value, _ in prepared:
                 for lst, x in zip(per_group, value or ()):
                     lst.append(x)
-        tensors = [torch.stack(lst) if lst else None for lst in per_group]
+        tensors = [None if not lst else _to_tensor_batch(lst, split[1]) if split else torch.stack(lst)
+                   for lst, split in zip(per_group, self.splits)]
         return {"index": i, "ok": ok, "errors": errors, "tensors": tensors, "raw": raw}
 
 
