@@ -395,7 +395,7 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
                         dim = encoders[key].dim
                         feats = (lambda d=dim: np.zeros((0, d), np.float32))
                     else:
-                        feats = to_host(forwards[key](x), device)
+                        feats = to_host(forwards[key], x, device)
                     writer.put(Rows(key, b.shard, b.start, b.stop, feats, ok, errors))
                     counts.computed[key] += int(ok.sum())
                 counts.decoded += b.stop - b.start
