@@ -98,32 +98,18 @@ class DevicePrefetcher:
             yield self._ready(prev)
 
 
-class ForwardError(Exception):
-    """A forward that failed on the CPU pool, raised where the writer thread waits for its features
-    (it hands this to the main loop instead of taking it for a failed write)."""
-
-
 def to_host(forward, x, device: str):
     """Run forward(x) and start copying its (B, dim) features to host memory; returns a function that
     waits and gives numpy.
 
-    On the CPU the forward goes to `_cpu_pool`, whose threads each run whole forwards on one torch
-    thread, so the forwards of successive batches and encoders run side by side while the next batch
-    decodes: a forward on 2 torch threads kept 2 cores only ~80% busy (resnet18, mobilenetv3_large),
-    and decoding between forwards left one or both idle. These models give the same bits on 1 or 2
-    threads."""
+    On the CPU, threads of one torch thread each (`_cpu_pool`) run the forwards of successive batches
+    and encoders side by side while the next batch decodes: one forward on 2 torch threads kept 2
+    cores ~80% busy (resnet18, mobilenetv3_large), and decoding between forwards left them idle.
+    These models give the same bits on 1 or 2 threads."""
     import torch
 
     if getattr(forward, "pooled", False):
-        done = _cpu_pool(torch.get_num_threads()).submit(_forward_numpy, forward, x)
-
-        def wait_forward():
-            try:
-                return done.result()
-            except Exception as e:
-                raise ForwardError(f"the forward failed: {type(e).__name__}: {e}") from e
-
-        return wait_forward
+        return _cpu_pool(torch.get_num_threads()).submit(_forward_numpy, forward, x).result
     feats = forward(x)
     if not device.startswith("cuda"):
         arr = feats.numpy()
@@ -143,25 +129,21 @@ def to_host(forward, x, device: str):
 def _forward_numpy(forward, x):
     import torch
 
-    with torch.inference_mode():
-        return forward(x).numpy()
-
-
-def _one_torch_thread():
-    import torch
-
-    torch.get_num_threads()  # torch's lazy per-thread setup first, or it would later undo the next line
-    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            return forward(x).numpy()
+    except Exception as e:  # the writer thread hands a ZsError to the main loop, not taken for a failed write
+        raise ZsError(f"the forward failed: {type(e).__name__}: {e}") from e
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_pool(threads: int):
-    """`threads` forward threads of one torch thread each, kept for the process. torch.set_num_threads
-    in a thread also sets the default of threads started later; it is put back once all have started."""
+def _cpu_pool(threads: int) -> ThreadPoolExecutor:
+    """`threads` forward threads of one torch thread each, for the process. Setting a thread's count
+    also sets the default of threads started later: put back once all have started."""
     import torch
 
-    started = threading.Barrier(threads + 1)
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="zs-forward", initializer=_one_torch_thread)
+    started = threading.Barrier(threads + 1)  # torch's lazy per-thread setup first, or it would undo set_num_threads(1)
+    pool = ThreadPoolExecutor(threads, "zs-forward", lambda: (torch.get_num_threads(), torch.set_num_threads(1)))
     for _ in range(threads):
         pool.submit(started.wait)
     started.wait()
@@ -208,12 +190,6 @@ def gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
     """
     import warnings
 
-    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec; decode_jpeg still works
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return _gpu_decode(raw, device)
-
-
-def _gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -224,10 +200,11 @@ def _gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
     out: list = [None] * len(raw)
     errors = [""] * len(raw)
     jpeg_idx = [i for i, r in enumerate(raw) if r is not None and r.dim() == 1]
-    if jpeg_idx:
-        datas = [raw[i].cpu() for i in jpeg_idx]
+    datas = [raw[i].cpu() for i in jpeg_idx]
+    with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec; decode_jpeg still works
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            imgs = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+            imgs = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device) if datas else []
         except RuntimeError:  # one bad file fails the batch call: decode one by one to find it
             imgs = []
             for d in datas:
@@ -235,14 +212,14 @@ def _gpu_decode(raw: list, device: str) -> tuple[list, list[str]]:
                     imgs.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError as e:
                     imgs.append(e)
-        for i, d, img in zip(jpeg_idx, datas, imgs):
-            if isinstance(img, Exception):  # nvjpeg refuses some valid files (CMYK ...): try PIL
-                try:
-                    img = pil_to_tensor(decode_rgb(d.numpy().tobytes())).to(device)
-                except Exception as e:
-                    errors[i] = decode_failure(e)
-                    continue
-            out[i] = img.float().div_(255)
+    for i, d, img in zip(jpeg_idx, datas, imgs):
+        if isinstance(img, Exception):  # nvjpeg refuses some valid files (CMYK ...): try PIL
+            try:
+                img = pil_to_tensor(decode_rgb(d.numpy().tobytes())).to(device)
+            except Exception as e:
+                errors[i] = decode_failure(e)
+                continue
+        out[i] = img.float().div_(255)
     for i, r in enumerate(raw):
         if r is not None and r.dim() == 3:
             out[i] = r.to(device, non_blocking=True).float().div_(255)

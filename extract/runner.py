@@ -81,8 +81,8 @@ def default_workers(device: str) -> int:
     the forward needs every core, and a worker process decoding beside it takes a core from one
     of the forward's threads in the middle of an operator, which then waits for that thread
     (end to end was 0.69 of model-only for mobilenetv3_large on 2 cores). So a CPU run has no
-    worker processes: it decodes each batch in this process, on one thread per torch thread,
-    between forwards."""
+    worker processes: it decodes each batch in this process while the forwards of earlier batches
+    run on devices.to_host's threads."""
     if device == "cpu":
         return 0
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -371,8 +371,7 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
     tensor_tfs = [tensor_transform(t, k) for k, t in zip(groups.keys, groups.transforms)] if gpu else None
     workers = default_workers(device) if cfg.workers is None else cfg.workers
     workers = min(workers, len(batches))
-    dataset = DecodedBatches(plan.source, batches, [] if gpu else groups.transforms, gpu=gpu,
-                             threads=1 if workers else torch.get_num_threads())
+    dataset = DecodedBatches(plan.source, batches, [] if gpu else groups.transforms, gpu=gpu)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=identity_collate,
         pin_memory=cuda, prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -407,7 +406,6 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
         raise
     finally:
         progress.close()
-        dataset.close()
 
 
 def _gpu_tensors(item, tensor_tfs, device):
