@@ -115,8 +115,6 @@ def main(argv=None) -> None:
         print(f"\ntwo encoders in one run: {both:.1f}s ({both_loop:.1f}s in the batch loop); two separate runs: "
               f"{sep:.1f}s ({sep_loop:.1f}s); ratio separate/one run {sep / both:.2f} ({sep_loop / both_loop:.2f} "
               f"for the loops); the one run decoded {s.decoded} images once for both")
-
-        print("\nthe GPU path (bf16, channels_last, --decode gpu, --compile) is measured by bench/gpu.py (make bench-gpu)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -60,15 +60,13 @@ class PreprocessGroups:
         seen: dict[str, int] = {}
         for enc in encoders:
             cfg = enc.preprocess_config or {}
-            sig = json.dumps(cfg, sort_keys=True, default=str) if cfg.get("library") in ("timm", "open_clip") else None
-            if sig is not None and sig in seen:
-                self.group_of[enc.key] = seen[sig]
-                continue
-            self.transforms.append(enc.preprocess)
-            self.keys.append(enc.key)
-            self.group_of[enc.key] = len(self.transforms) - 1
-            if sig is not None:
-                seen[sig] = self.group_of[enc.key]
+            # a plug-in's transform is shared with no other encoder: its key for a signature
+            sig = json.dumps(cfg, sort_keys=True, default=str) if cfg.get("library") in ("timm", "open_clip") else enc.key
+            if sig not in seen:
+                seen[sig] = len(self.transforms)
+                self.transforms.append(enc.preprocess)
+                self.keys.append(enc.key)
+            self.group_of[enc.key] = seen[sig]
 
 
 # The RGB conversions timm and open_clip put in an eval transform; decoding already gives RGB.
