@@ -37,36 +37,25 @@ def make_images(root: Path, n: int, size=(384, 288)) -> Path:
     return root
 
 
-def model_only(spec: str, images: Path, batch_size: int, device: str, precision: str = "auto") -> float:
-    """Images/s of the forward alone on tensors decoded and preprocessed beforehand."""
+def model_only(spec: str, images: Path, batch_size: int) -> float:
+    """Images/s of the CPU forward alone (torch's threads inside each forward) on tensors
+    decoded and preprocessed beforehand."""
     import torch
 
     from zoomshot.encoders import build_encoder
-    from zoomshot.devices import resolve_device
     from zoomshot.extract.devices import make_forward
     from zoomshot.sources import decode_rgb, open_source
 
-    device = resolve_device(device)
-    enc = build_encoder(spec, device=device)
+    enc = build_encoder(spec, device="cpu")
     src = open_source(str(images))
     x = torch.stack([enc.preprocess(decode_rgb(src.read(i))) for i in range(len(src))])
-    fwd = make_forward(enc, device, precision)
-    batches = [x[i:i + batch_size].to(device) for i in range(0, len(x), batch_size)]
+    fwd = make_forward(enc, "cpu")
     with torch.inference_mode():
-        fwd(batches[0])  # warm-up (kernel selection, lazy init)
-        _sync(device)
+        fwd(x[:batch_size])  # warm-up (kernel selection, lazy init)
         t = time.perf_counter()
-        for b in batches:
-            fwd(b).cpu()
-        _sync(device)
+        for i in range(0, len(x), batch_size):
+            fwd(x[i:i + batch_size])
     return len(x) / (time.perf_counter() - t)
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def run_extract(encoders: list[str], images: Path, out: Path, **kw):
@@ -111,7 +100,7 @@ def main(argv=None) -> None:
         both = both_loop = float("inf")
         for _ in range(args.repeat):
             for spec in (a, b):
-                ref[spec] = max(ref[spec], model_only(spec, images, args.batch_size, "cpu"))
+                ref[spec] = max(ref[spec], model_only(spec, images, args.batch_size))
                 s, w = run_extract([spec], images, tmp / "one.h5", **kw)
                 e2e[spec] = max(e2e[spec], s.images_per_s)
                 wall[spec] = min(wall[spec], w)
@@ -126,8 +115,6 @@ def main(argv=None) -> None:
         print(f"\ntwo encoders in one run: {both:.1f}s ({both_loop:.1f}s in the batch loop); two separate runs: "
               f"{sep:.1f}s ({sep_loop:.1f}s); ratio separate/one run {sep / both:.2f} ({sep_loop / both_loop:.2f} "
               f"for the loops); the one run decoded {s.decoded} images once for both")
-
-        print("\nthe GPU path (bf16, channels_last, --decode gpu, --compile) is measured by bench/gpu.py (make bench-gpu)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

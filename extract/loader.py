@@ -60,15 +60,13 @@ class PreprocessGroups:
         seen: dict[str, int] = {}
         for enc in encoders:
             cfg = enc.preprocess_config or {}
-            sig = json.dumps(cfg, sort_keys=True, default=str) if cfg.get("library") in ("timm", "open_clip") else None
-            if sig is not None and sig in seen:
-                self.group_of[enc.key] = seen[sig]
-                continue
-            self.transforms.append(enc.preprocess)
-            self.keys.append(enc.key)
-            self.group_of[enc.key] = len(self.transforms) - 1
-            if sig is not None:
-                seen[sig] = self.group_of[enc.key]
+            # a plug-in's transform is shared with no other encoder: its key for a signature
+            sig = json.dumps(cfg, sort_keys=True, default=str) if cfg.get("library") in ("timm", "open_clip") else enc.key
+            if sig not in seen:
+                seen[sig] = len(self.transforms)
+                self.transforms.append(enc.preprocess)
+                self.keys.append(enc.key)
+            self.group_of[enc.key] = seen[sig]
 
 
 # The RGB conversions timm and open_clip put in an eval transform; decoding already gives RGB.
@@ -102,79 +100,78 @@ def draft_side(transforms) -> int | None:
     return need or None
 
 
+def batch_steps(tf):
+    """(PIL steps, Normalize or None) for a transform of Resize / CenterCrop / RGB conversions, then
+    ToTensor, then at most one Normalize: its tensor steps then run once on the batch (see
+    `_to_tensor_batch`), not as small ops per image that each wait for torch's threads while the
+    forward threads hold the cores (CPU). None for anything else (run whole, per image)."""
+    from torchvision import transforms as T
+
+    steps = transform_steps(tf)
+    at = next((i for i, t in enumerate(steps) if type(t).__name__ in ("ToTensor", "MaybeToTensor")), None)
+    if at is None or not all(isinstance(t, (T.Resize, T.CenterCrop)) or is_rgb_conversion(t) for t in steps[:at]):
+        return None
+    rest = steps[at + 1:]
+    if rest and (len(rest) > 1 or not isinstance(rest[0], T.Normalize) or not all(rest[0].std)):
+        return None
+    return T.Compose(steps[:at]), (rest[0] if rest else None)
+
+
+def _to_tensor_batch(arrays, norm):
+    """What ToTensor then Normalize give each image, for uint8 HWC arrays of one size: the same
+    float ops in the same order, so the same bits, in a contiguous (B, C, H, W) tensor."""
+    import torch
+
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    out = torch.empty(x.shape, dtype=torch.get_default_dtype()).copy_(x).div_(255)
+    if norm is not None:
+        out.sub_(torch.as_tensor(norm.mean, dtype=out.dtype).view(1, -1, 1, 1))
+        out.div_(torch.as_tensor(norm.std, dtype=out.dtype).view(1, -1, 1, 1))
+    return out
+
+
 class DecodedBatches:
     """A map-style dataset whose item i is planned batch i, decoded and preprocessed.
 
     With gpu=True the images are not decoded here: JPEG bytes come back as 1-D uint8 tensors,
     other images as decoded uint8 (3, H, W) tensors, for `devices.gpu_decode`.
-    threads > 1 decodes a batch's images on that many threads (PIL and torch release the GIL):
-    how a CPU run decodes in its own process, between forwards (see runner.default_workers).
-    The bytes are read in order on the calling thread (a tar file handle is not thread-safe).
     """
 
-    def __init__(self, source: ImageSource, batches: list[Batch], transforms: list, gpu: bool = False,
-                 threads: int = 1):
+    def __init__(self, source: ImageSource, batches: list[Batch], transforms: list, gpu: bool = False):
         self.source = source
         self.batches = batches
         self.transforms = transforms
         self.gpu = gpu
         self.min_side = None if gpu else draft_side(transforms)
-        self.threads = threads
-        self._pool = None
-
-    def __getstate__(self):  # sent to worker processes without the thread pool
-        return {**self.__dict__, "_pool": None}
+        self.splits = [batch_steps(t) for t in transforms]
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def _prepare(self, data):
-        """One image's bytes -> its raw tensor (gpu) or one tensor per preprocessing group; or the error."""
+    def _prepare(self, row: int):
+        """One image -> its raw tensor (gpu) or one item per preprocessing group (the uint8 HWC array
+        of its PIL steps where `batch_steps` split the transform, else its tensor); or the error."""
         try:
-            if isinstance(data, BaseException):
-                raise data
+            data = self.source.read(row)
             if self.gpu:
                 return _raw_tensor(data), ""
             img = decode_rgb(data, self.min_side)
-            return [t(img) for t in self.transforms], ""
+            return [np.asarray(split[0](img)) if split else t(img)
+                    for t, split in zip(self.transforms, self.splits)], ""
         except Exception as e:  # any decoder failure marks the row unreadable; the run goes on
             return None, decode_failure(e)
-
-    def _map(self, fn, items: list) -> list:
-        if self.threads <= 1 or len(items) <= 1:
-            return [fn(x) for x in items]
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zs-decode")
-        return list(self._pool.map(fn, items))
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
 
     def __getitem__(self, i: int) -> dict:
         import torch
 
         b = self.batches[i]
-        datas = []
-        for row in range(b.start, b.stop):
-            try:
-                datas.append(self.source.read(row))
-            except Exception as e:
-                datas.append(e)
-        prepared = self._map(self._prepare, datas)
-        ok = np.array([value is not None for value, _ in prepared], bool)
-        errors = [err for _, err in prepared]
-        raw: list = [value for value, _ in prepared] if self.gpu else []
-        per_group: list[list] = [[] for _ in self.transforms]
-        if not self.gpu:
-            for value, _ in prepared:
-                for lst, x in zip(per_group, value or ()):
-                    lst.append(x)
-        tensors = [torch.stack(lst) if lst else None for lst in per_group]
-        return {"index": i, "ok": ok, "errors": errors, "tensors": tensors, "raw": raw}
+        prepared = [self._prepare(row) for row in range(b.start, b.stop)]
+        values = [value for value, _ in prepared]
+        good = [v for v in values if v is not None]  # one item per group, none with gpu (no transforms)
+        tensors = [None if not good else _to_tensor_batch([v[g] for v in good], split[1]) if split
+                   else torch.stack([v[g] for v in good]) for g, split in enumerate(self.splits)]
+        return {"index": i, "ok": np.array([v is not None for v in values], bool), "errors": [e for _, e in prepared],
+                "tensors": tensors, "raw": values if self.gpu else []}
 
 
 def _raw_tensor(data):

@@ -74,8 +74,9 @@ class ExtractSummary:
 
 def default_workers(device: str) -> int:
     """Decode worker processes: with an accelerator, this process's share of the cores less one. On
-    the CPU none (batches are decoded here between forwards): a worker beside the forward takes a core
-    from one of its threads mid-operator (end to end was 0.69 of model-only on 2 cores)."""
+    the CPU none: each batch is decoded here while earlier batches' forwards run on devices.to_host's
+    threads (a worker process beside the forward took a core from it mid-operator: end to end was
+    0.69 of model-only on 2 cores)."""
     if device == "cpu":
         return 0
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -302,8 +303,7 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
     gpu = cfg.decode == "gpu"
     tensor_tfs = [tensor_transform(t, k) for k, t in zip(groups.keys, groups.transforms)] if gpu else None
     workers = min(default_workers(device) if cfg.workers is None else cfg.workers, len(batches))
-    dataset = DecodedBatches(plan.source, batches, [] if gpu else groups.transforms, gpu=gpu,
-                             threads=1 if workers else torch.get_num_threads())
+    dataset = DecodedBatches(plan.source, batches, [] if gpu else groups.transforms, gpu=gpu)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=workers, collate_fn=identity_collate,
         pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
@@ -325,7 +325,7 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
                     if x is None:
                         feats = (lambda d=encoders[key].dim: np.zeros((0, d), np.float32))
                     else:
-                        feats = to_host(forwards[key](x), device)
+                        feats = to_host(forwards[key], x, device)
                     writer.put(Rows(key, b.shard, b.start, b.stop, feats, ok, errors))
                     counts.computed[key] += int(ok.sum())
                 counts.decoded += b.stop - b.start
@@ -335,8 +335,6 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
     except BaseException:
         writer.abort()
         raise
-    finally:
-        dataset.close()
 
 
 def _gpu_tensors(item, tensor_tfs, device):

@@ -3,6 +3,7 @@ refusals, adding encoders, WebDataset input, --dataset, and the GPU decode path'
 from __future__ import annotations
 
 import json
+import threading
 import zlib
 
 import numpy as np
@@ -284,3 +285,48 @@ def test_an_encoder_another_tool_wrote_is_kept_when_extract_adds_one(tmp_path, i
         assert c.status[row] == STATUS_UNREADABLE and c.errors[row] == "judged unreadable by the other tool"
         bad = [i for i, e in enumerate(c.errors) if e and i != row]
         assert len(bad) == 3 and all(c.status[i] == STATUS_UNREADABLE for i in bad)
+
+
+def _convert_to_rgb(img):  # named as open_clip names its RGB conversion
+    return img.convert("RGB")
+
+
+def test_cpu_batches_are_bitwise_the_per_image_transform(images):
+    """The CPU path runs ToTensor and Normalize once per batch: the tensors are the per-image
+    transform's, bit for bit, for timm's and an open_clip-like transform; a plug-in's callable runs whole."""
+    from torchvision import transforms as T
+
+    from zoomshot.extract.loader import Batch, DecodedBatches, batch_steps
+    from zoomshot.sources import open_source
+
+    src = open_source(str(images))
+    clip_like = T.Compose([T.Resize(40, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(40), _convert_to_rgb,
+                           T.ToTensor(), T.Normalize((0.48, 0.46, 0.41), (0.27, 0.26, 0.28))])
+    plugin = T.Compose([T.Resize(24), T.CenterCrop(24), T.ToTensor(), T.Lambda(lambda x: x * 2)])
+    tfs = [same_encoder(VIT).preprocess, clip_like, plugin]
+    assert [batch_steps(t) is not None for t in tfs] == [True, True, False]
+    item = DecodedBatches(src, [Batch(0, 0, len(src), ("k",))], tfs)[0]
+    good = np.flatnonzero(item["ok"])
+    assert 0 < len(good) < len(src)
+    for tf, x in zip(tfs, item["tensors"]):
+        ref = torch.stack([tf(decode_rgb(src.read(int(i)))) for i in good])
+        assert x.is_contiguous() and x.dtype == ref.dtype and torch.equal(x, ref)
+
+
+def test_a_failing_cpu_forward_is_a_one_line_error_and_keeps_the_written_rows(tmp_path, images):
+    plugin = tmp_path / "failing.py"
+    plugin.write_text(RESIZABLE_PLUGIN_SRC.format(dim=4).replace(
+        "    def encode_image(self, x):\n",
+        "    calls = 0\n    def encode_image(self, x):\n        P.calls += 1\n"
+        "        if P.calls == 3:\n            raise RuntimeError('boom')\n"))
+    out = tmp_path / "f.h5"
+    res = zs("extract", "--images", images, "--encoder", f"py:{plugin}:make", "--out", out, "--batch-size", 2,
+             "--quiet")
+    assert res.exit_code != 0 and "the forward failed: RuntimeError: boom" in res.output
+    assert "Traceback" not in res.output
+    assert list(out.with_suffix(".shards").rglob("*.partial*")), list(out.with_suffix(".shards").rglob("*"))
+    seen = []  # the forward threads' torch thread count did not leak into threads started later
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [torch.get_num_threads()]

@@ -61,6 +61,11 @@ class ShardPaths:
             return []
         return sorted(p.name for p in self.root.iterdir() if self.encoder_record_path(p.name).exists())
 
+    def shard_counts(self, key: str) -> tuple[int, int]:
+        """(final, partial) shard files of encoder KEY."""
+        d = self.root / key
+        return len(list(d.glob("[0-9]*.h5"))), len(list(d.glob(f"[0-9]*.h5{PARTIAL}")))
+
     def any_rows_written(self) -> bool:
         """Whether any shard file (final or partial) exists: then a failed run leaves rows to resume."""
         return any(self.root.glob("*/[0-9]*.h5*"))
