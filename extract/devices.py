@@ -93,10 +93,10 @@ class DevicePrefetcher:
 
 def to_host(forward, x, device: str):
     """Run forward(x) and start copying its (B, dim) features to host memory; returns a function that
-    waits and gives numpy. On the CPU, threads of one torch thread each (`_cpu_pool`) run the forwards
-    of successive batches and encoders side by side while the next batch decodes: one forward on 2
-    torch threads kept 2 cores ~80% busy (resnet18, mobilenetv3_large), and decoding between forwards
-    left them idle. These models give the same bits on 1 or 2 threads."""
+    waits and gives numpy. On the CPU, threads sharing the torch threads (`_cpu_pool`) run the
+    forwards of successive batches and encoders side by side while the next batch decodes: one forward
+    on 2 torch threads kept 2 cores ~80% busy (resnet18, mobilenetv3_large), and decoding between
+    forwards left them idle. These models give the same bits on 1 or 2 threads."""
     import torch
 
     if getattr(forward, "pooled", False):
@@ -126,16 +126,22 @@ def _forward_numpy(forward, x):
         raise ZsError(f"the forward failed: {type(e).__name__}: {e}") from e
 
 
+MAX_CPU_FORWARDS = 4  # forwards side by side; no more batches are in flight (the shard writer's queue)
+
+
 @functools.lru_cache(maxsize=None)
 def _cpu_pool(threads: int) -> ThreadPoolExecutor:
-    """`threads` forward threads of one torch thread each, for the process. Setting a thread's count
-    also sets the default of threads started later: put back once all have started."""
+    """Forward threads for the process: up to MAX_CPU_FORWARDS, sharing `threads` torch threads (on 2
+    cores, 2 forwards of one thread each; on 64, 4 of 16). Setting a thread's count also sets the
+    default of threads started later: put back once all have started."""
     import torch
 
-    started = threading.Barrier(threads + 1)
-    # get_num_threads first: torch's lazy per-thread setup would later undo set_num_threads(1)
-    pool = ThreadPoolExecutor(threads, "zs-forward", lambda: (torch.get_num_threads(), torch.set_num_threads(1)))
-    for _ in range(threads):
+    workers = min(threads, MAX_CPU_FORWARDS)
+    started = threading.Barrier(workers + 1)
+    # get_num_threads first: torch's lazy per-thread setup would later undo set_num_threads
+    pool = ThreadPoolExecutor(workers, "zs-forward",
+                              lambda: (torch.get_num_threads(), torch.set_num_threads(threads // workers)))
+    for _ in range(workers):
         pool.submit(started.wait)
     started.wait()
     torch.set_num_threads(threads)
