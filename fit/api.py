@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from zoomshot.version import __version__
 
 from .closed_form import procrustes_map, ridge_solution
 from .config import ITERATIVE, FitConfig
-from .data import ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
+from .data import Chunk, ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
 
 SHARED = ("source", "target", "vocab", "seed", "device", "memory_budget", "holdout")
 LOO_ROWS = 2048  # rows whose exact leave-one-out agreement and error score each ridge penalty
@@ -107,8 +107,12 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
 
 
 def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
+    import torch
+
+    from zoomshot.devices import resolve_device
+
     base = cfgs[0]
-    device = _device(base.device)
+    device = torch.device(resolve_device(base.device))
     with Cache(path) as cache:
         src, tgt = resolve_encoders(cache, base.source, base.target)
         dv, d = check_dims(cache, src, tgt)
@@ -144,18 +148,9 @@ def _read_statistics(sh: Shared, cfgs: list[FitConfig]) -> None:
             sh.moments.add(blk)
             held.append(blk.take(blk.ranks >= plan.holdout_from))
             sample.append(blk.take(blk.ranks < LOO_ROWS))
-    cat = lambda parts: _concat(parts) if sum(len(p.v) for p in parts) else None  # noqa: E731
-    sh.held, sh.sample = cat(held), cat(sample)
+    sh.held, sh.sample = (Chunk(*map(torch.cat, zip(*parts))) if sum(len(p.v) for p in parts) else None
+                          for parts in (held, sample))
     sh.stats_s = time.perf_counter() - sh.t0
-
-
-def _concat(parts):
-    import torch
-
-    from .data import Chunk
-
-    return Chunk(torch.cat([p.v for p in parts]), torch.cat([p.c for p in parts]),
-                 torch.cat([p.ranks for p in parts]), None)
 
 
 def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=None) -> Mapping:
@@ -196,14 +191,6 @@ def _held_metrics(m: Mapping, sh: Shared) -> dict:
     return holdout_metrics(h, sh.held.c, sh.T)
 
 
-def _device(name: str):
-    import torch
-
-    from zoomshot.devices import resolve_device
-
-    return torch.device(resolve_device(name))
-
-
 def _text(cache: Cache, target: str, vocab: str | None, cfgs):
     """The (K, d) normalised text classifier and the vocabulary's name: needed by zoomshot's KD and
     text cycle, used by the held-out agreement when the cache has a vocabulary."""
@@ -240,7 +227,7 @@ def _mapping(c: FitConfig, st, W, b, U, e, extra: dict, sh: Shared) -> Mapping:
         "epochs": int(c.epochs) if c.method in ITERATIVE else 0,
         "fraction": float(c.fraction),
         "seed": int(c.seed),
-        "hyper": c.hyper(),
+        "hyper": asdict(c),  # device and memory budget say how, not what
         "device": str(sh.device),  # what --device (default auto) resolved to
         "source": _enc(sh.encs[sh.src]),
         "target": _enc(sh.encs[sh.tgt]),

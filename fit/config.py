@@ -6,7 +6,7 @@ depend on the training rows (`schedule`): every cache size gets enough optimizer
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from zoomshot.errors import ZsError, did_you_mean
 
@@ -108,10 +108,6 @@ class FitConfig:
         """A resolved copy with zoomshot's batch size and epochs set from the training rows."""
         batch, epochs = schedule(rows, self.batch_size, self.epochs)
         return replace(self, batch_size=batch, epochs=epochs)
-
-    def hyper(self) -> dict:
-        """Every hyper-parameter, for run.json (device and memory budget say how, not what)."""
-        return asdict(self)
 
 
 # zoomshot's schedule from the row count n: batches of about n/32 rows (a power of two, 32 to

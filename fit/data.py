@@ -15,9 +15,8 @@ tell their rows apart by rank.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -78,19 +77,6 @@ def holdout_size(n: int, share: float) -> int:
     return int(min(max(round(share * n), HOLDOUT_MIN), HOLDOUT_MAX, n // 5))
 
 
-def subset_sizes(n: int, fractions) -> list[int]:
-    """Rows kept for each fraction (at least one row)."""
-    return [max(1, int(round(f * n))) for f in fractions]
-
-
-def row_ranks(usable: np.ndarray, seed: int) -> np.ndarray:
-    """rank[i] = place of usable[i] in the seeded permutation of the usable rows."""
-    perm = np.random.default_rng(seed).permutation(len(usable))
-    rank = np.empty(len(usable), np.int64)
-    rank[perm] = np.arange(len(usable))
-    return rank
-
-
 @dataclass
 class RowPlan:
     """The rows one or several fits read: global row indices (sorted) and their ranks.
@@ -126,8 +112,8 @@ def plan_rows(cache: Cache, source: str, target: str, fractions, seed: int, byte
         raise ZsError(f"{cache.path} has no usable rows for {source} and {target} (status 0 and done "
                       f"for both); finish the extraction first (`zs cache info {cache.path}`)")
     n_hold = holdout_size(n, holdout)
-    sizes = subset_sizes(n - n_hold, fractions)
-    rank = row_ranks(usable, seed)
+    sizes = [max(1, int(round(f * (n - n_hold)))) for f in fractions]  # at least one row each
+    rank = np.random.default_rng(seed).permutation(n).argsort()  # place of each row in the permutation
     keep = (rank < max(sizes)) | (rank >= n - n_hold)
     rows, ranks = usable[keep], rank[keep]
     block_rows = max(1, BLOCK_BYTES // bytes_per_row)
@@ -135,14 +121,15 @@ def plan_rows(cache: Cache, source: str, target: str, fractions, seed: int, byte
     return RowPlan(rows, ranks, n, sizes, n_hold, block_rows, cache.n, resident)
 
 
-class Chunk:
+class Chunk(NamedTuple):
     """Rows on the device: source features v (raw), target features c (L2-normalised), ranks."""
 
-    def __init__(self, v, c, ranks, rows):
-        self.v, self.c, self.ranks, self.rows = v, c, ranks, rows
+    v: object
+    c: object
+    ranks: object
 
     def take(self, idx) -> "Chunk":
-        return Chunk(self.v[idx], self.c[idx], self.ranks[idx], None)
+        return Chunk(self.v[idx], self.c[idx], self.ranks[idx])
 
 
 def read_arrays(cache: Cache, source: str, target: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,35 +151,19 @@ def read_arrays(cache: Cache, source: str, target: str, rows: np.ndarray) -> tup
     return v16, c16
 
 
-def to_device(v16: np.ndarray, c16: np.ndarray, rows: np.ndarray, ranks: np.ndarray, device,
-              cache_path, target: str) -> "Chunk":
-    """Float16 rows onto the device, float32 there; the CLIP rows L2-normalised."""
-    import torch
-
-    v = torch.from_numpy(v16).to(device).float()
-    c = torch.from_numpy(c16).to(device).float()
-    norms = c.norm(dim=1, keepdim=True)
-    if bool((norms == 0).any()):
-        row = int(rows[int((norms[:, 0] == 0).nonzero()[0, 0])])
-        raise ZsError(f"{cache_path}: encoders/{target}/image row {row} is all zeros; it cannot be "
-                      f"L2-normalised (re-extract it or mark it unreadable)")
-    c /= norms
-    return Chunk(v, c, torch.from_numpy(ranks).to(device), rows)
-
-
 class ChunkFeed:
-    """The blocks of a plan, on the device: resident (read once, blocks are views) or streamed.
+    """The blocks of a plan, on the device: resident (read once, kept) or streamed.
 
-    `blocks(order)` yields the Chunk of each block index in `order`; a streamed feed reads them in a
-    background thread, at most `ahead` blocks before the trainer, so at most about three blocks of
+    `blocks(order)` yields the Chunk of each block index in `order`; a streamed feed reads the next
+    block in a background thread while the trainer works on the current one, so about two blocks of
     rows are in memory at once.
     """
 
-    def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device, ahead: int = 1):
+    def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device):
         self.cache_path, self.source, self.target = cache_path, source, target
-        self.plan, self.device, self.ahead = plan, device, ahead
+        self.plan, self.device = plan, device
         self.ranges = plan.blocks()
-        self._resident: Chunk | None = None
+        self._resident: list[Chunk] | None = None
         self.read_wait_s = 0.0  # time the trainer spent waiting for the reader
 
     def __len__(self):
@@ -203,77 +174,43 @@ class ChunkFeed:
         return read_arrays(cache, self.source, self.target, self.plan.rows[a:b])
 
     def _chunk(self, i: int, arrays) -> Chunk:
-        a, b = self.ranges[i]
-        return to_device(*arrays, self.plan.rows[a:b], self.plan.ranks[a:b], self.device,
-                         self.cache_path, self.target)
-
-    def blocks(self, order):
-        if self.plan.resident:
-            if self._resident is None:
-                self._resident = self._read_all()
-            r = self._resident
-            for i in order:
-                a, b = self.ranges[i]
-                yield Chunk(r.v[a:b], r.c[a:b], r.ranks[a:b], self.plan.rows[a:b])
-            return
-        yield from self._stream(list(order))
-
-    def _read_all(self) -> Chunk:
-        """Every block into one float32 tensor pair, filled block by block (no second copy)."""
+        """Float16 rows onto the device, float32 there; the CLIP rows L2-normalised."""
         import torch
 
-        n = self.ranges[-1][1]
-        v = c = None
-        with Cache(self.cache_path) as cache:
-            for i, (a, b) in enumerate(self.ranges):
-                blk = self._chunk(i, self._read(cache, i))
-                if c is None:
-                    v = torch.empty(n, blk.v.shape[1], device=blk.v.device)
-                    c = torch.empty(n, blk.c.shape[1], device=blk.c.device)
-                v[a:b], c[a:b] = blk.v, blk.c
-        ranks = torch.from_numpy(self.plan.ranks[:n]).to(v.device)
-        return Chunk(v, c, ranks, self.plan.rows[:n])
+        a, b = self.ranges[i]
+        v, c = (torch.from_numpy(x).to(self.device).float() for x in arrays)
+        norms = c.norm(dim=1, keepdim=True)
+        if bool((norms == 0).any()):
+            row = int(self.plan.rows[a + int((norms[:, 0] == 0).nonzero()[0, 0])])
+            raise ZsError(f"{self.cache_path}: encoders/{self.target}/image row {row} is all zeros; it "
+                          f"cannot be L2-normalised (re-extract it or mark it unreadable)")
+        c /= norms
+        return Chunk(v, c, torch.from_numpy(self.plan.ranks[a:b]).to(self.device))
+
+    def blocks(self, order):
+        if not self.plan.resident:
+            yield from self._stream(list(order))
+            return
+        if self._resident is None:
+            with Cache(self.cache_path) as cache:
+                self._resident = [self._chunk(i, self._read(cache, i)) for i in range(len(self))]
+        for i in order:
+            yield self._resident[i]
 
     def _stream(self, order):
         import time
+        from concurrent.futures import ThreadPoolExecutor
 
-        q: queue.Queue = queue.Queue(maxsize=self.ahead)
-        stop = threading.Event()
-
-        def reader():
-            try:
-                with Cache(self.cache_path) as cache:
-                    for i in order:
-                        if stop.is_set():
-                            return
-                        item = (i, self._read(cache, i))
-                        while not stop.is_set():
-                            try:
-                                q.put(item, timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-            except BaseException as err:  # handed to the trainer, raised there
-                q.put(err)
-                return
-            q.put(None)
-
-        t = threading.Thread(target=reader, name="zs-fit-reader", daemon=True)
-        t.start()
-        try:
-            while True:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="zs-fit-reader")
+        with Cache(self.cache_path) as cache, pool:  # the pool's read ends before the cache closes
+            pending = pool.submit(self._read, cache, order[0]) if order else None
+            for k, i in enumerate(order):
                 t0 = time.perf_counter()
-                item = q.get()
+                arrays = pending.result()  # a reader's error is raised here, in the trainer
                 self.read_wait_s += time.perf_counter() - t0
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                i, arrays = item
+                if k + 1 < len(order):
+                    pending = pool.submit(self._read, cache, order[k + 1])
                 yield self._chunk(i, arrays)
-        finally:
-            stop.set()
-            t.join(timeout=10)
 
 
 def release_freed_memory() -> None:
@@ -382,14 +319,10 @@ class Moments:
         var_c = (cum(self.scc_diag) / n - mc * mc).clamp_min(0)
         st = RowStats(n=int(n), mean_v=mv, mean_c=mc, var_v=var_v, var_c=var_c)
         if self.full:
-            st.cov_vv = cum(self.svv) / n - torch_outer(mv, mv)
-            st.cov_vc = cum(self.svc) / n - torch_outer(mv, mc)
-            st.cov_cc = cum(self.scc) / n - torch_outer(mc, mc)
+            st.cov_vv = cum(self.svv) / n - mv.outer(mv)
+            st.cov_vc = cum(self.svc) / n - mv.outer(mc)
+            st.cov_cc = cum(self.scc) / n - mc.outer(mc)
         return st
-
-
-def torch_outer(a, b):
-    return a[:, None] * b[None, :]
 
 
 @dataclass
@@ -412,12 +345,8 @@ class RowStats:
 
     def entry_variance(self, which: str) -> float:
         """Variance of all entries pooled (the Text-to-Concept `get_variance`)."""
-        if which == "v":
-            m = float(self.mean_v.mean())
-            ex2 = float((self.var_v + self.mean_v ** 2).mean())
-        else:
-            m = float(self.mean_c.mean())
-            ex2 = float((self.var_c + self.mean_c ** 2).mean())
+        mean, var = (self.mean_v, self.var_v) if which == "v" else (self.mean_c, self.var_c)
+        m, ex2 = float(mean.mean()), float((var + mean ** 2).mean())
         return max(ex2 - m * m, 1e-30)
 
 
