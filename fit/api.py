@@ -1,11 +1,8 @@
 """The fit stage's entry points: one fit (`fit_cache`), a sweep grid (`fit_grid`), any list (`fit_configs`).
 
-All of them read the cache once: one statistics pass (standardisation, closed-form moments, the
-held-out rows, the leave-one-out sample, NaN/Inf check) that also loads the rows when they fit in
-the memory budget; then each configuration is fitted in turn, the closed forms solved and the
-iterative methods trained (`trainer.train`). Each fit is scored on the held-out rows (label-free,
-`holdout.py`). The result is a `Mapping` per configuration with its run record filled in; nothing
-is written (see `zoomshot.mapping.save_mapping`).
+All of them read the cache once (one statistics pass, which also loads the rows when they fit in
+the memory budget), then solve or train each configuration in turn and score it on the held-out
+rows. Each gives a `Mapping` with its run record; nothing is written (`zoomshot.mapping.save_mapping`).
 """
 from __future__ import annotations
 
@@ -72,10 +69,10 @@ class Shared:
     feed: ChunkFeed
     device: object
     t0: float
-    moments: Moments | None = None
-    held: object = None  # Chunk of the held-out rows, or None
-    sample: object = None  # Chunk of the rows with rank < LOO_ROWS
-    stats_s: float = 0.0
+    moments: Moments
+    held: Chunk | None  # the held-out rows
+    sample: Chunk | None  # the rows with rank < LOO_ROWS
+    stats_s: float
     ridge_solutions: dict = field(default_factory=dict)  # closed_form.ridge_solution's
 
 
@@ -93,7 +90,6 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
             raise ZsError(f"configurations fitted together must share {name}; got {sorted(vals)}")
     release_freed_memory()
     sh = _setup(Path(cache_path).resolve(), cfgs, t0)
-    _read_statistics(sh, cfgs)
     results = []
     for i, c in enumerate(cfgs):
         mapping = _fit_one(c, sh, sh.plan.sizes[i], progress, bar, on_state)
@@ -107,9 +103,13 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
 
 
 def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
+    """Encoders, text and row plan, then the one pass over every block: moments per rank tier, the
+    held-out rows, the leave-one-out sample."""
     import torch
 
     from zoomshot.devices import resolve_device
+
+    from .trainer import threads_for
 
     base = cfgs[0]
     device = torch.device(resolve_device(base.device))
@@ -120,37 +120,26 @@ def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
         plan = plan_rows(cache, src, tgt, [c.fraction for c in cfgs], base.seed,
                          bytes_per_row=4 * (dv + d), memory_budget=base.memory_budget,
                          holdout=base.holdout)
-        sh = Shared(src, tgt, dv, d, cache.encoders, T, vocab, cache.fingerprint(), plan,
-                    ChunkFeed(path, src, tgt, plan, device), device, t0)
+        encs, fingerprint = cache.encoders, cache.fingerprint()
     small = [s for s in plan.sizes if s < 2]
     if small:
         raise ZsError(f"{path}: a fit needs at least 2 training rows, and --fraction leaves {small[0]} "
                       f"of the {plan.usable - plan.holdout} (after {plan.holdout} held out); "
                       f"raise --fraction or extract more images")
-    if T is not None:
-        sh.T = T.to(device)
-    return sh
-
-
-def _read_statistics(sh: Shared, cfgs: list[FitConfig]) -> None:
-    """The one pass over every block: moments per rank tier, the held-out rows, the LOO sample."""
-    import torch
-
-    from .trainer import threads_for
-
     full = any(c.method in ("ridge", "procrustes") or (c.method == "zoomshot" and c.init == "ridge")
                for c in cfgs)
-    plan = sh.plan
-    sh.moments = Moments(plan.sizes, sh.dv, sh.d, full=full, device=sh.device)
+    feed = ChunkFeed(path, src, tgt, plan, device)
+    moments = Moments(plan.sizes, dv, d, full=full, device=device)
     held, sample = [], []
-    with torch.no_grad(), threads_for(sh.device, plan.block_rows * sh.dv * (sh.dv + sh.d if full else 1)):
-        for blk in sh.feed.blocks(range(len(sh.feed))):
-            sh.moments.add(blk)
+    with torch.no_grad(), threads_for(device, plan.block_rows * dv * (dv + d if full else 1)):
+        for blk in feed.blocks(range(len(feed))):
+            moments.add(blk)
             held.append(blk.take(blk.ranks >= plan.holdout_from))
             sample.append(blk.take(blk.ranks < LOO_ROWS))
-    sh.held, sh.sample = (Chunk(*map(torch.cat, zip(*parts))) if sum(len(p.v) for p in parts) else None
-                          for parts in (held, sample))
-    sh.stats_s = time.perf_counter() - sh.t0
+    held, sample = (Chunk(*map(torch.cat, zip(*parts))) if sum(len(p.v) for p in parts) else None
+                    for parts in (held, sample))
+    return Shared(src, tgt, dv, d, encs, None if T is None else T.to(device), vocab, fingerprint, plan,
+                  feed, device, t0, moments, held, sample, stats_s=time.perf_counter() - t0)
 
 
 def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=None) -> Mapping:

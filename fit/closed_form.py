@@ -1,20 +1,8 @@
-"""Closed-form maps from row statistics: ridge regression and whitened Procrustes.
+"""Closed-form maps from row statistics: ridge regression and whitened Procrustes (docs/method.md).
 
-Both work on standardised source features x = (v − mean) / std and the L2-normalised CLIP
-features ĉ, from the population covariances in `RowStats` (float64), so they depend on the rows
-only through sums: the order of rows changes nothing beyond float rounding.
-
-ridge       W = Σ_cx (Σ_xx + λ I)⁻¹, b = mean ĉ  (Σ_xx has unit diagonal, so λ is relative).
-            The inverse map g is the ridge regression the other way, with penalty λ·tr(Σ_cc)/d.
-            λ is chosen over `LAMBDAS` unless given, by exact leave-one-out (`ridge_loo`): the
-            most leave-one-out agreement with the teacher on the training vocabulary, ties broken
-            by the least leave-one-out error (only the error when there is no vocabulary).
-procrustes  an orthogonal map between whitened spaces. x is projected onto its top k = min(dv, d)
-            principal axes and whitened (P = Λ^-1/2 Eᵀ); ĉ is whitened by Σ_cc^-1/2 (eigenvalues
-            floored at 1e-6 of the largest). R = A Bᵀ from the SVD A Σ Bᵀ of the whitened
-            cross-covariance (the orthogonal R that best aligns the whitened pairs), and
-            W = Σ_cc^1/2 R P, b = mean ĉ. Whitening is the projection it needs: the two encoders'
-            spaces differ in dimension and in scale per direction, which no rotation can fix.
+Both work on standardised source features and L2-normalised CLIP features, from the float64
+population covariances in `RowStats`, so they depend on the rows only through sums. The ridge
+penalty, unless given, is chosen over `LAMBDAS` by exact leave-one-out (`ridge_loo`).
 """
 from __future__ import annotations
 
@@ -33,16 +21,13 @@ LAMBDAS = tuple(10.0 ** (k / 2) for k in range(-8, 7))  # 1e-4 .. 1e3
 
 
 def ridge_loo(st, x, y, lambdas=LAMBDAS, T=None):
-    """Exact leave-one-out scores of the forward ridge map, per λ: the mean squared error (per
-    coordinate), and with a text classifier T (K, d) the agreement too (the share of rows whose
-    left-out prediction n(ŷ) picks the class their ĉ picks), else None.
+    """Exact leave-one-out scores of the forward ridge map per λ: the mean squared error (per
+    coordinate) and, with a text classifier T (K, d), the agreement with the teacher (else None).
 
-    x (m, dv) raw source rows and y (m, d) their normalised CLIP rows, which must be among the rows
-    `st` was computed from (a sample of them is enough). With Σ_xx = Q diag(s) Qᵀ (one
-    eigendecomposition for every λ), a = Qᵀ x_std and z = Qᵀ Σ_xc, the fitted row is
-    ŷ = mean ĉ + a diag(1/(s+λ)) z and its leverage h = 1/n + Σ_j a_j² / (n (s_j + λ)) (the
-    intercept is unpenalised, the standardisation fixed); the leave-one-out residual is
-    (y − ŷ) / (1 − h), what refitting without the row gives."""
+    x (m, dv) raw source rows and y (m, d) their normalised CLIP rows, among the rows `st` sums (a
+    sample is enough). One eigendecomposition of Σ_xx serves every λ; the intercept is unpenalised
+    and the standardisation fixed; the residual (y − ŷ) / (1 − leverage) is what refitting without
+    the row gives (docs/method.md)."""
     import torch
 
     cxx, cxc = _standardised_cov(st)
@@ -83,7 +68,7 @@ def ridge_maps(st, lam: float):
 
 
 def procrustes_map(st, floor: float = 1e-6):
-    """(W, b) in float64: whitened orthogonal Procrustes, as the module docstring says."""
+    """(W, b) in float64: whitened orthogonal Procrustes (docs/method.md)."""
     import torch
 
     cxx, cxc = _standardised_cov(st)

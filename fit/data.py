@@ -1,17 +1,10 @@
 """The fit stage's data path: which encoders and rows to use, and getting those rows onto the device.
 
-Rows are read from the cache as float16 in row-range chunks and become float32 on the device. When
-every needed row fits in the memory budget there is one chunk, read once and kept resident; when
-not, they are streamed each epoch by a background reader that keeps the next block ready. Either
-way the rows come in fixed file-row blocks (`BLOCK_BYTES`), and the batch order is a function of
-the seed, the epoch and the rows' ranks only, so a fit gives the same mapping under any budget.
-
-Subsets: `--fraction f` keeps the first round(f·n) rows of a seeded permutation of the usable rows,
-so fractions with one seed are nested. A row's *rank* is its place in that permutation; a fit with
-fraction f uses the rows with rank < round(f·n'), n' = usable rows minus the held-out rows, which
-are the rows of highest rank (the last `holdout_size` of the permutation): disjoint from every
-fraction's rows and fixed by the seed. Several fits over one cache (a sweep) read the rows once and
-tell their rows apart by rank.
+Rows are read as float16 in fixed file-row blocks (`BLOCK_BYTES`) and become float32 on the device;
+they stay resident when they fit in the memory budget, else are streamed each epoch. The batch
+order depends on the seed, the epoch and the rows' ranks only, so a fit gives the same mapping
+under any budget. A row's rank is its place in a seeded permutation of the usable rows: a fraction
+f trains on the ranks < round(f·n'), the held-out rows are the highest ranks (README, Fit).
 """
 from __future__ import annotations
 

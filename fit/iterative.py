@@ -1,11 +1,8 @@
 """The iterative methods' set-up around the training loop: initial maps, inputs, loss, validation.
 
-zoomshot   h and g start from the ridge solution (its penalty chosen by leave-one-out, as for the
-           ridge method) or small random weights, and train on standardised source features; the
-           state kept is the best epoch by held-out agreement, the start included (early stopping).
-linear-aligner  the published Text-to-Concept recipe: each side scaled by one scalar to per-entry
-           variance la_variance, nn.Linear's default init, trained on raw features; its scales are
-           folded back into the standardised form afterwards.
+zoomshot starts from the ridge solution or small random weights and trains on standardised features;
+the linear aligner (Text-to-Concept) scales each side to a per-entry variance, starts from
+nn.Linear's init and trains on raw features, its scales folded into the standardised form after.
 """
 from __future__ import annotations
 

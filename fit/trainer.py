@@ -3,14 +3,8 @@
     for epoch: for batch: lr = cosine(step); loss = loss_fn(batch); backward; optimizer step
     after each epoch: mean loss terms, held-out metrics, keep the best state (early stopping)
 
-`train` knows nothing of the method: it gets the modules to train, a loss function of a batch, the
-batches of an epoch and a validation function. When the validation gives per-row hits, the state
-kept is the best by held-out agreement among the start (epoch 0) and every epoch, so training never
-leaves the mapping worse on the held-out rows than where it started. A later state can be kept only when it agrees
-with the teacher on more held-out rows than the start by over two standard errors of the paired
-difference (2·√discordant rows): a few hundred rows cannot tell apart states a few rows apart, and
-the start (a closed-form optimum) is the safer choice then. Among such states, the most agreeing. A loss that turns NaN/Inf stops the fit
-with a ZsError; one that rises a hundredfold over the first step's is a warning in the record.
+`train` knows nothing of the method. The early-stopping rule is in docs/method.md. A loss that
+turns NaN/Inf stops the fit with a ZsError; one that rises a hundredfold is a warning in the record.
 """
 from __future__ import annotations
 
