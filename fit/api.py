@@ -154,7 +154,7 @@ def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=
     if c.method == "procrustes":
         W, b = procrustes_map(st)
     elif c.method == "ridge":
-        _, extra["ridge"], (W, b, U, e) = ridge_solution(c, st, sh)
+        extra["ridge"], (W, b, U, e) = ridge_solution(c, st, sh)
     else:
         from .iterative import train_config
 

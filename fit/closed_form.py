@@ -89,29 +89,25 @@ def procrustes_map(st, floor: float = 1e-6):
     return W, st.mean_c.clone()
 
 
-def choose_ridge_lambda(c, st, sample, T=None) -> tuple[float, dict]:
-    """The ridge penalty of FitConfig c: as given, or chosen by exact leave-one-out on the in-memory
-    sample (its held-out rows, ranks >= st.n, left out): the most agreement with the teacher on the
-    classifier T, ties broken by the least error; the least error alone without T."""
-    if c.ridge_lambda is not None:
-        return c.ridge_lambda, {"lambda": c.ridge_lambda, "chosen_by": "--ridge-lambda"}
-    keep = sample.ranks < st.n
-    x, y = sample.v[keep], sample.c[keep]
-    mse, agree = ridge_loo(st, x, y, LAMBDAS, T)
-    if agree is None:
-        best, rule = int(np.argmin(mse)), "leave-one-out error"
-    else:
-        best, rule = max(range(len(LAMBDAS)), key=lambda i: (agree[i], -mse[i])), "leave-one-out agreement"
-    return LAMBDAS[best], {"lambda": LAMBDAS[best], "chosen_by": rule, "loo_rows": int(len(x)),
-                           "tried": list(LAMBDAS), "loo_mse": mse, "loo_agreement": agree}
-
-
 def ridge_solution(c, st, sh):
-    """(λ, its record, (W, b, U, e)) for FitConfig c on the rows st summarises, solved once per
-    training size and given penalty (a sweep's cells of one fraction share it) in sh.ridge_solutions."""
+    """(λ's record, (W, b, U, e)) for FitConfig c on the rows st summarises, solved once per training
+    size and given penalty (a sweep's cells of one fraction share it) in sh.ridge_solutions. λ: as
+    given, or by exact leave-one-out on the in-memory sample's training rows: the most agreement with
+    the teacher on the classifier sh.T, ties broken by the least error (the least error without T)."""
     key = (st.n, c.ridge_lambda)
     if key not in sh.ridge_solutions:
-        lam, info = choose_ridge_lambda(c, st, sh.sample, sh.T)
-        sh.ridge_solutions[key] = (lam, info, ridge_maps(st, lam))
-    lam, info, maps = sh.ridge_solutions[key]
-    return lam, dict(info), tuple(t.clone() for t in maps)
+        if c.ridge_lambda is not None:
+            info = {"lambda": c.ridge_lambda, "chosen_by": "--ridge-lambda"}
+        else:
+            keep = sh.sample.ranks < st.n  # the sample's held-out rows (ranks >= st.n) left out
+            mse, agree = ridge_loo(st, sh.sample.v[keep], sh.sample.c[keep], LAMBDAS, sh.T)
+            if agree is None:
+                best, rule = int(np.argmin(mse)), "leave-one-out error"
+            else:
+                best = max(range(len(LAMBDAS)), key=lambda i: (agree[i], -mse[i]))
+                rule = "leave-one-out agreement"
+            info = {"lambda": LAMBDAS[best], "chosen_by": rule, "loo_rows": int(keep.sum()),
+                    "tried": list(LAMBDAS), "loo_mse": mse, "loo_agreement": agree}
+        sh.ridge_solutions[key] = (info, ridge_maps(st, info["lambda"]))
+    info, maps = sh.ridge_solutions[key]
+    return dict(info), maps

@@ -212,16 +212,13 @@ def release_freed_memory() -> None:
     Its default threshold rises as large buffers are freed, after which each block's buffers come
     from the heap and fragment it: a streamed fit then grows by hundreds of MB over the budget."""
     import ctypes
-    import ctypes.util
     import sys
 
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD, in the process's own libc
+        except (OSError, AttributeError):
+            pass
 
 
 def epoch_batches(feed: ChunkFeed, size: int, batch_size: int, seed: int, epoch: int):

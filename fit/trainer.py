@@ -9,6 +9,7 @@ turns NaN/Inf stops the fit with a ZsError; one that rises a hundredfold is a wa
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -39,10 +40,6 @@ def make_optimizer(params, cfg):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _state(modules) -> list:
-    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
-
-
 def _better(cand, start) -> bool:
     """Per-row held-out hits cand beat those of the start by over two standard errors of the paired
     difference."""
@@ -65,7 +62,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
     start = validate() if validate else None
     best = first_hits = (start or {}).pop("hits", None)
     keep_best = best is not None
-    best_state = _state(modules) if keep_best else None
+    best_state = [copy.deepcopy(m.state_dict()) for m in modules] if keep_best else None
     res.history.append({"epoch": 0, "holdout": start})
     if on_epoch:
         on_epoch(res.history[0])
@@ -103,7 +100,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
         if on_epoch:
             on_epoch(rec)
         if keep_best and _better(hits, first_hits) and int(hits.sum()) > int(best.sum()):
-            best, best_state, res.best_epoch = hits, _state(modules), epoch
+            best, best_state, res.best_epoch = hits, [copy.deepcopy(m.state_dict()) for m in modules], epoch
     if keep_best:
         for m, s in zip(modules, best_state):
             m.load_state_dict(s)
@@ -120,8 +117,6 @@ SMALL_STEP_MACS = 1 << 22
 @contextlib.contextmanager
 def threads_for(device, step_macs: int):
     """Run small CPU problems single-threaded (torch's thread count is process-wide; restored after)."""
-    import torch
-
     n = torch.get_num_threads()
     small = device.type == "cpu" and step_macs < SMALL_STEP_MACS and n > 1
     if small:
