@@ -53,10 +53,8 @@ def resolve_encoders(cache: Cache, source: str | None, target: str | None) -> tu
     return source, target
 
 
-# A block is the unit of reading and of shuffling: a fixed file-row range holding about this many
-# bytes of float32 rows. Its size depends on the encoders' widths only, never on --memory-budget,
-# so the batch order (a function of the seed, the epoch and the rows' ranks) is the same whether
-# the rows are held in memory or streamed.
+# A block (the unit of reading and of shuffling) is a file-row range of about this many bytes of
+# float32 rows: never a function of --memory-budget, so the batch order is not either.
 BLOCK_BYTES = 16 << 20
 HOLDOUT_MIN = 256  # held-out rows at least (when the cache has 5x as many)
 HOLDOUT_MAX = 10_000  # held-out rows at most: enough to measure agreement to ±0.5 points
@@ -83,18 +81,12 @@ class RowPlan:
     sizes: list[int]  # training rows per fraction asked for
     holdout: int  # held-out rows
     block_rows: int  # file rows per block
-    n_file: int
+    blocks: list[tuple[int, int]]  # (start, stop) index ranges into `rows` per block, none empty
     resident: bool  # every row held in memory (read once) rather than streamed per epoch
 
     @property
     def holdout_from(self) -> int:
         return self.usable - self.holdout
-
-    def blocks(self) -> list[tuple[int, int]]:
-        """(start, stop) index ranges into `rows` per block, empty blocks dropped."""
-        edges = np.arange(0, self.n_file + self.block_rows, self.block_rows)
-        cut = np.searchsorted(self.rows, edges)
-        return [(int(a), int(b)) for a, b in zip(cut[:-1], cut[1:]) if b > a]
 
 
 def plan_rows(cache: Cache, source: str, target: str, fractions, seed: int, bytes_per_row: int,
@@ -110,8 +102,10 @@ def plan_rows(cache: Cache, source: str, target: str, fractions, seed: int, byte
     keep = (rank < max(sizes)) | (rank >= n - n_hold)
     rows, ranks = usable[keep], rank[keep]
     block_rows = max(1, BLOCK_BYTES // bytes_per_row)
+    cut = np.searchsorted(rows, np.arange(0, cache.n + block_rows, block_rows))
+    blocks = [(int(a), int(b)) for a, b in zip(cut[:-1], cut[1:]) if b > a]
     resident = len(rows) * bytes_per_row <= memory_budget
-    return RowPlan(rows, ranks, n, sizes, n_hold, block_rows, cache.n, resident)
+    return RowPlan(rows, ranks, n, sizes, n_hold, block_rows, blocks, resident)
 
 
 class Chunk(NamedTuple):
@@ -155,7 +149,7 @@ class ChunkFeed:
     def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device):
         self.cache_path, self.source, self.target = cache_path, source, target
         self.plan, self.device = plan, device
-        self.ranges = plan.blocks()
+        self.ranges = plan.blocks
         self._resident: list[Chunk] | None = None
         self.read_wait_s = 0.0  # time the trainer spent waiting for the reader
 
@@ -263,55 +257,39 @@ class Moments:
     def __init__(self, sizes: list[int], dv: int, d: int, full: bool, device):
         import torch
 
-        self.bounds = sorted(set(sizes))
-        self.full = full
-        nt = len(self.bounds)
+        self.bounds, self.dv, self.full = sorted(set(sizes)), dv, full
+        nt, w = len(self.bounds), dv + d
         f64 = dict(dtype=torch.float64, device=device)
         self.n = torch.zeros(nt, **f64)
-        self.sv = torch.zeros(nt, dv, **f64)
-        self.svv_diag = torch.zeros(nt, dv, **f64)
-        self.sc = torch.zeros(nt, d, **f64)
-        self.scc_diag = torch.zeros(nt, d, **f64)
-        if full:
-            self.svv = torch.zeros(nt, dv, dv, **f64)
-            self.svc = torch.zeros(nt, dv, d, **f64)
-            self.scc = torch.zeros(nt, d, d, **f64)
+        self.sums = torch.zeros(nt, w, **f64)  # of the rows z = [v, c]
+        self.products = torch.zeros(nt, w, w, **f64) if full else torch.zeros(nt, w, **f64)  # zᵀz or z²
 
     def add(self, chunk: Chunk) -> None:
         import torch
 
         bounds = torch.tensor(self.bounds, device=chunk.ranks.device)
         tier = torch.bucketize(chunk.ranks, bounds, right=True)
-        step = max(64, self.BLOCK_BYTES // (8 * (chunk.v.shape[1] + chunk.c.shape[1])))
+        step = max(64, self.BLOCK_BYTES // (8 * self.sums.shape[1]))
         for j in range(len(self.bounds)):
             idx = (tier == j).nonzero()[:, 0]
             for lo in range(0, len(idx), step):
                 sel = idx[lo:lo + step]
-                v = chunk.v.index_select(0, sel).double()
-                c = chunk.c.index_select(0, sel).double()
+                z = torch.cat([chunk.v.index_select(0, sel), chunk.c.index_select(0, sel)], 1).double()
                 self.n[j] += len(sel)
-                self.sv[j] += v.sum(0)
-                self.sc[j] += c.sum(0)
-                self.svv_diag[j] += (v * v).sum(0)
-                self.scc_diag[j] += (c * c).sum(0)
-                if self.full:
-                    self.svv[j] += v.T @ v
-                    self.svc[j] += v.T @ c
-                    self.scc[j] += c.T @ c
+                self.sums[j] += z.sum(0)
+                self.products[j] += z.T @ z if self.full else (z * z).sum(0)
 
     def stats(self, size: int) -> "RowStats":
         """Means, std and (when full) centred covariances of the rows with rank < size."""
         j = self.bounds.index(size)
-        cum = lambda t: t[: j + 1].sum(0)  # noqa: E731
-        n = float(cum(self.n))
-        mv, mc = cum(self.sv) / n, cum(self.sc) / n
-        var_v = (cum(self.svv_diag) / n - mv * mv).clamp_min(0)
-        var_c = (cum(self.scc_diag) / n - mc * mc).clamp_min(0)
-        st = RowStats(n=int(n), mean_v=mv, mean_c=mc, var_v=var_v, var_c=var_c)
+        n = float(self.n[: j + 1].sum())
+        mean, products = self.sums[: j + 1].sum(0) / n, self.products[: j + 1].sum(0) / n
+        var = ((products.diagonal() if self.full else products) - mean * mean).clamp_min(0)
+        dv = self.dv
+        st = RowStats(n=int(n), mean_v=mean[:dv], mean_c=mean[dv:], var_v=var[:dv], var_c=var[dv:])
         if self.full:
-            st.cov_vv = cum(self.svv) / n - mv.outer(mv)
-            st.cov_vc = cum(self.svc) / n - mv.outer(mc)
-            st.cov_cc = cum(self.scc) / n - mc.outer(mc)
+            cov = products - mean.outer(mean)
+            st.cov_vv, st.cov_vc, st.cov_cc = cov[:dv, :dv], cov[:dv, dv:], cov[dv:, dv:]
         return st
 
 
