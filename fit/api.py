@@ -144,6 +144,10 @@ def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
 
 def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=None) -> Mapping:
     """One configuration: solved (closed forms) or trained, scored on the held-out rows."""
+    import torch
+
+    from .holdout import holdout_metrics
+
     st = sh.moments.stats(size)
     extra: dict = {"warnings": []}
     if st.n < sh.dv:
@@ -164,20 +168,10 @@ def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=
         extra.update(more, warnings=extra["warnings"] + more.get("warnings", []))
     extra["train_time_s"] = round(time.perf_counter() - t_start, 4)
     m = _mapping(c, st, W, b, U, e, extra, sh)
-    if sh.held is not None:
-        m.run["holdout"]["final"] = _held_metrics(m, sh)
+    if sh.held is not None:  # the saved float32 map, scored as a user would apply it
+        W, b, mean, std = (torch.from_numpy(t).to(sh.device) for t in (m.W, m.b, m.mean, m.std))
+        m.run["holdout"]["final"] = holdout_metrics(((sh.held.v - mean) / std) @ W.T + b, sh.held.c, sh.T)
     return m
-
-
-def _held_metrics(m: Mapping, sh: Shared) -> dict:
-    import torch
-
-    from .holdout import holdout_metrics
-
-    W, b = torch.from_numpy(m.W).to(sh.device), torch.from_numpy(m.b).to(sh.device)
-    mean, std = torch.from_numpy(m.mean).to(sh.device), torch.from_numpy(m.std).to(sh.device)
-    h = ((sh.held.v - mean) / std) @ W.T + b
-    return holdout_metrics(h, sh.held.c, sh.T)
 
 
 def _text(cache: Cache, target: str, vocab: str | None, cfgs):

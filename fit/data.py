@@ -119,25 +119,6 @@ class Chunk(NamedTuple):
         return Chunk(self.v[idx], self.c[idx], self.ranks[idx])
 
 
-def read_arrays(cache: Cache, source: str, target: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of both encoders as float16 numpy arrays; NaN/Inf rows refused with the first row's id.
-
-    Numpy only: this runs in the reader thread, and torch ops there would contend with the trainer's
-    thread pool."""
-    v16 = cache.image(source, rows, dtype=np.float16)
-    c16 = cache.image(target, rows, dtype=np.float16)
-    for key, a in ((source, v16), (target, c16)):
-        bad = ~np.isfinite(a).all(axis=1)
-        if bad.any():
-            row = int(rows[int(np.flatnonzero(bad)[0])])
-            image_id = cache.f["images/ids"][row]
-            image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
-            raise ZsError(f"{cache.path}: encoders/{key}/image has NaN/Inf in {int(bad.sum())} of the "
-                          f"rows read (first: row {row}, id {image_id!r}); "
-                          f"re-extract those images or mark them unreadable")
-    return v16, c16
-
-
 class ChunkFeed:
     """The blocks of a plan, on the device: resident (read once, kept) or streamed.
 
@@ -156,9 +137,22 @@ class ChunkFeed:
     def __len__(self):
         return len(self.ranges)
 
-    def _read(self, cache: Cache, i: int):
-        a, b = self.ranges[i]
-        return read_arrays(cache, self.source, self.target, self.plan.rows[a:b])
+    def _read(self, cache: Cache, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block i of both encoders as float16 arrays; NaN/Inf rows refused with the first row's id.
+
+        Numpy only: this runs in the reader thread, and torch ops there would contend with the
+        trainer's thread pool."""
+        rows = self.plan.rows[slice(*self.ranges[i])]
+        v16 = cache.image(self.source, rows, dtype=np.float16)
+        c16 = cache.image(self.target, rows, dtype=np.float16)
+        for key, arr in ((self.source, v16), (self.target, c16)):
+            bad = ~np.isfinite(arr).all(axis=1)
+            if bad.any():
+                row = int(rows[int(np.flatnonzero(bad)[0])])
+                raise ZsError(f"{cache.path}: encoders/{key}/image has NaN/Inf in {int(bad.sum())} of the "
+                              f"rows read (first: row {row}, id {cache.row(row)[0]!r}); "
+                              f"re-extract those images or mark them unreadable")
+        return v16, c16
 
     def _chunk(self, i: int, arrays) -> Chunk:
         """Float16 rows onto the device, float32 there; the CLIP rows L2-normalised."""

@@ -49,8 +49,7 @@ def _better(cand, start) -> bool:
     return gain > 2.0 * math.sqrt(float((cand != start).sum()))
 
 
-def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_epoch=None,
-          bar=None) -> TrainResult:
+def train(modules, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, bar) -> TrainResult:
     """Train `modules` in place for cfg.epochs epochs; returns what happened.
 
     loss_fn(v, c) -> (total, {term: value}); batches(epoch) -> iterable of (v, c); validate() ->
@@ -64,8 +63,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
     keep_best = best is not None
     best_state = [copy.deepcopy(m.state_dict()) for m in modules] if keep_best else None
     res.history.append({"epoch": 0, "holdout": start})
-    if on_epoch:
-        on_epoch(res.history[0])
+    on_epoch(res.history[0])
     first = None
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
@@ -88,8 +86,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
                 sums[k] = sums.get(k, 0.0) + float(t.detach())
             nb += 1
             res.steps += 1
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         rec = {"epoch": epoch, **{k: s / max(nb, 1) for k, s in sums.items()}, "steps": res.steps}
         rec["holdout"] = validate() if validate else None
         hits = (rec["holdout"] or {}).pop("hits", None)
@@ -97,8 +94,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
         if first and rec.get("loss", 0.0) > RISE_WARN * max(first, 1e-30) and not res.warnings:
             res.warnings.append(f"the training loss rose from {first:.3g} to {rec['loss']:.3g} by epoch "
                                 f"{epoch}: the fit diverged; lower the learning rate (--lr, now {cfg.lr:g})")
-        if on_epoch:
-            on_epoch(rec)
+        on_epoch(rec)
         if keep_best and _better(hits, first_hits) and int(hits.sum()) > int(best.sum()):
             best, best_state, res.best_epoch = hits, [copy.deepcopy(m.state_dict()) for m in modules], epoch
     if keep_best:
