@@ -11,9 +11,7 @@ import numpy as np
 
 def _standardised_cov(st):
     std = st.std_v()
-    cxx = st.cov_vv / std[:, None] / std[None, :]
-    cxc = st.cov_vc / std[:, None]
-    return cxx, cxc
+    return st.cov_vv / std[:, None] / std[None, :], st.cov_vc / std[:, None]
 
 
 # The ridge penalties tried (relative to the unit variance of the standardised features).

@@ -120,12 +120,9 @@ class Chunk(NamedTuple):
 
 
 class ChunkFeed:
-    """The blocks of a plan, on the device: resident (read once, kept) or streamed.
-
-    `blocks(order)` yields the Chunk of each block index in `order`; a streamed feed reads the next
-    block in a background thread while the trainer works on the current one, so about two blocks of
-    rows are in memory at once.
-    """
+    """The blocks of a plan on the device: `blocks(order)` yields the Chunk of each block index in
+    order, read once and kept (resident) or streamed, the next block read in a background thread
+    while the trainer works on the current one (about two blocks in memory)."""
 
     def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device):
         self.cache_path, self.source, self.target = cache_path, source, target
@@ -213,8 +210,7 @@ def epoch_batches(feed: ChunkFeed, size: int, batch_size: int, seed: int, epoch:
     """The (v, c) batches of one epoch of a fit on the rows with rank < size.
 
     Block order and the order within each block come from a generator seeded by (seed, epoch);
-    batches run across block boundaries, so every batch but the last has batch_size rows. The
-    order depends on the seed, the epoch and the rows' ranks only (not on memory or chunking)."""
+    batches run across block boundaries, so every batch but the last has batch_size rows."""
     import torch
 
     rng = np.random.default_rng([int(seed), int(epoch)])
@@ -237,14 +233,9 @@ def epoch_batches(feed: ChunkFeed, size: int, batch_size: int, seed: int, epoch:
 
 
 class Moments:
-    """Sums over rows for standardisation and the closed-form methods, split by rank tier.
-
-    Tier j holds the rows with sizes[j-1] <= rank < sizes[j]; a fit with size sizes[g] sums tiers
-    0..g. Products and sums are float64, so the statistics (and the ridge start computed from
-    them) come out the same, to float32 precision, whichever other fits share the pass and however
-    the rows are chunked: a fit in a sweep starts exactly where it starts alone. `full=False` keeps
-    only per-dimension sums (enough for standardisation).
-    """
+    """Float64 sums over rows for standardisation and the closed forms, per rank tier: tier j holds
+    the ranks sizes[j-1] .. sizes[j]-1, and a fit of size sizes[g] sums tiers 0..g, so a fit in a
+    sweep gets the statistics it gets alone. `full=False` keeps only per-dimension sums."""
 
     BLOCK_BYTES = 8 << 20  # float64 rows per product (a bound on the pass's transient memory)
 

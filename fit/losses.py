@@ -49,8 +49,7 @@ KD = {"soft": kd_soft, "hard": kd_hard, "lm": kd_lm}
 def zoomshot_loss(h_map, g_map, x, c, text, cfg):
     """(total, {align, cycle, kd}) for one batch. text: (T, S, t̄) or None; cfg: λ's, τ and kd."""
     h = h_map(x)
-    zero = h.new_zeros(())
-    align = cycle = kd = zero
+    align = cycle = kd = h.new_zeros(())
     if cfg.lambda_align > 0 or cfg.lambda_cycle > 0:
         gc = g_map(c)
         align = F.mse_loss(h, c) + F.mse_loss(gc, x)

@@ -33,18 +33,9 @@ def cosine_lr(step: int, total: int, peak: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-def make_optimizer(params, cfg):
-    """Adam (decoupled weight decay, i.e. AdamW) or SGD with momentum and L2 weight decay."""
-    if cfg.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
 def _better(cand, start) -> bool:
     """Per-row held-out hits cand beat those of the start by over two standard errors of the paired
     difference."""
-    if cand is None:
-        return False
     gain = float(cand.float().sum() - start.float().sum())
     return gain > 2.0 * math.sqrt(float((cand != start).sum()))
 
@@ -56,7 +47,10 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, 
     held-out metrics or None, with per-row "hits" when the best state is to be kept (early
     stopping); on_epoch(record) at the start and after each epoch; bar: a tqdm bar advanced per step."""
     params = [p for m in modules for p in m.parameters()]
-    opt = make_optimizer(params, cfg)
+    if cfg.optimizer == "adam":  # decoupled weight decay
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:  # momentum and L2 weight decay
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     res = TrainResult()
     start = validate() if validate else None
     best = first_hits = (start or {}).pop("hits", None)
@@ -114,11 +108,9 @@ SMALL_STEP_MACS = 1 << 22
 def threads_for(device, step_macs: int):
     """Run small CPU problems single-threaded (torch's thread count is process-wide; restored after)."""
     n = torch.get_num_threads()
-    small = device.type == "cpu" and step_macs < SMALL_STEP_MACS and n > 1
-    if small:
+    if device.type == "cpu" and step_macs < SMALL_STEP_MACS:
         torch.set_num_threads(1)
     try:
         yield
     finally:
-        if small:
-            torch.set_num_threads(n)
+        torch.set_num_threads(n)
