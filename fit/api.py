@@ -184,14 +184,12 @@ def _text(cache: Cache, target: str, vocab: str | None, cfgs):
     if vocab is not None and vocab not in have:
         raise ZsError(f"{cache.path}: encoders/{target} has no vocabulary {vocab!r}; it has: "
                       f"{', '.join(have) or 'none'}")
-    if not have:
-        if needs:
-            raise ZsError(f"{cache.path}: the CLIP encoder {target!r} has no text vocabulary, which "
-                          f"zoomshot's distillation and text-cycle losses need; extract with --vocab "
-                          f"NAME, or use --method ridge|linear-aligner|procrustes")
-        return None, vocab
-    if vocab is None and len(have) > 1 and not needs:
-        return None, None  # several vocabularies and none named: no held-out agreement
+    if not have and needs:
+        raise ZsError(f"{cache.path}: the CLIP encoder {target!r} has no text vocabulary, which "
+                      f"zoomshot's distillation and text-cycle losses need; extract with --vocab "
+                      f"NAME, or use --method ridge|linear-aligner|procrustes")
+    if not have or (vocab is None and len(have) > 1 and not needs):
+        return None, None  # no vocabulary, or several and none named: no held-out agreement
     tv = cache.text(target, vocab, embeddings=False)
     T = torch.from_numpy(tv.classifier.astype(np.float32))
     if not torch.isfinite(T).all():
