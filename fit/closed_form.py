@@ -53,16 +53,15 @@ def ridge_maps(st, lam: float):
     """(W, b, U, e) in float64: forward x -> ĉ and inverse ĉ -> x ridge regressions."""
     import torch
 
+    def solve(cov, cross, penalty):  # ((cov + penalty I)⁻¹ cross)ᵀ
+        eye = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        return torch.linalg.solve(cov + penalty * eye, cross).T
+
     cxx, cxc = _standardised_cov(st)
-    dv, d = cxc.shape
-    eye_v = torch.eye(dv, dtype=cxx.dtype, device=cxx.device)
-    W = torch.linalg.solve(cxx + lam * eye_v, cxc).T  # (d, dv)
-    b = st.mean_c.clone()
-    lam_c = lam * float(torch.diagonal(st.cov_cc).sum()) / d
-    eye_c = torch.eye(d, dtype=cxx.dtype, device=cxx.device)
-    U = torch.linalg.solve(st.cov_cc + max(lam_c, 1e-12) * eye_c, cxc.T).T  # (dv, d)
-    e = -U @ st.mean_c
-    return W, b, U, e
+    W = solve(cxx, cxc, lam)  # (d, dv)
+    lam_c = lam * float(torch.diagonal(st.cov_cc).sum()) / cxc.shape[1]
+    U = solve(st.cov_cc, cxc.T, max(lam_c, 1e-12))  # (dv, d)
+    return W, st.mean_c.clone(), U, -U @ st.mean_c
 
 
 def procrustes_map(st, floor: float = 1e-6):

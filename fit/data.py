@@ -70,10 +70,8 @@ def holdout_size(n: int, share: float) -> int:
 
 @dataclass
 class RowPlan:
-    """The rows one or several fits read: global row indices (sorted) and their ranks.
-
-    Fit g trains on the rows with rank < sizes[g]; the held-out rows are those with rank >=
-    usable - holdout, so they are disjoint from every fit's training rows and fixed by the seed."""
+    """The rows one or several fits read: fit g trains on the ranks < sizes[g], the held-out rows
+    are the ranks >= usable - holdout (disjoint from every fit's rows, fixed by the seed)."""
 
     rows: np.ndarray  # (n,) int64, sorted global row indices of the union of all fits' rows
     ranks: np.ndarray  # (n,) int64, rank of each row
@@ -122,7 +120,7 @@ class Chunk(NamedTuple):
 class ChunkFeed:
     """The blocks of a plan on the device: `blocks(order)` yields the Chunk of each block index in
     order, read once and kept (resident) or streamed, the next block read in a background thread
-    while the trainer works on the current one (about two blocks in memory)."""
+    while the trainer works on the current one (a few blocks in memory at once)."""
 
     def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device):
         self.cache_path, self.source, self.target = cache_path, source, target
