@@ -57,14 +57,11 @@ def fit_grid(cache_path, cfg: FitConfig, epochs: list[int], fractions: list[floa
 class Shared:
     """What the configurations of one fit_configs call share: the cache's encoders, text, rows."""
 
-    src: str
-    tgt: str
     dv: int
     d: int
     encs: dict
+    record: dict  # the run record's source, target, vocab and cache
     T: object  # (K, d) normalised text classifier, or None
-    vocab: str | None
-    fingerprint: dict
     plan: object
     feed: ChunkFeed
     device: object
@@ -120,7 +117,9 @@ def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
         plan = plan_rows(cache, src, tgt, [c.fraction for c in cfgs], base.seed,
                          bytes_per_row=4 * (dv + d), memory_budget=base.memory_budget,
                          holdout=base.holdout)
-        encs, fingerprint = cache.encoders, cache.fingerprint()
+        encs = cache.encoders
+        record = {"source": _enc(encs[src]), "target": _enc(encs[tgt]), "vocab": vocab,
+                  "cache": cache.fingerprint()}
     small = [s for s in plan.sizes if s < 2]
     if small:
         raise ZsError(f"{path}: a fit needs at least 2 training rows, and --fraction leaves {small[0]} "
@@ -138,8 +137,8 @@ def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
             sample.append(blk.take(blk.ranks < LOO_ROWS))
     held, sample = (Chunk(*map(torch.cat, zip(*parts))) if sum(len(p.v) for p in parts) else None
                     for parts in (held, sample))
-    return Shared(src, tgt, dv, d, encs, None if T is None else T.to(device), vocab, fingerprint, plan,
-                  feed, device, t0, moments, held, sample, stats_s=time.perf_counter() - t0)
+    return Shared(dv, d, encs, record, None if T is None else T.to(device), plan, feed, device, t0,
+                  moments, held, sample, stats_s=time.perf_counter() - t0)
 
 
 def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=None) -> Mapping:
@@ -210,10 +209,7 @@ def _mapping(c: FitConfig, st, W, b, U, e, extra: dict, sh: Shared) -> Mapping:
         "seed": int(c.seed),
         "hyper": asdict(c),  # device and memory budget say how, not what
         "device": str(sh.device),  # what --device (default auto) resolved to
-        "source": _enc(sh.encs[sh.src]),
-        "target": _enc(sh.encs[sh.tgt]),
-        "vocab": sh.vocab,
-        "cache": sh.fingerprint,
+        **sh.record,
         "rows": {"usable": int(plan.usable), "used": int(st.n), "held_out": int(plan.holdout),
                  "streamed": not plan.resident, "blocks": len(sh.feed),
                  "read_wait_s": round(sh.feed.read_wait_s, 4)},
