@@ -40,16 +40,13 @@ def fit_grid(cache_path, cfg: FitConfig, epochs: list[int], fractions: list[floa
     """Fit every (method, epochs, fraction) of a sweep from one read of the cache. Closed-form
     methods have no epochs: they give one mapping per fraction, with run["epochs"] = 0. Returned
     in the order methods × epochs × fractions; on_result(mapping) is called as each one is finished."""
-    methods = list(methods or [cfg.method])
     if not epochs or not fractions:
         raise ZsError("a sweep needs at least one epochs value and one fraction")
     cfgs = []
-    for m in methods:
-        if m in ITERATIVE:
-            cfgs += [replace(cfg, method=m, epochs=int(e), fraction=float(f))
-                     for e in epochs for f in fractions]
-        else:
-            cfgs += [replace(cfg, method=m, epochs=None, fraction=float(f)) for f in fractions]
+    for m in methods or [cfg.method]:
+        for e in (epochs if m in ITERATIVE else [None]):  # a closed form: one mapping per fraction
+            cfgs += [replace(cfg, method=m, epochs=None if e is None else int(e), fraction=float(f))
+                     for f in fractions]
     return fit_configs(cache_path, cfgs, on_result=on_result)
 
 

@@ -58,10 +58,8 @@ def zoomshot_loss(h_map, g_map, x, c, text, cfg):
             cycle = (F.mse_loss(g_map(h), x) + F.mse_loss(h_map(gc), c)
                      + text_cycle(h_map.weight, h_map.bias, g_map.weight, g_map.bias, S, tbar))
     if cfg.lambda_kd > 0:
-        T = text[0]
-        with torch.no_grad():
-            t = c @ T.T
-        kd = KD[cfg.kd](student_logits(h, T), t, cfg.tau)
+        T = text[0]  # the teacher's logits c Tᵀ need no gradient: c and T are data
+        kd = KD[cfg.kd](student_logits(h, T), c @ T.T, cfg.tau)
     total = cfg.lambda_align * align + cfg.lambda_cycle * cycle + cfg.lambda_kd * kd
     return total, {"align": align, "cycle": cycle, "kd": kd}
 
