@@ -1,11 +1,10 @@
 """zoomshot.fit: the Zoom-shot mapping, its losses and trainer, the baselines, and sweeps over cached tensors.
 
     fit_cache(cache_path, FitConfig(...))                 one mapping (not saved; see save_mapping)
-    fit_grid(cache_path, cfg, epochs, fractions, methods) a sweep, trained as batched jobs
+    fit_grid(cache_path, cfg, epochs, fractions, methods) a sweep (methods × epochs × fractions)
     fit_configs(cache_path, [FitConfig, ...])             any list sharing one cache read
 
-The configuration names import light; the fitting functions load numpy, h5py and torch on first use,
-so the CLI can read defaults without paying for them.
+The fitting functions load numpy, h5py and torch on first use, so the CLI reads defaults cheaply.
 """
 from .config import METHOD_DEFAULTS, METHODS, FitConfig
 

@@ -1,17 +1,14 @@
 """The fit stage's entry points: one fit (`fit_cache`), a sweep grid (`fit_grid`), any list (`fit_configs`).
 
-All of them read the cache once: one statistics pass (standardisation, closed-form moments, the
-held-out rows, the leave-one-out sample, NaN/Inf check) that also loads the rows when they fit in
-the memory budget; then each configuration is fitted in turn, the closed forms solved and the
-iterative methods trained (`trainer.train`). Each fit is scored on the held-out rows (label-free,
-`holdout.py`). The result is a `Mapping` per configuration with its run record filled in; nothing
-is written (see `zoomshot.mapping.save_mapping`).
+All of them read the cache once (one statistics pass, which also loads the rows when they fit in
+the memory budget), then solve or train each configuration in turn and score it on the held-out
+rows. Each gives a `Mapping` with its run record; nothing is written (`zoomshot.mapping.save_mapping`).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ from zoomshot.version import __version__
 
 from .closed_form import procrustes_map, ridge_solution
 from .config import ITERATIVE, FitConfig
-from .data import ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
+from .data import Chunk, ChunkFeed, Moments, check_dims, plan_rows, release_freed_memory, resolve_encoders
 
 SHARED = ("source", "target", "vocab", "seed", "device", "memory_budget", "holdout")
 LOO_ROWS = 2048  # rows whose exact leave-one-out agreement and error score each ridge penalty
@@ -43,16 +40,13 @@ def fit_grid(cache_path, cfg: FitConfig, epochs: list[int], fractions: list[floa
     """Fit every (method, epochs, fraction) of a sweep from one read of the cache. Closed-form
     methods have no epochs: they give one mapping per fraction, with run["epochs"] = 0. Returned
     in the order methods × epochs × fractions; on_result(mapping) is called as each one is finished."""
-    methods = list(methods or [cfg.method])
     if not epochs or not fractions:
         raise ZsError("a sweep needs at least one epochs value and one fraction")
     cfgs = []
-    for m in methods:
-        if m in ITERATIVE:
-            cfgs += [replace(cfg, method=m, epochs=int(e), fraction=float(f))
-                     for e in epochs for f in fractions]
-        else:
-            cfgs += [replace(cfg, method=m, epochs=None, fraction=float(f)) for f in fractions]
+    for m in methods or [cfg.method]:
+        for e in (epochs if m in ITERATIVE else [None]):  # a closed form: one mapping per fraction
+            cfgs += [replace(cfg, method=m, epochs=None if e is None else int(e), fraction=float(f))
+                     for f in fractions]
     return fit_configs(cache_path, cfgs, on_result=on_result)
 
 
@@ -60,22 +54,19 @@ def fit_grid(cache_path, cfg: FitConfig, epochs: list[int], fractions: list[floa
 class Shared:
     """What the configurations of one fit_configs call share: the cache's encoders, text, rows."""
 
-    src: str
-    tgt: str
     dv: int
     d: int
     encs: dict
+    record: dict  # the run record's source, target, vocab and cache
     T: object  # (K, d) normalised text classifier, or None
-    vocab: str | None
-    fingerprint: dict
     plan: object
     feed: ChunkFeed
     device: object
     t0: float
-    moments: Moments | None = None
-    held: object = None  # Chunk of the held-out rows, or None
-    sample: object = None  # Chunk of the rows with rank < LOO_ROWS
-    stats_s: float = 0.0
+    moments: Moments
+    held: Chunk | None  # the held-out rows
+    sample: Chunk | None  # the rows with rank < LOO_ROWS
+    stats_s: float
     ridge_solutions: dict = field(default_factory=dict)  # closed_form.ridge_solution's
 
 
@@ -93,7 +84,6 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
             raise ZsError(f"configurations fitted together must share {name}; got {sorted(vals)}")
     release_freed_memory()
     sh = _setup(Path(cache_path).resolve(), cfgs, t0)
-    _read_statistics(sh, cfgs)
     results = []
     for i, c in enumerate(cfgs):
         mapping = _fit_one(c, sh, sh.plan.sizes[i], progress, bar, on_state)
@@ -107,8 +97,16 @@ def fit_configs(cache_path, cfgs: list[FitConfig], on_result=None, progress=None
 
 
 def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
+    """Encoders, text and row plan, then the one pass over every block: moments per rank tier, the
+    held-out rows, the leave-one-out sample."""
+    import torch
+
+    from zoomshot.devices import resolve_device
+
+    from .trainer import threads_for
+
     base = cfgs[0]
-    device = _device(base.device)
+    device = torch.device(resolve_device(base.device))
     with Cache(path) as cache:
         src, tgt = resolve_encoders(cache, base.source, base.target)
         dv, d = check_dims(cache, src, tgt)
@@ -116,50 +114,36 @@ def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
         plan = plan_rows(cache, src, tgt, [c.fraction for c in cfgs], base.seed,
                          bytes_per_row=4 * (dv + d), memory_budget=base.memory_budget,
                          holdout=base.holdout)
-        sh = Shared(src, tgt, dv, d, cache.encoders, T, vocab, cache.fingerprint(), plan,
-                    ChunkFeed(path, src, tgt, plan, device), device, t0)
+        encs = cache.encoders
+        record = {"source": _enc(encs[src]), "target": _enc(encs[tgt]), "vocab": vocab,
+                  "cache": cache.fingerprint()}
     small = [s for s in plan.sizes if s < 2]
     if small:
         raise ZsError(f"{path}: a fit needs at least 2 training rows, and --fraction leaves {small[0]} "
                       f"of the {plan.usable - plan.holdout} (after {plan.holdout} held out); "
                       f"raise --fraction or extract more images")
-    if T is not None:
-        sh.T = T.to(device)
-    return sh
-
-
-def _read_statistics(sh: Shared, cfgs: list[FitConfig]) -> None:
-    """The one pass over every block: moments per rank tier, the held-out rows, the LOO sample."""
-    import torch
-
-    from .trainer import threads_for
-
     full = any(c.method in ("ridge", "procrustes") or (c.method == "zoomshot" and c.init == "ridge")
                for c in cfgs)
-    plan = sh.plan
-    sh.moments = Moments(plan.sizes, sh.dv, sh.d, full=full, device=sh.device)
+    feed = ChunkFeed(path, src, tgt, plan, device)
+    moments = Moments(plan.sizes, dv, d, full=full, device=device)
     held, sample = [], []
-    with torch.no_grad(), threads_for(sh.device, plan.block_rows * sh.dv * (sh.dv + sh.d if full else 1)):
-        for blk in sh.feed.blocks(range(len(sh.feed))):
-            sh.moments.add(blk)
+    with torch.no_grad(), threads_for(device, plan.block_rows * dv * (dv + d if full else 1)):
+        for blk in feed.blocks(range(len(feed))):
+            moments.add(blk)
             held.append(blk.take(blk.ranks >= plan.holdout_from))
             sample.append(blk.take(blk.ranks < LOO_ROWS))
-    cat = lambda parts: _concat(parts) if sum(len(p.v) for p in parts) else None  # noqa: E731
-    sh.held, sh.sample = cat(held), cat(sample)
-    sh.stats_s = time.perf_counter() - sh.t0
-
-
-def _concat(parts):
-    import torch
-
-    from .data import Chunk
-
-    return Chunk(torch.cat([p.v for p in parts]), torch.cat([p.c for p in parts]),
-                 torch.cat([p.ranks for p in parts]), None)
+    held, sample = (Chunk(*map(torch.cat, zip(*parts))) if sum(len(p.v) for p in parts) else None
+                    for parts in (held, sample))
+    return Shared(dv, d, encs, record, None if T is None else T.to(device), plan, feed, device, t0,
+                  moments, held, sample, stats_s=time.perf_counter() - t0)
 
 
 def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=None) -> Mapping:
     """One configuration: solved (closed forms) or trained, scored on the held-out rows."""
+    import torch
+
+    from .holdout import holdout_metrics
+
     st = sh.moments.stats(size)
     extra: dict = {"warnings": []}
     if st.n < sh.dv:
@@ -170,7 +154,7 @@ def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=
     if c.method == "procrustes":
         W, b = procrustes_map(st)
     elif c.method == "ridge":
-        _, extra["ridge"], (W, b, U, e) = ridge_solution(c, st, sh)
+        extra["ridge"], (W, b, U, e) = ridge_solution(c, st, sh)
     else:
         from .iterative import train_config
 
@@ -180,28 +164,10 @@ def _fit_one(c: FitConfig, sh: Shared, size: int, progress, bar: bool, on_state=
         extra.update(more, warnings=extra["warnings"] + more.get("warnings", []))
     extra["train_time_s"] = round(time.perf_counter() - t_start, 4)
     m = _mapping(c, st, W, b, U, e, extra, sh)
-    if sh.held is not None:
-        m.run["holdout"]["final"] = _held_metrics(m, sh)
+    if sh.held is not None:  # the saved float32 map, scored as a user would apply it
+        W, b, mean, std = (torch.from_numpy(t).to(sh.device) for t in (m.W, m.b, m.mean, m.std))
+        m.run["holdout"]["final"] = holdout_metrics(((sh.held.v - mean) / std) @ W.T + b, sh.held.c, sh.T)
     return m
-
-
-def _held_metrics(m: Mapping, sh: Shared) -> dict:
-    import torch
-
-    from .holdout import holdout_metrics
-
-    W, b = torch.from_numpy(m.W).to(sh.device), torch.from_numpy(m.b).to(sh.device)
-    mean, std = torch.from_numpy(m.mean).to(sh.device), torch.from_numpy(m.std).to(sh.device)
-    h = ((sh.held.v - mean) / std) @ W.T + b
-    return holdout_metrics(h, sh.held.c, sh.T)
-
-
-def _device(name: str):
-    import torch
-
-    from zoomshot.devices import resolve_device
-
-    return torch.device(resolve_device(name))
 
 
 def _text(cache: Cache, target: str, vocab: str | None, cfgs):
@@ -214,14 +180,12 @@ def _text(cache: Cache, target: str, vocab: str | None, cfgs):
     if vocab is not None and vocab not in have:
         raise ZsError(f"{cache.path}: encoders/{target} has no vocabulary {vocab!r}; it has: "
                       f"{', '.join(have) or 'none'}")
-    if not have:
-        if needs:
-            raise ZsError(f"{cache.path}: the CLIP encoder {target!r} has no text vocabulary, which "
-                          f"zoomshot's distillation and text-cycle losses need; extract with --vocab "
-                          f"NAME, or use --method ridge|linear-aligner|procrustes")
-        return None, vocab
-    if vocab is None and len(have) > 1 and not needs:
-        return None, None  # several vocabularies and none named: no held-out agreement
+    if not have and needs:
+        raise ZsError(f"{cache.path}: the CLIP encoder {target!r} has no text vocabulary, which "
+                      f"zoomshot's distillation and text-cycle losses need; extract with --vocab "
+                      f"NAME, or use --method ridge|linear-aligner|procrustes")
+    if not have or (vocab is None and len(have) > 1 and not needs):
+        return None, None  # no vocabulary, or several and none named: no held-out agreement
     tv = cache.text(target, vocab, embeddings=False)
     T = torch.from_numpy(tv.classifier.astype(np.float32))
     if not torch.isfinite(T).all():
@@ -240,12 +204,9 @@ def _mapping(c: FitConfig, st, W, b, U, e, extra: dict, sh: Shared) -> Mapping:
         "epochs": int(c.epochs) if c.method in ITERATIVE else 0,
         "fraction": float(c.fraction),
         "seed": int(c.seed),
-        "hyper": c.hyper(),
+        "hyper": asdict(c),  # device and memory budget say how, not what
         "device": str(sh.device),  # what --device (default auto) resolved to
-        "source": _enc(sh.encs[sh.src]),
-        "target": _enc(sh.encs[sh.tgt]),
-        "vocab": sh.vocab,
-        "cache": sh.fingerprint,
+        **sh.record,
         "rows": {"usable": int(plan.usable), "used": int(st.n), "held_out": int(plan.holdout),
                  "streamed": not plan.resident, "blocks": len(sh.feed),
                  "read_wait_s": round(sh.feed.read_wait_s, 4)},

@@ -1,20 +1,8 @@
-"""Closed-form maps from row statistics: ridge regression and whitened Procrustes.
+"""Closed-form maps from row statistics: ridge regression and whitened Procrustes (docs/method.md).
 
-Both work on standardised source features x = (v − mean) / std and the L2-normalised CLIP
-features ĉ, from the population covariances in `RowStats` (float64), so they depend on the rows
-only through sums: the order of rows changes nothing beyond float rounding.
-
-ridge       W = Σ_cx (Σ_xx + λ I)⁻¹, b = mean ĉ  (Σ_xx has unit diagonal, so λ is relative).
-            The inverse map g is the ridge regression the other way, with penalty λ·tr(Σ_cc)/d.
-            λ is chosen over `LAMBDAS` unless given, by exact leave-one-out (`ridge_loo`): the
-            most leave-one-out agreement with the teacher on the training vocabulary, ties broken
-            by the least leave-one-out error (only the error when there is no vocabulary).
-procrustes  an orthogonal map between whitened spaces. x is projected onto its top k = min(dv, d)
-            principal axes and whitened (P = Λ^-1/2 Eᵀ); ĉ is whitened by Σ_cc^-1/2 (eigenvalues
-            floored at 1e-6 of the largest). R = A Bᵀ from the SVD A Σ Bᵀ of the whitened
-            cross-covariance (the orthogonal R that best aligns the whitened pairs), and
-            W = Σ_cc^1/2 R P, b = mean ĉ. Whitening is the projection it needs: the two encoders'
-            spaces differ in dimension and in scale per direction, which no rotation can fix.
+Both work on standardised source features and L2-normalised CLIP features, from the float64
+population covariances in `RowStats`, so they depend on the rows only through sums. The ridge
+penalty, unless given, is chosen over `LAMBDAS` by exact leave-one-out (`ridge_loo`).
 """
 from __future__ import annotations
 
@@ -23,9 +11,7 @@ import numpy as np
 
 def _standardised_cov(st):
     std = st.std_v()
-    cxx = st.cov_vv / std[:, None] / std[None, :]
-    cxc = st.cov_vc / std[:, None]
-    return cxx, cxc
+    return st.cov_vv / std[:, None] / std[None, :], st.cov_vc / std[:, None]
 
 
 # The ridge penalties tried (relative to the unit variance of the standardised features).
@@ -33,16 +19,13 @@ LAMBDAS = tuple(10.0 ** (k / 2) for k in range(-8, 7))  # 1e-4 .. 1e3
 
 
 def ridge_loo(st, x, y, lambdas=LAMBDAS, T=None):
-    """Exact leave-one-out scores of the forward ridge map, per λ: the mean squared error (per
-    coordinate), and with a text classifier T (K, d) the agreement too (the share of rows whose
-    left-out prediction n(ŷ) picks the class their ĉ picks), else None.
+    """Exact leave-one-out scores of the forward ridge map per λ: the mean squared error (per
+    coordinate) and, with a text classifier T (K, d), the agreement with the teacher (else None).
 
-    x (m, dv) raw source rows and y (m, d) their normalised CLIP rows, which must be among the rows
-    `st` was computed from (a sample of them is enough). With Σ_xx = Q diag(s) Qᵀ (one
-    eigendecomposition for every λ), a = Qᵀ x_std and z = Qᵀ Σ_xc, the fitted row is
-    ŷ = mean ĉ + a diag(1/(s+λ)) z and its leverage h = 1/n + Σ_j a_j² / (n (s_j + λ)) (the
-    intercept is unpenalised, the standardisation fixed); the leave-one-out residual is
-    (y − ŷ) / (1 − h), what refitting without the row gives."""
+    x (m, dv) raw source rows and y (m, d) their normalised CLIP rows, among the rows `st` sums (a
+    sample is enough). One eigendecomposition of Σ_xx serves every λ; the intercept is unpenalised
+    and the standardisation fixed; the residual (y − ŷ) / (1 − leverage) is what refitting without
+    the row gives (docs/method.md)."""
     import torch
 
     cxx, cxc = _standardised_cov(st)
@@ -70,20 +53,19 @@ def ridge_maps(st, lam: float):
     """(W, b, U, e) in float64: forward x -> ĉ and inverse ĉ -> x ridge regressions."""
     import torch
 
+    def solve(cov, cross, penalty):  # ((cov + penalty I)⁻¹ cross)ᵀ
+        eye = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        return torch.linalg.solve(cov + penalty * eye, cross).T
+
     cxx, cxc = _standardised_cov(st)
-    dv, d = cxc.shape
-    eye_v = torch.eye(dv, dtype=cxx.dtype, device=cxx.device)
-    W = torch.linalg.solve(cxx + lam * eye_v, cxc).T  # (d, dv)
-    b = st.mean_c.clone()
-    lam_c = lam * float(torch.diagonal(st.cov_cc).sum()) / d
-    eye_c = torch.eye(d, dtype=cxx.dtype, device=cxx.device)
-    U = torch.linalg.solve(st.cov_cc + max(lam_c, 1e-12) * eye_c, cxc.T).T  # (dv, d)
-    e = -U @ st.mean_c
-    return W, b, U, e
+    W = solve(cxx, cxc, lam)  # (d, dv)
+    lam_c = lam * float(torch.diagonal(st.cov_cc).sum()) / cxc.shape[1]
+    U = solve(st.cov_cc, cxc.T, max(lam_c, 1e-12))  # (dv, d)
+    return W, st.mean_c.clone(), U, -U @ st.mean_c
 
 
 def procrustes_map(st, floor: float = 1e-6):
-    """(W, b) in float64: whitened orthogonal Procrustes, as the module docstring says."""
+    """(W, b) in float64: whitened orthogonal Procrustes (docs/method.md)."""
     import torch
 
     cxx, cxc = _standardised_cov(st)
@@ -104,29 +86,25 @@ def procrustes_map(st, floor: float = 1e-6):
     return W, st.mean_c.clone()
 
 
-def choose_ridge_lambda(c, st, sample, T=None) -> tuple[float, dict]:
-    """The ridge penalty of FitConfig c: as given, or chosen by exact leave-one-out on the in-memory
-    sample (its held-out rows, ranks >= st.n, left out): the most agreement with the teacher on the
-    classifier T, ties broken by the least error; the least error alone without T."""
-    if c.ridge_lambda is not None:
-        return c.ridge_lambda, {"lambda": c.ridge_lambda, "chosen_by": "--ridge-lambda"}
-    keep = sample.ranks < st.n
-    x, y = sample.v[keep], sample.c[keep]
-    mse, agree = ridge_loo(st, x, y, LAMBDAS, T)
-    if agree is None:
-        best, rule = int(np.argmin(mse)), "leave-one-out error"
-    else:
-        best, rule = max(range(len(LAMBDAS)), key=lambda i: (agree[i], -mse[i])), "leave-one-out agreement"
-    return LAMBDAS[best], {"lambda": LAMBDAS[best], "chosen_by": rule, "loo_rows": int(len(x)),
-                           "tried": list(LAMBDAS), "loo_mse": mse, "loo_agreement": agree}
-
-
 def ridge_solution(c, st, sh):
-    """(λ, its record, (W, b, U, e)) for FitConfig c on the rows st summarises, solved once per
-    training size and given penalty (a sweep's cells of one fraction share it) in sh.ridge_solutions."""
+    """(λ's record, (W, b, U, e)) for FitConfig c on the rows st summarises, solved once per training
+    size and given penalty (a sweep's cells of one fraction share it) in sh.ridge_solutions. λ: as
+    given, or by exact leave-one-out on the in-memory sample's training rows: the most agreement with
+    the teacher on the classifier sh.T, ties broken by the least error (the least error without T)."""
     key = (st.n, c.ridge_lambda)
     if key not in sh.ridge_solutions:
-        lam, info = choose_ridge_lambda(c, st, sh.sample, sh.T)
-        sh.ridge_solutions[key] = (lam, info, ridge_maps(st, lam))
-    lam, info, maps = sh.ridge_solutions[key]
-    return lam, dict(info), tuple(t.clone() for t in maps)
+        if c.ridge_lambda is not None:
+            info = {"lambda": c.ridge_lambda, "chosen_by": "--ridge-lambda"}
+        else:
+            keep = sh.sample.ranks < st.n  # the sample's held-out rows (ranks >= st.n) left out
+            mse, agree = ridge_loo(st, sh.sample.v[keep], sh.sample.c[keep], LAMBDAS, sh.T)
+            if agree is None:
+                best, rule = int(np.argmin(mse)), "leave-one-out error"
+            else:
+                best = max(range(len(LAMBDAS)), key=lambda i: (agree[i], -mse[i]))
+                rule = "leave-one-out agreement"
+            info = {"lambda": LAMBDAS[best], "chosen_by": rule, "loo_rows": int(keep.sum()),
+                    "tried": list(LAMBDAS), "loo_mse": mse, "loo_agreement": agree}
+        sh.ridge_solutions[key] = (info, ridge_maps(st, info["lambda"]))
+    info, maps = sh.ridge_solutions[key]
+    return dict(info), maps

@@ -6,7 +6,7 @@ depend on the training rows (`schedule`): every cache size gets enough optimizer
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from zoomshot.errors import ZsError, did_you_mean
 
@@ -16,6 +16,7 @@ KD_MODES = ("soft", "hard", "lm")
 INITS = ("ridge", "random")
 OPTIMIZERS = ("adam", "sgd")
 
+CLOSED_FORM_DEFAULTS = dict(epochs=0, batch_size=0, lr=0.0, optimizer="none", momentum=0.0, weight_decay=0.0)
 # Per-method defaults for the fields a user may leave unset. The linear-aligner row is the
 # published Text-to-Concept recipe; the zoomshot row is ours, chosen on planted worlds (README).
 METHOD_DEFAULTS = {
@@ -23,9 +24,8 @@ METHOD_DEFAULTS = {
                      weight_decay=0.0),  # epochs and batch size: from the row count (schedule)
     "linear-aligner": dict(epochs=6, batch_size=100, lr=0.01, optimizer="sgd", momentum=0.9,
                            weight_decay=5e-4),
-    "ridge": dict(epochs=0, batch_size=0, lr=0.0, optimizer="none", momentum=0.0, weight_decay=0.0),
-    "procrustes": dict(epochs=0, batch_size=0, lr=0.0, optimizer="none", momentum=0.0,
-                       weight_decay=0.0),
+    "ridge": CLOSED_FORM_DEFAULTS,
+    "procrustes": CLOSED_FORM_DEFAULTS,
 }
 
 
@@ -86,9 +86,7 @@ class FitConfig:
             raise ZsError(f"--holdout must be in [0, 1), got {self.holdout}")
         for name in ("lambda_align", "lambda_cycle", "lambda_kd", "ridge_lambda"):
             v = getattr(self, name)
-            if v is None:
-                continue
-            if not v >= 0.0:
+            if v is not None and not v >= 0.0:
                 raise ZsError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
         if not self.tau > 0:
             raise ZsError(f"--tau must be > 0, got {self.tau}")
@@ -108,10 +106,6 @@ class FitConfig:
         """A resolved copy with zoomshot's batch size and epochs set from the training rows."""
         batch, epochs = schedule(rows, self.batch_size, self.epochs)
         return replace(self, batch_size=batch, epochs=epochs)
-
-    def hyper(self) -> dict:
-        """Every hyper-parameter, for run.json (device and memory budget say how, not what)."""
-        return asdict(self)
 
 
 # zoomshot's schedule from the row count n: batches of about n/32 rows (a power of two, 32 to

@@ -1,23 +1,15 @@
 """The fit stage's data path: which encoders and rows to use, and getting those rows onto the device.
 
-Rows are read from the cache as float16 in row-range chunks and become float32 on the device. When
-every needed row fits in the memory budget there is one chunk, read once and kept resident; when
-not, they are streamed each epoch by a background reader that keeps the next block ready. Either
-way the rows come in fixed file-row blocks (`BLOCK_BYTES`), and the batch order is a function of
-the seed, the epoch and the rows' ranks only, so a fit gives the same mapping under any budget.
-
-Subsets: `--fraction f` keeps the first round(f·n) rows of a seeded permutation of the usable rows,
-so fractions with one seed are nested. A row's *rank* is its place in that permutation; a fit with
-fraction f uses the rows with rank < round(f·n'), n' = usable rows minus the held-out rows, which
-are the rows of highest rank (the last `holdout_size` of the permutation): disjoint from every
-fraction's rows and fixed by the seed. Several fits over one cache (a sweep) read the rows once and
-tell their rows apart by rank.
+Rows are read as float16 in fixed file-row blocks (`BLOCK_BYTES`) and become float32 on the device;
+they stay resident when they fit in the memory budget, else are streamed each epoch. The batch
+order depends on the seed, the epoch and the rows' ranks only, so a fit gives the same mapping
+under any budget. A row's rank is its place in a seeded permutation of the usable rows: a fraction
+f trains on the ranks < round(f·n'), the held-out rows are the highest ranks (README, Fit).
 """
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -61,10 +53,8 @@ def resolve_encoders(cache: Cache, source: str | None, target: str | None) -> tu
     return source, target
 
 
-# A block is the unit of reading and of shuffling: a fixed file-row range holding about this many
-# bytes of float32 rows. Its size depends on the encoders' widths only, never on --memory-budget,
-# so the batch order (a function of the seed, the epoch and the rows' ranks) is the same whether
-# the rows are held in memory or streamed.
+# A block (the unit of reading and of shuffling) is a file-row range of about this many bytes of
+# float32 rows: never a function of --memory-budget, so the batch order is not either.
 BLOCK_BYTES = 16 << 20
 HOLDOUT_MIN = 256  # held-out rows at least (when the cache has 5x as many)
 HOLDOUT_MAX = 10_000  # held-out rows at most: enough to measure agreement to ±0.5 points
@@ -78,25 +68,10 @@ def holdout_size(n: int, share: float) -> int:
     return int(min(max(round(share * n), HOLDOUT_MIN), HOLDOUT_MAX, n // 5))
 
 
-def subset_sizes(n: int, fractions) -> list[int]:
-    """Rows kept for each fraction (at least one row)."""
-    return [max(1, int(round(f * n))) for f in fractions]
-
-
-def row_ranks(usable: np.ndarray, seed: int) -> np.ndarray:
-    """rank[i] = place of usable[i] in the seeded permutation of the usable rows."""
-    perm = np.random.default_rng(seed).permutation(len(usable))
-    rank = np.empty(len(usable), np.int64)
-    rank[perm] = np.arange(len(usable))
-    return rank
-
-
 @dataclass
 class RowPlan:
-    """The rows one or several fits read: global row indices (sorted) and their ranks.
-
-    Fit g trains on the rows with rank < sizes[g]; the held-out rows are those with rank >=
-    usable - holdout, so they are disjoint from every fit's training rows and fixed by the seed."""
+    """The rows one or several fits read: fit g trains on the ranks < sizes[g], the held-out rows
+    are the ranks >= usable - holdout (disjoint from every fit's rows, fixed by the seed)."""
 
     rows: np.ndarray  # (n,) int64, sorted global row indices of the union of all fits' rows
     ranks: np.ndarray  # (n,) int64, rank of each row
@@ -104,18 +79,12 @@ class RowPlan:
     sizes: list[int]  # training rows per fraction asked for
     holdout: int  # held-out rows
     block_rows: int  # file rows per block
-    n_file: int
+    blocks: list[tuple[int, int]]  # (start, stop) index ranges into `rows` per block, none empty
     resident: bool  # every row held in memory (read once) rather than streamed per epoch
 
     @property
     def holdout_from(self) -> int:
         return self.usable - self.holdout
-
-    def blocks(self) -> list[tuple[int, int]]:
-        """(start, stop) index ranges into `rows` per block, empty blocks dropped."""
-        edges = np.arange(0, self.n_file + self.block_rows, self.block_rows)
-        cut = np.searchsorted(self.rows, edges)
-        return [(int(a), int(b)) for a, b in zip(cut[:-1], cut[1:]) if b > a]
 
 
 def plan_rows(cache: Cache, source: str, target: str, fractions, seed: int, bytes_per_row: int,
@@ -126,154 +95,98 @@ def plan_rows(cache: Cache, source: str, target: str, fractions, seed: int, byte
         raise ZsError(f"{cache.path} has no usable rows for {source} and {target} (status 0 and done "
                       f"for both); finish the extraction first (`zs cache info {cache.path}`)")
     n_hold = holdout_size(n, holdout)
-    sizes = subset_sizes(n - n_hold, fractions)
-    rank = row_ranks(usable, seed)
+    sizes = [max(1, int(round(f * (n - n_hold)))) for f in fractions]  # at least one row each
+    rank = np.random.default_rng(seed).permutation(n).argsort()  # place of each row in the permutation
     keep = (rank < max(sizes)) | (rank >= n - n_hold)
     rows, ranks = usable[keep], rank[keep]
     block_rows = max(1, BLOCK_BYTES // bytes_per_row)
+    cut = np.searchsorted(rows, np.arange(0, cache.n + block_rows, block_rows))
+    blocks = [(int(a), int(b)) for a, b in zip(cut[:-1], cut[1:]) if b > a]
     resident = len(rows) * bytes_per_row <= memory_budget
-    return RowPlan(rows, ranks, n, sizes, n_hold, block_rows, cache.n, resident)
+    return RowPlan(rows, ranks, n, sizes, n_hold, block_rows, blocks, resident)
 
 
-class Chunk:
+class Chunk(NamedTuple):
     """Rows on the device: source features v (raw), target features c (L2-normalised), ranks."""
 
-    def __init__(self, v, c, ranks, rows):
-        self.v, self.c, self.ranks, self.rows = v, c, ranks, rows
+    v: object
+    c: object
+    ranks: object
 
     def take(self, idx) -> "Chunk":
-        return Chunk(self.v[idx], self.c[idx], self.ranks[idx], None)
-
-
-def read_arrays(cache: Cache, source: str, target: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of both encoders as float16 numpy arrays; NaN/Inf rows refused with the first row's id.
-
-    Numpy only: this runs in the reader thread, and torch ops there would contend with the trainer's
-    thread pool."""
-    v16 = cache.image(source, rows, dtype=np.float16)
-    c16 = cache.image(target, rows, dtype=np.float16)
-    for key, a in ((source, v16), (target, c16)):
-        bad = ~np.isfinite(a).all(axis=1)
-        if bad.any():
-            row = int(rows[int(np.flatnonzero(bad)[0])])
-            image_id = cache.f["images/ids"][row]
-            image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
-            raise ZsError(f"{cache.path}: encoders/{key}/image has NaN/Inf in {int(bad.sum())} of the "
-                          f"rows read (first: row {row}, id {image_id!r}); "
-                          f"re-extract those images or mark them unreadable")
-    return v16, c16
-
-
-def to_device(v16: np.ndarray, c16: np.ndarray, rows: np.ndarray, ranks: np.ndarray, device,
-              cache_path, target: str) -> "Chunk":
-    """Float16 rows onto the device, float32 there; the CLIP rows L2-normalised."""
-    import torch
-
-    v = torch.from_numpy(v16).to(device).float()
-    c = torch.from_numpy(c16).to(device).float()
-    norms = c.norm(dim=1, keepdim=True)
-    if bool((norms == 0).any()):
-        row = int(rows[int((norms[:, 0] == 0).nonzero()[0, 0])])
-        raise ZsError(f"{cache_path}: encoders/{target}/image row {row} is all zeros; it cannot be "
-                      f"L2-normalised (re-extract it or mark it unreadable)")
-    c /= norms
-    return Chunk(v, c, torch.from_numpy(ranks).to(device), rows)
+        return Chunk(self.v[idx], self.c[idx], self.ranks[idx])
 
 
 class ChunkFeed:
-    """The blocks of a plan, on the device: resident (read once, blocks are views) or streamed.
+    """The blocks of a plan on the device: `blocks(order)` yields the Chunk of each block index in
+    order, read once and kept (resident) or streamed, the next block read in a background thread
+    while the trainer works on the current one (a few blocks in memory at once)."""
 
-    `blocks(order)` yields the Chunk of each block index in `order`; a streamed feed reads them in a
-    background thread, at most `ahead` blocks before the trainer, so at most about three blocks of
-    rows are in memory at once.
-    """
-
-    def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device, ahead: int = 1):
+    def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device):
         self.cache_path, self.source, self.target = cache_path, source, target
-        self.plan, self.device, self.ahead = plan, device, ahead
-        self.ranges = plan.blocks()
-        self._resident: Chunk | None = None
+        self.plan, self.device = plan, device
+        self.ranges = plan.blocks
+        self._resident: list[Chunk] | None = None
         self.read_wait_s = 0.0  # time the trainer spent waiting for the reader
 
     def __len__(self):
         return len(self.ranges)
 
-    def _read(self, cache: Cache, i: int):
-        a, b = self.ranges[i]
-        return read_arrays(cache, self.source, self.target, self.plan.rows[a:b])
+    def _read(self, cache: Cache, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block i of both encoders as float16 arrays; NaN/Inf rows refused with the first row's id.
+
+        Numpy only: this runs in the reader thread, and torch ops there would contend with the
+        trainer's thread pool."""
+        rows = self.plan.rows[slice(*self.ranges[i])]
+        v16 = cache.image(self.source, rows, dtype=np.float16)
+        c16 = cache.image(self.target, rows, dtype=np.float16)
+        for key, arr in ((self.source, v16), (self.target, c16)):
+            bad = ~np.isfinite(arr).all(axis=1)
+            if bad.any():
+                row = int(rows[int(np.flatnonzero(bad)[0])])
+                raise ZsError(f"{cache.path}: encoders/{key}/image has NaN/Inf in {int(bad.sum())} of the "
+                              f"rows read (first: row {row}, id {cache.row(row)[0]!r}); "
+                              f"re-extract those images or mark them unreadable")
+        return v16, c16
 
     def _chunk(self, i: int, arrays) -> Chunk:
-        a, b = self.ranges[i]
-        return to_device(*arrays, self.plan.rows[a:b], self.plan.ranks[a:b], self.device,
-                         self.cache_path, self.target)
-
-    def blocks(self, order):
-        if self.plan.resident:
-            if self._resident is None:
-                self._resident = self._read_all()
-            r = self._resident
-            for i in order:
-                a, b = self.ranges[i]
-                yield Chunk(r.v[a:b], r.c[a:b], r.ranks[a:b], self.plan.rows[a:b])
-            return
-        yield from self._stream(list(order))
-
-    def _read_all(self) -> Chunk:
-        """Every block into one float32 tensor pair, filled block by block (no second copy)."""
+        """Float16 rows onto the device, float32 there; the CLIP rows L2-normalised."""
         import torch
 
-        n = self.ranges[-1][1]
-        v = c = None
-        with Cache(self.cache_path) as cache:
-            for i, (a, b) in enumerate(self.ranges):
-                blk = self._chunk(i, self._read(cache, i))
-                if c is None:
-                    v = torch.empty(n, blk.v.shape[1], device=blk.v.device)
-                    c = torch.empty(n, blk.c.shape[1], device=blk.c.device)
-                v[a:b], c[a:b] = blk.v, blk.c
-        ranks = torch.from_numpy(self.plan.ranks[:n]).to(v.device)
-        return Chunk(v, c, ranks, self.plan.rows[:n])
+        a, b = self.ranges[i]
+        v, c = (torch.from_numpy(x).to(self.device).float() for x in arrays)
+        norms = c.norm(dim=1, keepdim=True)
+        if bool((norms == 0).any()):
+            row = int(self.plan.rows[a + int((norms[:, 0] == 0).nonzero()[0, 0])])
+            raise ZsError(f"{self.cache_path}: encoders/{self.target}/image row {row} is all zeros; it "
+                          f"cannot be L2-normalised (re-extract it or mark it unreadable)")
+        c /= norms
+        return Chunk(v, c, torch.from_numpy(self.plan.ranks[a:b]).to(self.device))
+
+    def blocks(self, order):
+        if not self.plan.resident:
+            yield from self._stream(list(order))
+            return
+        if self._resident is None:
+            with Cache(self.cache_path) as cache:
+                self._resident = [self._chunk(i, self._read(cache, i)) for i in range(len(self))]
+        for i in order:
+            yield self._resident[i]
 
     def _stream(self, order):
         import time
+        from concurrent.futures import ThreadPoolExecutor
 
-        q: queue.Queue = queue.Queue(maxsize=self.ahead)
-        stop = threading.Event()
-
-        def reader():
-            try:
-                with Cache(self.cache_path) as cache:
-                    for i in order:
-                        if stop.is_set():
-                            return
-                        item = (i, self._read(cache, i))
-                        while not stop.is_set():
-                            try:
-                                q.put(item, timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-            except BaseException as err:  # handed to the trainer, raised there
-                q.put(err)
-                return
-            q.put(None)
-
-        t = threading.Thread(target=reader, name="zs-fit-reader", daemon=True)
-        t.start()
-        try:
-            while True:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="zs-fit-reader")
+        with Cache(self.cache_path) as cache, pool:  # the pool's read ends before the cache closes
+            pending = pool.submit(self._read, cache, order[0]) if order else None
+            for k, i in enumerate(order):
                 t0 = time.perf_counter()
-                item = q.get()
+                arrays = pending.result()  # a reader's error is raised here, in the trainer
                 self.read_wait_s += time.perf_counter() - t0
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                i, arrays = item
+                if k + 1 < len(order):
+                    pending = pool.submit(self._read, cache, order[k + 1])
                 yield self._chunk(i, arrays)
-        finally:
-            stop.set()
-            t.join(timeout=10)
 
 
 def release_freed_memory() -> None:
@@ -282,24 +195,20 @@ def release_freed_memory() -> None:
     Its default threshold rises as large buffers are freed, after which each block's buffers come
     from the heap and fragment it: a streamed fit then grows by hundreds of MB over the budget."""
     import ctypes
-    import ctypes.util
     import sys
 
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD, in the process's own libc
+        except (OSError, AttributeError):
+            pass
 
 
 def epoch_batches(feed: ChunkFeed, size: int, batch_size: int, seed: int, epoch: int):
     """The (v, c) batches of one epoch of a fit on the rows with rank < size.
 
     Block order and the order within each block come from a generator seeded by (seed, epoch);
-    batches run across block boundaries, so every batch but the last has batch_size rows. The
-    order depends on the seed, the epoch and the rows' ranks only (not on memory or chunking)."""
+    batches run across block boundaries, so every batch but the last has batch_size rows."""
     import torch
 
     rng = np.random.default_rng([int(seed), int(epoch)])
@@ -322,74 +231,49 @@ def epoch_batches(feed: ChunkFeed, size: int, batch_size: int, seed: int, epoch:
 
 
 class Moments:
-    """Sums over rows for standardisation and the closed-form methods, split by rank tier.
-
-    Tier j holds the rows with sizes[j-1] <= rank < sizes[j]; a fit with size sizes[g] sums tiers
-    0..g. Products and sums are float64, so the statistics (and the ridge start computed from
-    them) come out the same, to float32 precision, whichever other fits share the pass and however
-    the rows are chunked: a fit in a sweep starts exactly where it starts alone. `full=False` keeps
-    only per-dimension sums (enough for standardisation).
-    """
+    """Float64 sums over rows for standardisation and the closed forms, per rank tier: tier j holds
+    the ranks sizes[j-1] .. sizes[j]-1, and a fit of size sizes[g] sums tiers 0..g, so a fit in a
+    sweep gets the statistics it gets alone. `full=False` keeps only per-dimension sums."""
 
     BLOCK_BYTES = 8 << 20  # float64 rows per product (a bound on the pass's transient memory)
 
     def __init__(self, sizes: list[int], dv: int, d: int, full: bool, device):
         import torch
 
-        self.bounds = sorted(set(sizes))
-        self.full = full
-        nt = len(self.bounds)
+        self.bounds, self.dv, self.full = sorted(set(sizes)), dv, full
+        nt, w = len(self.bounds), dv + d
         f64 = dict(dtype=torch.float64, device=device)
         self.n = torch.zeros(nt, **f64)
-        self.sv = torch.zeros(nt, dv, **f64)
-        self.svv_diag = torch.zeros(nt, dv, **f64)
-        self.sc = torch.zeros(nt, d, **f64)
-        self.scc_diag = torch.zeros(nt, d, **f64)
-        if full:
-            self.svv = torch.zeros(nt, dv, dv, **f64)
-            self.svc = torch.zeros(nt, dv, d, **f64)
-            self.scc = torch.zeros(nt, d, d, **f64)
+        self.sums = torch.zeros(nt, w, **f64)  # of the rows z = [v, c]
+        self.products = torch.zeros(nt, w, w, **f64) if full else torch.zeros(nt, w, **f64)  # zᵀz or z²
 
     def add(self, chunk: Chunk) -> None:
         import torch
 
         bounds = torch.tensor(self.bounds, device=chunk.ranks.device)
         tier = torch.bucketize(chunk.ranks, bounds, right=True)
-        step = max(64, self.BLOCK_BYTES // (8 * (chunk.v.shape[1] + chunk.c.shape[1])))
+        step = max(64, self.BLOCK_BYTES // (8 * self.sums.shape[1]))
         for j in range(len(self.bounds)):
             idx = (tier == j).nonzero()[:, 0]
             for lo in range(0, len(idx), step):
                 sel = idx[lo:lo + step]
-                v = chunk.v.index_select(0, sel).double()
-                c = chunk.c.index_select(0, sel).double()
+                z = torch.cat([chunk.v.index_select(0, sel), chunk.c.index_select(0, sel)], 1).double()
                 self.n[j] += len(sel)
-                self.sv[j] += v.sum(0)
-                self.sc[j] += c.sum(0)
-                self.svv_diag[j] += (v * v).sum(0)
-                self.scc_diag[j] += (c * c).sum(0)
-                if self.full:
-                    self.svv[j] += v.T @ v
-                    self.svc[j] += v.T @ c
-                    self.scc[j] += c.T @ c
+                self.sums[j] += z.sum(0)
+                self.products[j] += z.T @ z if self.full else (z * z).sum(0)
 
     def stats(self, size: int) -> "RowStats":
         """Means, std and (when full) centred covariances of the rows with rank < size."""
         j = self.bounds.index(size)
-        cum = lambda t: t[: j + 1].sum(0)  # noqa: E731
-        n = float(cum(self.n))
-        mv, mc = cum(self.sv) / n, cum(self.sc) / n
-        var_v = (cum(self.svv_diag) / n - mv * mv).clamp_min(0)
-        var_c = (cum(self.scc_diag) / n - mc * mc).clamp_min(0)
-        st = RowStats(n=int(n), mean_v=mv, mean_c=mc, var_v=var_v, var_c=var_c)
+        n = float(self.n[: j + 1].sum())
+        mean, products = self.sums[: j + 1].sum(0) / n, self.products[: j + 1].sum(0) / n
+        var = ((products.diagonal() if self.full else products) - mean * mean).clamp_min(0)
+        dv = self.dv
+        st = RowStats(n=int(n), mean_v=mean[:dv], mean_c=mean[dv:], var_v=var[:dv], var_c=var[dv:])
         if self.full:
-            st.cov_vv = cum(self.svv) / n - torch_outer(mv, mv)
-            st.cov_vc = cum(self.svc) / n - torch_outer(mv, mc)
-            st.cov_cc = cum(self.scc) / n - torch_outer(mc, mc)
+            cov = products - mean.outer(mean)
+            st.cov_vv, st.cov_vc, st.cov_cc = cov[:dv, :dv], cov[:dv, dv:], cov[dv:, dv:]
         return st
-
-
-def torch_outer(a, b):
-    return a[:, None] * b[None, :]
 
 
 @dataclass
@@ -412,12 +296,8 @@ class RowStats:
 
     def entry_variance(self, which: str) -> float:
         """Variance of all entries pooled (the Text-to-Concept `get_variance`)."""
-        if which == "v":
-            m = float(self.mean_v.mean())
-            ex2 = float((self.var_v + self.mean_v ** 2).mean())
-        else:
-            m = float(self.mean_c.mean())
-            ex2 = float((self.var_c + self.mean_c ** 2).mean())
+        mean, var = (self.mean_v, self.var_v) if which == "v" else (self.mean_c, self.var_c)
+        m, ex2 = float(mean.mean()), float((var + mean ** 2).mean())
         return max(ex2 - m * m, 1e-30)
 
 

@@ -1,13 +1,8 @@
 """Label-free validation: how well a mapping stands in for CLIP on rows it was not trained on.
 
-On the held-out rows (see `data.holdout_size`), with the training vocabulary's classifier T:
-  agreement     share of rows where argmax_k n(h(v))·t_k equals the CLIP teacher's argmax_k ĉ·t_k
-  top5_overlap  mean |top-5 of the mapped source ∩ top-5 of the teacher| / 5
-  cosine        mean cosine of h(v) and ĉ
-  r2            1 − Σ‖h(v) − ĉ‖² / Σ‖ĉ − mean ĉ‖²
-No labels are read; agreement and top-5 overlap need a vocabulary (None without one). With
-hits=True the dict also carries "hits", the per-row agreement (a bool tensor), for paired
-comparisons of two states on the same rows (early stopping).
+On the held-out rows (`data.holdout_size`): agreement and top-5 overlap with the CLIP teacher on the
+training vocabulary (None without one), mean cosine and R² against ĉ (docs/method.md). No labels
+are read.
 """
 from __future__ import annotations
 

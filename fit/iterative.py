@@ -1,17 +1,16 @@
 """The iterative methods' set-up around the training loop: initial maps, inputs, loss, validation.
 
-zoomshot   h and g start from the ridge solution (its penalty chosen by leave-one-out, as for the
-           ridge method) or small random weights, and train on standardised source features; the
-           state kept is the best epoch by held-out agreement, the start included (early stopping).
-linear-aligner  the published Text-to-Concept recipe: each side scaled by one scalar to per-entry
-           variance la_variance, nn.Linear's default init, trained on raw features; its scales are
-           folded back into the standardised form afterwards.
+zoomshot starts from the ridge solution or small random weights and trains on standardised features;
+the linear aligner (Text-to-Concept) scales each side to a per-entry variance, starts from
+nn.Linear's init and trains on raw features, its scales folded into the standardised form after.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from zoomshot.progress import progress_bar
 
 from .closed_form import ridge_solution
 from .data import epoch_batches
@@ -32,7 +31,7 @@ def _zoomshot_maps(c, st, sh, extra: dict):
     """(h, g) as nn.Linear on the device, at the ridge solution or small random weights."""
     gen = torch.Generator().manual_seed(int(c.seed))
     if c.init == "ridge":
-        _, extra["ridge_start"], maps = ridge_solution(c, st, sh)
+        extra["ridge_start"], maps = ridge_solution(c, st, sh)
         W, b, U, e = (t.float().cpu() for t in maps)
     else:
         W = torch.randn(sh.d, sh.dv, generator=gen) * (0.01 / sh.dv ** 0.5)
@@ -90,7 +89,8 @@ def train_config(c, st, sh, progress=None, bar: bool = False, on_state=None):
             progress({**rec, "epochs": c.epochs})
         if on_state is not None:
             on_state(rec["epoch"], c, maps())
-    with _bar(bar, total, c) as pbar, threads_for(sh.device, c.batch_size * sh.dv * sh.d):
+    pbar = progress_bar(total, f"fit {c.method}", unit="step", enabled=bar, delay=2)  # shown after 2 s
+    with pbar, threads_for(sh.device, c.batch_size * sh.dv * sh.d):
         res = train(modules, loss_fn, lambda ep: epoch_batches(sh.feed, st.n, c.batch_size, c.seed, ep),
                     c, total, validate=validate, on_epoch=on_epoch, bar=pbar)
     extra.update(history=res.history, warnings=res.warnings, diverged=bool(res.warnings),
@@ -98,13 +98,3 @@ def train_config(c, st, sh, progress=None, bar: bool = False, on_state=None):
                            "steps": res.steps, "best_epoch": res.best_epoch})
     return c, maps(), extra
 
-
-def _bar(show: bool, total: int, c):
-    """A tqdm step bar that appears only for fits that take more than a couple of seconds."""
-    import contextlib
-
-    if not show:
-        return contextlib.nullcontext(None)
-    from zoomshot.progress import progress_bar
-
-    return progress_bar(total, f"fit {c.method}", unit="step", delay=2)

@@ -1,22 +1,8 @@
 """The Zoom-shot losses and the linear aligner's, as small functions of one mapping pair.
 
-Shapes: x (B, dv) standardised source features, c (B, d) L2-normalised CLIP image features,
-T (K, d) the normalised text classifier. h(v) = W v + b and g(c) = U c + e are `nn.Linear`s.
-Every squared norm ‖a − y‖² is the mean over the coordinates of its space (torch's MSELoss): a
-constant 1/d or 1/dv per term, absorbed in the λ's, that puts the terms on one scale.
-
-  L_align = ‖h(v) − ĉ‖² + ‖g(ĉ) − v‖²
-  L_cycle = ‖g(h(v)) − v‖² + ‖h(g(ĉ)) − ĉ‖² + mean_k ‖h(g(t_k)) − t_k‖²
-  L_kd    = τ² KL(softmax(ĉ Tᵀ/τ) ‖ softmax(n(h(v)) Tᵀ/τ))       (soft)
-          = τ² CE(n(h(v)) Tᵀ/τ, argmax_k ĉ Tᵀ)                   (hard)
-          = τ² mean_k (n(h(v))·t_k/τ − ĉ·t_k/τ)²                  (lm: logit matching)
-Every variant carries τ², so one λ_kd gives gradients of one scale (for lm, τ² cancels: it is the
-MSE of the cosine logits).
-
-The text-cycle term is exact but computed from the text classifier's second moments
-S = mean_k t_k t_kᵀ and t̄ = mean_k t_k: with M = W U − I and r = W e + b,
-mean_k ‖M t_k + r‖² = tr(M S Mᵀ) + 2 rᵀ M t̄ + ‖r‖², which costs O(d²·dv) per step instead of
-O(K·d·dv) for pushing all K texts through g and h.
+x (B, dv) standardised source features, c (B, d) L2-normalised CLIP image features, T (K, d) the
+normalised text classifier; h and g are `nn.Linear`s. The formulas, the per-coordinate mean of
+every squared norm and the exact text-cycle term from T's moments are in docs/method.md.
 """
 from __future__ import annotations
 
@@ -63,8 +49,7 @@ KD = {"soft": kd_soft, "hard": kd_hard, "lm": kd_lm}
 def zoomshot_loss(h_map, g_map, x, c, text, cfg):
     """(total, {align, cycle, kd}) for one batch. text: (T, S, t̄) or None; cfg: λ's, τ and kd."""
     h = h_map(x)
-    zero = h.new_zeros(())
-    align = cycle = kd = zero
+    align = cycle = kd = h.new_zeros(())
     if cfg.lambda_align > 0 or cfg.lambda_cycle > 0:
         gc = g_map(c)
         align = F.mse_loss(h, c) + F.mse_loss(gc, x)
@@ -73,10 +58,8 @@ def zoomshot_loss(h_map, g_map, x, c, text, cfg):
             cycle = (F.mse_loss(g_map(h), x) + F.mse_loss(h_map(gc), c)
                      + text_cycle(h_map.weight, h_map.bias, g_map.weight, g_map.bias, S, tbar))
     if cfg.lambda_kd > 0:
-        T = text[0]
-        with torch.no_grad():
-            t = c @ T.T
-        kd = KD[cfg.kd](student_logits(h, T), t, cfg.tau)
+        T = text[0]  # the teacher's logits c Tᵀ need no gradient: c and T are data
+        kd = KD[cfg.kd](student_logits(h, T), c @ T.T, cfg.tau)
     total = cfg.lambda_align * align + cfg.lambda_cycle * cycle + cfg.lambda_kd * kd
     return total, {"align": align, "cycle": cycle, "kd": kd}
 

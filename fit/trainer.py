@@ -3,18 +3,13 @@
     for epoch: for batch: lr = cosine(step); loss = loss_fn(batch); backward; optimizer step
     after each epoch: mean loss terms, held-out metrics, keep the best state (early stopping)
 
-`train` knows nothing of the method: it gets the modules to train, a loss function of a batch, the
-batches of an epoch and a validation function. When the validation gives per-row hits, the state
-kept is the best by held-out agreement among the start (epoch 0) and every epoch, so training never
-leaves the mapping worse on the held-out rows than where it started. A later state can be kept only when it agrees
-with the teacher on more held-out rows than the start by over two standard errors of the paired
-difference (2·√discordant rows): a few hundred rows cannot tell apart states a few rows apart, and
-the start (a closed-form optimum) is the safer choice then. Among such states, the most agreeing. A loss that turns NaN/Inf stops the fit
-with a ZsError; one that rises a hundredfold over the first step's is a warning in the record.
+`train` knows nothing of the method. The early-stopping rule is in docs/method.md. A loss that
+turns NaN/Inf stops the fit with a ZsError; one that rises a hundredfold is a warning in the record.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -38,43 +33,31 @@ def cosine_lr(step: int, total: int, peak: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-def make_optimizer(params, cfg):
-    """Adam (decoupled weight decay, i.e. AdamW) or SGD with momentum and L2 weight decay."""
-    if cfg.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def _state(modules) -> list:
-    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
-
-
 def _better(cand, start) -> bool:
     """Per-row held-out hits cand beat those of the start by over two standard errors of the paired
     difference."""
-    if cand is None:
-        return False
     gain = float(cand.float().sum() - start.float().sum())
     return gain > 2.0 * math.sqrt(float((cand != start).sum()))
 
 
-def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_epoch=None,
-          bar=None) -> TrainResult:
+def train(modules, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, bar) -> TrainResult:
     """Train `modules` in place for cfg.epochs epochs; returns what happened.
 
     loss_fn(v, c) -> (total, {term: value}); batches(epoch) -> iterable of (v, c); validate() ->
     held-out metrics or None, with per-row "hits" when the best state is to be kept (early
     stopping); on_epoch(record) at the start and after each epoch; bar: a tqdm bar advanced per step."""
     params = [p for m in modules for p in m.parameters()]
-    opt = make_optimizer(params, cfg)
+    if cfg.optimizer == "adam":  # decoupled weight decay
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:  # momentum and L2 weight decay
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     res = TrainResult()
     start = validate() if validate else None
     best = first_hits = (start or {}).pop("hits", None)
     keep_best = best is not None
-    best_state = _state(modules) if keep_best else None
+    best_state = [copy.deepcopy(m.state_dict()) for m in modules] if keep_best else None
     res.history.append({"epoch": 0, "holdout": start})
-    if on_epoch:
-        on_epoch(res.history[0])
+    on_epoch(res.history[0])
     first = None
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
@@ -97,8 +80,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
                 sums[k] = sums.get(k, 0.0) + float(t.detach())
             nb += 1
             res.steps += 1
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         rec = {"epoch": epoch, **{k: s / max(nb, 1) for k, s in sums.items()}, "steps": res.steps}
         rec["holdout"] = validate() if validate else None
         hits = (rec["holdout"] or {}).pop("hits", None)
@@ -106,10 +88,9 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate=None, on_ep
         if first and rec.get("loss", 0.0) > RISE_WARN * max(first, 1e-30) and not res.warnings:
             res.warnings.append(f"the training loss rose from {first:.3g} to {rec['loss']:.3g} by epoch "
                                 f"{epoch}: the fit diverged; lower the learning rate (--lr, now {cfg.lr:g})")
-        if on_epoch:
-            on_epoch(rec)
+        on_epoch(rec)
         if keep_best and _better(hits, first_hits) and int(hits.sum()) > int(best.sum()):
-            best, best_state, res.best_epoch = hits, _state(modules), epoch
+            best, best_state, res.best_epoch = hits, [copy.deepcopy(m.state_dict()) for m in modules], epoch
     if keep_best:
         for m, s in zip(modules, best_state):
             m.load_state_dict(s)
@@ -126,14 +107,10 @@ SMALL_STEP_MACS = 1 << 22
 @contextlib.contextmanager
 def threads_for(device, step_macs: int):
     """Run small CPU problems single-threaded (torch's thread count is process-wide; restored after)."""
-    import torch
-
     n = torch.get_num_threads()
-    small = device.type == "cpu" and step_macs < SMALL_STEP_MACS and n > 1
-    if small:
+    if device.type == "cpu" and step_macs < SMALL_STEP_MACS:
         torch.set_num_threads(1)
     try:
         yield
     finally:
-        if small:
-            torch.set_num_threads(n)
+        torch.set_num_threads(n)
