@@ -128,10 +128,9 @@ def text_query_embedding(mapping: Mapping, query: str, text_weights: str | None 
     """The query embedded by the mapping's target CLIP text tower (as written, no template), (d,)."""
     import torch
 
-    from zoomshot.model import build_role_encoder, encoder_spec
+    from zoomshot.model import build_role_encoder
 
-    spec = encoder_spec(mapping.target, text_weights)
-    enc = build_role_encoder(spec, device, "target (CLIP)")
+    enc = build_role_encoder(mapping.target, text_weights, device, "target (CLIP)")
     if enc.family != "clip":
         raise ZsError(f"the mapping's target {enc.spec!r} is not a CLIP encoder; it has no text tower")
     with torch.inference_mode():
