@@ -31,7 +31,6 @@ class SweepConfig:
     methods: list[str] | None = None  # None: the fit configuration's method
     vocab: str | None = None  # the evaluation caches' vocabulary, when they hold several
     fit: Any = None  # a zoomshot.fit.FitConfig; None: its defaults
-    per_class: bool = False
     save_mappings: bool = True  # write each fitted mapping under OUT/mappings/
     select: bool = False  # name the best cell by held-out agreement in the report
     quiet: bool = False  # no progress bar over the cells
@@ -42,7 +41,6 @@ class SweepResult:
     records: list[dict]
     skipped: list[dict]
     paths: dict
-    mappings: list[str] = field(default_factory=list)
     selection: dict | None = None
 
 
@@ -55,15 +53,6 @@ def parse_list(text: str, kind: type, what: str) -> list:
     if not vals:
         raise ZsError(f"{what} is empty; give e.g. {'1,5,20' if kind is int else '0.01,0.05,0.2'}")
     return list(dict.fromkeys(vals))
-
-
-def check_grid(epochs: list[int], fractions: list[float]) -> None:
-    bad_e = [e for e in epochs if e < 1]
-    if bad_e:
-        raise ZsError(f"epochs must be >= 1, got {bad_e}")
-    bad_f = [f for f in fractions if not 0 < f <= 1]
-    if bad_f:
-        raise ZsError(f"fractions must lie in (0, 1], got {bad_f}")
 
 
 def _cell_name(train_cache: str, m: Mapping) -> str:
@@ -80,7 +69,10 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
     from zoomshot.evaluate.scoring import EvalSet
     from zoomshot.fit import FitConfig
 
-    check_grid(cfg.epochs, cfg.fractions)
+    if any(e < 1 for e in cfg.epochs):
+        raise ZsError(f"epochs must be >= 1, got {[e for e in cfg.epochs if e < 1]}")
+    if any(not 0 < f <= 1 for f in cfg.fractions):
+        raise ZsError(f"fractions must lie in (0, 1], got {[f for f in cfg.fractions if not 0 < f <= 1]}")
     if not cfg.train_caches or not cfg.eval_caches:
         raise ZsError("a sweep needs at least one --cache (training) and one --eval cache")
     for p in [*cfg.train_caches, *cfg.eval_caches]:
@@ -91,7 +83,7 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
     for m in methods:  # an unknown method fails here, before any cache is read
         replace(fit_cfg, method=m).validate()
     out = check_out_dir(cfg.out_dir)
-    res = SweepResult([], [], {}, [])
+    res = SweepResult([], [], {})
     eval_paths: dict[str, str] = {}  # each cache once, under the name it was first given
     for p in cfg.eval_caches:
         eval_paths.setdefault(os.path.realpath(p), p)
@@ -119,7 +111,7 @@ def _reference_records(eval_sets, cfg: SweepConfig, res: SweepResult, progress) 
     for es in eval_sets:
         for t in es.targets.values():
             if t.problem is None and t.vocab is not None and es.has_image_features(t.key):
-                ref = es.clip_reference(t, cfg.per_class)
+                ref = es.clip_reference(t)
                 res.records.append(ref)
                 progress(f"CLIP {t.entry.spec} on {es.name}: acc1 {100 * ref['metrics']['acc1']:.1f}%")
             elif t.problem:
@@ -146,7 +138,6 @@ def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res
                 from zoomshot.mapping import save_mapping
 
                 save_mapping(m, out / "mappings" / _cell_name(train, m))
-                res.mappings.append(str(m.path))
             accs = []
             for es in eval_sets:
                 why = es.why_not(m)
@@ -154,7 +145,7 @@ def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res
                     res.skipped.append({"mapping": mapping_id(m), "cache": es.path, "reason": why})
                     accs.append(f"{es.name} skipped")
                     continue
-                (rec,) = es.score([m], cfg.per_class)
+                (rec,) = es.score([m])
                 res.records.append(rec)
                 accs.append(f"{es.name} {100 * rec['metrics']['acc1']:.1f}%")
             held = (m.run.get("holdout") or {}).get("final") or {}
