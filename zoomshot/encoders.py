@@ -1,24 +1,12 @@
 """The encoder registry: spec strings -> encoders with one interface.
 
-Spec grammar (docs/design.md, "Encoder specs"):
-  ALIAS                         a short name from ALIASES (`zs encoders` lists them)
-  timm:NAME[.TAG]               any timm model, pooled features (num_classes=0)
-  open_clip:ARCH[:PRETRAINED]   any open_clip model (image and text towers)
-  py:MODULE_OR_FILE.py:FACTORY  a user plug-in; FACTORY() returns an object with name, family,
-                                dim, preprocess, encode_image and (family "clip") encode_text
-each optionally followed by weights:
-  SPEC@random                   random initialisation, one fixed draw per spec (weights="random" in the cache)
-  SPEC@/path/to/weights         a local weights file (safetensors, .pth, .bin)
-Without a suffix the library's default pretrained weights load. Offline first (`check_loadable`,
-before any image is listed): weights already in the local Hugging Face hub cache load from it with
-the hub switched off, so no request is made; missing ones are downloaded only when HF_HUB_OFFLINE is
-unset and the hub answers a 3 s connection probe; otherwise one line names the file the cache
-should hold and how to fill it.
-
-The key (the cache's `encoders/KEY`, shown in every report) is short, stable and portable: an
-alias, or a spec equal to an alias's, gives the alias; `timm:NAME[.TAG]` gives NAME and
-`open_clip:ARCH[:TAG]` ARCH (sanitised); `py:` gives the plug-in's own `name`. A key never holds a
-path or the weights; the spec (and the cache's `weights` attribute) keep those.
+Specs and keys are as docs/design.md ("Encoders: specs and keys") describes: ALIAS, timm:NAME[.TAG],
+open_clip:ARCH[:PRETRAINED] or py:MODULE_OR_FILE.py:FACTORY, each optionally followed by @random or
+@/path/to/weights; the key is the alias, NAME, ARCH or the plug-in's `name`, never a path or weights.
+Default weights load offline first (`check_loadable`, before any image is listed): weights already in
+the local Hugging Face hub cache load from it with the hub switched off, so no request is made;
+missing ones are downloaded only when HF_HUB_OFFLINE is unset and the hub answers a 3 s connection
+probe; otherwise one line names the file the cache should hold and how to fill it.
 """
 from __future__ import annotations
 
@@ -107,10 +95,6 @@ def parse_spec(raw: str) -> ParsedSpec:
     if base in ALIASES:
         return ParsedSpec(base, ALIASES[base][0], weights)
     return ParsedSpec(None, base, weights)
-
-
-def list_encoders() -> list[dict]:
-    return [{"alias": a, "spec": s, "family": f, "description": d} for a, (s, f, d) in ALIASES.items()]
 
 
 @dataclass(repr=False, eq=False)

@@ -1,11 +1,9 @@
-"""`zs sweep` and scoring helpers: where the fit and evaluate stages meet (neither imports the other).
-
-run_sweep fits every (method, epochs, fraction) cell from one read of each training cache, scores
-each fitted mapping on every evaluation cache as it finishes, and writes the report with an
-epochs × fractions heatmap. With select=True it names the cell with the best held-out agreement
-(label-free, on the training cache) and puts its labelled accuracy beside the best labelled one, so
-a user sees whether the label-free choice was right. `zero_shot_accuracy` and `teacher_accuracy`
-score one mapping / the CLIP teacher on a labelled cache (tests and bench/ use them)."""
+"""`zs sweep`, where the fit and evaluate stages meet (neither imports the other): every (method,
+epochs, fraction) cell is fitted from one read of each training cache, scored on every evaluation
+cache as it finishes and reported with an epochs × fractions heatmap; with select=True the report
+names the cell with the best held-out (label-free) agreement beside the best labelled one, so a user
+sees whether the label-free choice was right. `zero_shot_accuracy` and `teacher_accuracy` score one
+mapping / the CLIP teacher on a labelled cache (tests and bench/ use them)."""
 from __future__ import annotations
 
 import os
@@ -89,7 +87,7 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
         eval_paths.setdefault(os.path.realpath(p), p)
     eval_sets = [EvalSet(p, cfg.vocab, preload=True) for p in eval_paths.values()]
     try:
-        _reference_records(eval_sets, cfg, res, progress)
+        _reference_records(eval_sets, res, progress)
         _fit_and_score(cfg, fit_cfg, methods, eval_sets, out, res, progress)
     finally:
         for es in eval_sets:
@@ -101,7 +99,7 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
     return res
 
 
-def _reference_records(eval_sets, cfg: SweepConfig, res: SweepResult, progress) -> None:
+def _reference_records(eval_sets, res: SweepResult, progress) -> None:
     """CLIP's own records; refuse before fitting anything when no eval cache can score a mapping."""
     usable = [t for es in eval_sets for t in es.targets.values() if t.problem is None and t.vocab is not None]
     if not usable:  # refuse before fitting anything, as `zs evaluate` refuses "nothing to report"
@@ -162,17 +160,15 @@ def select_cell(records: list[dict]) -> dict | None:
     """Per evaluation cache, the mapped record with the best held-out agreement (label-free) and the
     one with the best labelled top-1, side by side; None when no record has a held-out score."""
     out = {}
-    for r in records:
-        if r.get("mapping") is None:
-            continue
-        slot = out.setdefault(r["cache"], {"dataset": r["dataset"], "by_holdout": None, "by_label": None})
-        agree = (r.get("holdout") or {}).get("agreement")
-        if agree is not None and (slot["by_holdout"] is None or agree > slot["by_holdout"]["holdout"]["agreement"]):
-            slot["by_holdout"] = r
-        if slot["by_label"] is None or r["metrics"]["acc1"] > slot["by_label"]["metrics"]["acc1"]:
-            slot["by_label"] = r
-    picks = {k: v for k, v in out.items() if v["by_holdout"] is not None}
-    return picks or None
+    mapped = [r for r in records if r.get("mapping") is not None]
+    for cache in dict.fromkeys(r["cache"] for r in mapped):
+        cells = [r for r in mapped if r["cache"] == cache]
+        held = [r for r in cells if (r.get("holdout") or {}).get("agreement") is not None]
+        if held:
+            out[cache] = {"dataset": cells[0]["dataset"],
+                          "by_holdout": max(held, key=lambda r: r["holdout"]["agreement"]),
+                          "by_label": max(cells, key=lambda r: r["metrics"]["acc1"])}
+    return out or None
 
 
 def _append_selection(report: Path, selection: dict | None) -> None:
