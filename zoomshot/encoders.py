@@ -89,8 +89,9 @@ def parse_spec(raw: str) -> ParsedSpec:
     if weights not in ("default", "random"):
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ZsError(f"weights file {weights!r} in {raw!r} does not exist; give an existing file, @random "
-                          f"for random initialisation, or no suffix for the default pretrained weights")
+            raise ZsError(f"weights file {weights!r} in {raw!r} does not exist; give an existing file, "
+                          f"@random for random initialisation, or no suffix for the default pretrained "
+                          f"weights")
         weights = str(path.resolve())
     if base in ALIASES:
         return ParsedSpec(base, ALIASES[base][0], weights)

@@ -53,7 +53,8 @@ def index_fingerprint(mapping: Mapping, cache, source_key: str, rows: np.ndarray
     for t in (mapping.W, mapping.b, mapping.mean, mapping.std):
         h.update(np.ascontiguousarray(t, np.float32).tobytes())
     h.update(json.dumps([mapping.source, mapping.target], sort_keys=True, default=str).encode())
-    state = hashlib.sha256(json.dumps({"created": cache.created, "n": cache.n, "source": source_key}).encode())
+    cache_state = {"created": cache.created, "n": cache.n, "source": source_key}
+    state = hashlib.sha256(json.dumps(cache_state).encode())
     state.update(np.ascontiguousarray(rows, np.int64).tobytes())
     h.update(state.hexdigest().encode())  # the cache's state hashed apart, as index files already saved were
     return h.hexdigest()[:16]
