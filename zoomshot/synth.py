@@ -262,6 +262,4 @@ def read_synth_attrs(path: str | os.PathLike) -> dict | None:
 
     with h5py.File(path, "r") as f:
         raw = f.attrs.get("synth")
-    if raw is None:
-        return None
-    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return None if raw is None else json.loads(raw)  # str, or bytes from older h5py
