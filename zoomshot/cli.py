@@ -77,7 +77,7 @@ def encoders_cmd(
     specs: Optional[List[str]] = typer.Argument(None, help="Specs to --check."),
 ):
     """List the encoder aliases, their specs and families (any timm:/open_clip:/py: spec works too)."""
-    from zoomshot.encoders import SPEC_HELP, check_loadable, list_encoders, parse_spec
+    from zoomshot.encoders import ALIASES, SPEC_HELP, check_loadable, parse_spec
 
     if check or specs:
         if not specs:
@@ -93,11 +93,10 @@ def encoders_cmd(
             raise typer.Exit(1)
         return
 
-    rows = list_encoders()
-    w = max(len(r["alias"]) for r in rows)
-    ws = max(len(r["spec"]) for r in rows)
-    for r in rows:
-        typer.echo(f"{r['alias']:<{w}}  {r['family']:<6}  {r['spec']:<{ws}}  {r['description']}")
+    w = max(map(len, ALIASES))
+    ws = max(len(spec) for spec, _, _ in ALIASES.values())
+    for alias, (spec, family, description) in ALIASES.items():
+        typer.echo(f"{alias:<{w}}  {family:<6}  {spec:<{ws}}  {description}")
     typer.echo(f"\nA spec is {SPEC_HELP}.")
 
 # (section owned by the extract stage)

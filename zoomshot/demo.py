@@ -9,7 +9,6 @@ Every step calls the same library functions as the commands do.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,16 +16,8 @@ RANDOM_ENCODERS = ("resnet18@random", "clip_vit_b32@random")
 PRETRAINED_ENCODERS = ("resnet50", "clip_vit_b16")
 
 
-@dataclass
-class DemoResult:
-    out: Path
-    lines: list[str] = field(default_factory=list)
-    report: Path | None = None
-    sweep_report: Path | None = None
-
-
 def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device: str = "auto",
-             world_rows: int = 20_000, progress: Callable[[str], None] = print) -> DemoResult:
+             world_rows: int = 20_000, progress: Callable[[str], None] = print) -> None:
     from zoomshot.evaluate.run import EvaluateConfig, run_evaluate, summary_lines
     from zoomshot.sweep import SweepConfig, run_sweep
     from zoomshot.extract.runner import ExtractConfig, extract
@@ -36,58 +27,49 @@ def run_demo(out_dir: str | Path = "demo-out", pretrained: bool = False, device:
     from zoomshot.synth import write_synth_world
 
     out = Path(out_dir)
-    res = DemoResult(out)
     encoders = PRETRAINED_ENCODERS if pretrained else RANDOM_ENCODERS
 
-    def say(line: str = "") -> None:
-        res.lines.append(line)
-        progress(line)
-
     weights = "real pretrained weights (local hub cache)" if pretrained else "RANDOM weights"
-    say(f"[1/4] extract: generated shape images -> {', '.join(encoders)} ({weights})")
+    progress(f"[1/4] extract: generated shape images -> {', '.join(encoders)} ({weights})")
     images = write_shape_folder(out / "images", classes=6, per_class=16, size=96, seed=0, corrupt=1)
     shapes_cache = out / "cache" / "shapes.h5"
     summary = extract(ExtractConfig(out=str(shapes_cache), encoders=list(encoders), images=str(images),
                                     batch_size=32, device=device, progress=False))
-    say("      " + summary.text().replace("\n", "\n      "))
+    progress("      " + summary.text().replace("\n", "\n      "))
 
-    say(f"[2/4] synth: a planted world of {world_rows} train rows (dv 384, d 256, 100 classes)")
+    progress(f"[2/4] synth: a planted world of {world_rows} train rows (dv 384, d 256, 100 classes)")
     world = write_synth_world(out / "cache" / "world", rows=world_rows, test_rows=world_rows // 4,
                               classes=100, dv=384, d=256, seed=0)
-    say(f"      teacher (CLIP) accuracy on the test split, known by construction: "
+    progress(f"      teacher (CLIP) accuracy on the test split, known by construction: "
         f"{world['teacher_acc_test']:.3f}")
 
-    say("[3/4] fit every method on the planted world, and zoomshot on the shape images; evaluate")
+    progress("[3/4] fit every method on the planted world, and zoomshot on the shape images; evaluate")
     mappings = []
     for method in METHODS:
         m = fit_cache(world["train"], FitConfig(method=method))
         mappings.append(save_mapping(m, out / "mappings" / f"world-{method}"))
-        say(f"      fit {method:<15} {m.run['wall_time_s']:.2f}s")
+        progress(f"      fit {method:<15} {m.run['wall_time_s']:.2f}s")
     m = fit_cache(shapes_cache, FitConfig(method="zoomshot", epochs=20))
     mappings.append(save_mapping(m, out / "mappings" / "shapes-zoomshot"))
     ev = run_evaluate(EvaluateConfig([str(p) for p in mappings], [world["test"], str(shapes_cache)], out / "report"))
     for line in summary_lines(ev.records):
-        say("      " + line)
-    say(f"      ({len(ev.skipped)} mapping × cache pairs skipped: their encoders differ)")
-    res.report = Path(ev.paths["report.md"])
+        progress("      " + line)
+    progress(f"      ({len(ev.skipped)} mapping × cache pairs skipped: their encoders differ)")
 
-    say("[4/4] sweep: zoomshot over epochs 1,3,10 × fractions 0.01,0.05,0.25 on the planted world")
+    progress("[4/4] sweep: zoomshot over epochs 1,3,10 × fractions 0.01,0.05,0.25 on the planted world")
     sw = run_sweep(SweepConfig(train_caches=[world["train"]], eval_caches=[world["test"]],
                                epochs=[1, 3, 10], fractions=[0.01, 0.05, 0.25], out_dir=str(out / "sweep"),
                                save_mappings=False), progress=lambda s: None)
-    say(f"      {len(sw.records)} records; heatmap and report in {out / 'sweep'}")
-    res.sweep_report = out / "sweep" / "report.md"
+    progress(f"      {len(sw.records)} records; heatmap and report in {out / 'sweep'}")
 
-    say("")
-    say(f"Reports: {res.report} and {res.sweep_report}")
-    say(_what_is_real(pretrained))
-    return res
-
-
-def _what_is_real(pretrained: bool) -> str:
+    progress("")
+    progress(f"Reports: {Path(ev.paths['report.md'])} and {out / 'sweep' / 'report.md'}")
     if pretrained:
-        return "The shape-image cache used real pretrained weights; the planted world is synthetic by design."
-    return ("What is real and what is not: the shape-image step ran real architectures with RANDOM weights "
-            "(no download here), so its accuracies say nothing about real encoders and only show the pipeline "
-            "works; the fit/evaluate/sweep numbers come from a PLANTED world whose teacher accuracy is known by "
-            "construction. Run `zs demo --pretrained` (weights from the local hub cache) for real encoders.")
+        progress("The shape-image cache used real pretrained weights; the planted world is synthetic by "
+                 "design.")
+        return
+    progress("What is real and what is not: the shape-image step ran real architectures with RANDOM "
+             "weights (no download here), so its accuracies say nothing about real encoders and only show "
+             "the pipeline works; the fit/evaluate/sweep numbers come from a PLANTED world whose teacher "
+             "accuracy is known by construction. Run `zs demo --pretrained` (weights from the local hub "
+             "cache) for real encoders.")

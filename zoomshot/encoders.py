@@ -1,28 +1,17 @@
 """The encoder registry: spec strings -> encoders with one interface.
 
-Spec grammar (docs/design.md, "Encoder specs"):
-  ALIAS                         a short name from ALIASES (`zs encoders` lists them)
-  timm:NAME[.TAG]               any timm model, pooled features (num_classes=0)
-  open_clip:ARCH[:PRETRAINED]   any open_clip model (image and text towers)
-  py:MODULE_OR_FILE.py:FACTORY  a user plug-in; FACTORY() returns an object with name, family,
-                                dim, preprocess, encode_image and (family "clip") encode_text
-each optionally followed by weights:
-  SPEC@random                   random initialisation, one fixed draw per spec (weights="random" in the cache)
-  SPEC@/path/to/weights         a local weights file (safetensors, .pth, .bin)
-Without a suffix the library's default pretrained weights load. Offline first (`check_loadable`,
-before any image is listed): weights already in the local Hugging Face hub cache load from it with
-the hub switched off, so no request is made; missing ones are downloaded only when HF_HUB_OFFLINE is
-unset and the hub answers a 3 s connection probe; otherwise one line names the file the cache
-should hold and how to fill it.
-
-The key (the cache's `encoders/KEY`, shown in every report) is short, stable and portable: an
-alias, or a spec equal to an alias's, gives the alias; `timm:NAME[.TAG]` gives NAME and
-`open_clip:ARCH[:TAG]` ARCH (sanitised); `py:` gives the plug-in's own `name`. A key never holds a
-path or the weights; the spec (and the cache's `weights` attribute) keep those.
+Specs and keys are as docs/design.md ("Encoders: specs and keys") describes: ALIAS, timm:NAME[.TAG],
+open_clip:ARCH[:PRETRAINED] or py:MODULE_OR_FILE.py:FACTORY, each optionally followed by @random or
+@/path/to/weights; the key is the alias, NAME, ARCH or the plug-in's `name`, never a path or weights.
+Default weights load offline first (`check_loadable`, before any image is listed): weights already in
+the local Hugging Face hub cache load from it with the hub switched off, so no request is made;
+missing ones are downloaded only when HF_HUB_OFFLINE is unset and the hub answers a 3 s connection
+probe; otherwise one line names the file the cache should hold and how to fill it.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
@@ -60,7 +49,6 @@ SPEC_HELP = ("an alias (`zs encoders`), timm:NAME[.TAG], open_clip:ARCH[:PRETRAI
 
 @dataclass(frozen=True)
 class ParsedSpec:
-    raw: str
     alias: str | None
     spec: str  # canonical, without the weights suffix
     weights: str  # "default" | "random" | a local path
@@ -85,7 +73,7 @@ def spec_key(spec: str, weights: str = "default") -> str:
             arch = arch[len("hf-hub:"):].partition(":")[0].rstrip("/").rsplit("/", 1)[-1]
         return safe_key(arch.partition(":")[0])
     if spec.startswith("py:"):
-        return _plugin_key(ParsedSpec(spec, None, spec, weights))
+        return _plugin_key(ParsedSpec(None, spec, weights))
     return safe_key(spec)
 
 
@@ -93,28 +81,21 @@ def parse_spec(raw: str) -> ParsedSpec:
     """Split SPEC@WEIGHTS and resolve an alias; raises ZsError listing close matches."""
     raw = raw.strip()
     base, _, weights = raw.partition("@")
-    weights = weights or "default"
     if not base:
         raise ZsError(f"empty encoder spec {raw!r}; expected {SPEC_HELP}")
-    if base in ALIASES:
-        return ParsedSpec(raw, base, ALIASES[base][0], _check_weights(weights, raw))
-    if not base.startswith(PREFIXES):
+    if base not in ALIASES and not base.startswith(PREFIXES):
         raise ZsError(f"unknown encoder {base!r}{did_you_mean(base, ALIASES)}; expected {SPEC_HELP}")
-    return ParsedSpec(raw, None, base, _check_weights(weights, raw))
-
-
-def _check_weights(weights: str, raw: str) -> str:
-    if weights in ("default", "random"):
-        return weights
-    p = Path(weights).expanduser()
-    if not p.is_file():
-        raise ZsError(f"weights file {weights!r} in {raw!r} does not exist; give an existing file, "
-                      f"@random for random initialisation, or no suffix for the default pretrained weights")
-    return str(p.resolve())
-
-
-def list_encoders() -> list[dict]:
-    return [{"alias": a, "spec": s, "family": f, "description": d} for a, (s, f, d) in ALIASES.items()]
+    weights = weights or "default"
+    if weights not in ("default", "random"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ZsError(f"weights file {weights!r} in {raw!r} does not exist; give an existing file, "
+                          f"@random for random initialisation, or no suffix for the default pretrained "
+                          f"weights")
+        weights = str(path.resolve())
+    if base in ALIASES:
+        return ParsedSpec(base, ALIASES[base][0], weights)
+    return ParsedSpec(None, base, weights)
 
 
 @dataclass(repr=False, eq=False)
@@ -126,7 +107,7 @@ class Encoder:
     model: Any
     preprocess: Callable
     preprocess_config: dict
-    encode_image_fn: Callable
+    encode_image: Callable  # (B, 3, H, W) -> (B, dim)
     encode_text_fn: Callable | None
     dim: int
     normalized: bool
@@ -144,9 +125,6 @@ class Encoder:
             self.model.to(device)
         self.device = str(device)
         return self
-
-    def encode_image(self, batch):
-        return self.encode_image_fn(batch)
 
     def encode_text(self, texts: list[str]):
         if self.encode_text_fn is None:
@@ -201,12 +179,6 @@ def _cached(files: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def _hub_reachable() -> bool:
     import socket
     from urllib.parse import urlparse
@@ -221,22 +193,13 @@ def _hub_reachable() -> bool:
         return False
 
 
-_LOADABLE: dict[tuple[str, str], str] = {}  # specs found loadable in this process, and how
-
-
+@functools.cache
 def check_loadable(parsed: ParsedSpec) -> str:
     """Before any work: can this spec's weights load here? Returns how ("random", "local file",
     "hub cache: PATH", "download from the hub", "library default"); raises a one-line ZsError
     naming the missing file and how to fill the cache. The model (or plug-in factory) must exist too.
     A spec found loadable is not checked again in the process (extract checks before listing the
     images, build_encoder before building: one hub probe, one plug-in load)."""
-    k = (parsed.spec, parsed.weights)
-    if k not in _LOADABLE:
-        _LOADABLE[k] = _loadable(parsed)
-    return _LOADABLE[k]
-
-
-def _loadable(parsed: ParsedSpec) -> str:
     _check_exists(parsed)
     if parsed.weights == "random":
         return "random initialisation"
@@ -250,9 +213,9 @@ def _loadable(parsed: ParsedSpec) -> str:
         return f"hub cache: {path}"
     from huggingface_hub import constants
 
-    why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else f"{constants.ENDPOINT} cannot be reached"
-    if not hub_offline() and _hub_reachable():
+    if not constants.HF_HUB_OFFLINE and _hub_reachable():
         return "download from the hub (not in the local cache)"
+    why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else f"{constants.ENDPOINT} cannot be reached"
     repo, name = files[0]
     raise ZsError(f"the default weights of {parsed.spec!r} are not in the local hub cache ({constants.HF_HUB_CACHE} "
                   f"should hold {repo}/{name}) and {why}; fill it on a machine with network with "
@@ -274,10 +237,7 @@ def _check_exists(parsed: ParsedSpec) -> None:
         if arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
             raise ZsError(f"open_clip has no architecture {arch!r}{did_you_mean(arch, open_clip.list_models())}")
     elif parsed.spec.startswith("py:"):
-        target, sep, factory = parsed.spec[len("py:"):].rpartition(":")
-        if not sep or not target or not factory:
-            raise ZsError(f"plug-in spec {parsed.spec!r} must be py:MODULE_OR_FILE.py:FACTORY")
-        _load_plugin_factory(target, factory)
+        _load_plugin_factory(parsed)
 
 
 @contextlib.contextmanager
@@ -299,15 +259,11 @@ def _hub_switched_off(parsed: ParsedSpec):
 
 def build_encoder(spec: str, device: str = "cpu") -> Encoder:
     """The one factory: a spec string -> an Encoder in eval mode on `device`."""
-
     parsed = parse_spec(spec)
-    builder = (_build_timm if parsed.spec.startswith("timm:")
-               else _build_open_clip if parsed.spec.startswith("open_clip:") else _build_plugin)
-    if parsed.weights != "random":
-        check_loadable(parsed)
-        with _hub_switched_off(parsed):
-            return builder(parsed).to(device)
-    with _seeded(parsed):
+    check_loadable(parsed)
+    library = parsed.spec.split(":")[0]
+    builder = {"timm": _build_timm, "open_clip": _build_open_clip, "py": _build_plugin}[library]
+    with _hub_switched_off(parsed), _seeded(parsed):
         return builder(parsed).to(device)
 
 
@@ -331,47 +287,42 @@ def _versions(**extra) -> dict:
     return {"torch": torch.__version__, "python": sys.version.split()[0], **extra}
 
 
-def _offline_hint(parsed: ParsedSpec, err: Exception) -> ZsError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def _load_error(parsed: ParsedSpec, err: Exception) -> ZsError:
+    """A failed model load in one line; for default weights, how to get them onto an offline machine."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    if parsed.weights != "default":  # a checkpoint that does not fit the model
+        return ZsError(f"could not load {parsed.spec!r} with weights {parsed.weights!r}: {first[:300]}")
     return ZsError(
         f"could not load the default pretrained weights of {parsed.spec!r} ({type(err).__name__}: {first}); "
-        f"on an offline machine put them in the local hub cache (and set HF_HUB_OFFLINE=1 to skip the hub's retries), or use {parsed.spec}@/path/to/weights "
-        f"for a local file, or {parsed.spec}@random for random initialisation"
+        f"on an offline machine put them in the local hub cache (and set HF_HUB_OFFLINE=1 to skip the hub's "
+        f"retries), or use {parsed.spec}@/path/to/weights for a local file, or {parsed.spec}@random for "
+        f"random initialisation"
     )
+
+
+def _json_config(library: str, cfg: dict) -> dict:
+    return {"library": library, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}
 
 
 def _build_timm(parsed: ParsedSpec) -> Encoder:
     import timm
     import torch
 
-    name = parsed.spec[len("timm:"):]
-    arch = name.split(".")[0]
-    if not timm.is_model(arch):
-        raise ZsError(f"timm has no model {arch!r}{did_you_mean(arch, timm.list_models())}")
-    kwargs: dict = {"num_classes": 0}
+    # A local file goes through timm's own loader: it drops the classifier, as for hub weights.
+    local = parsed.weights not in ("default", "random")
+    overlay = {"pretrained_cfg_overlay": {"file": parsed.weights}} if local else {}
     try:
-        if parsed.weights == "random":
-            model = timm.create_model(name, pretrained=False, **kwargs)
-        elif parsed.weights == "default":
-            model = timm.create_model(name, pretrained=True, **kwargs)
-        else:
-            # timm's own loader drops the classifier and adapts the checkpoint, as for hub weights.
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": parsed.weights}, **kwargs)
+        model = timm.create_model(parsed.spec[len("timm:"):], pretrained=parsed.weights != "random",
+                                  num_classes=0, **overlay)
     except Exception as e:  # hub unreachable, checkpoint mismatch: both user-fixable
-        if parsed.weights == "default":
-            raise _offline_hint(parsed, e) from None
-        raise ZsError(f"could not load {parsed.spec!r} with weights {parsed.weights!r}: {str(e).splitlines()[0][:300]}") from None
+        raise _load_error(parsed, e) from None
     model.eval()
     cfg = timm.data.resolve_model_data_config(model)
     transform = timm.data.create_transform(**cfg, is_training=False)
     with torch.inference_mode():
         dim = int(model(torch.zeros(1, *cfg["input_size"])).shape[-1])
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-
-    def encode_image(batch):
-        return model(batch)
-
-    return Encoder(parsed, "vision", model, transform, {"library": "timm", **config}, encode_image, None,
+    return Encoder(parsed, "vision", model, transform, _json_config("timm", cfg), model, None,
                    dim, False, _versions(timm=timm.__version__))
 
 
@@ -386,46 +337,29 @@ def register_open_clip_config(name: str, cfg: dict) -> None:
     open_clip.add_model_config(d)
 
 
-class _DropMessage(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+def _no_weights_warning(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
 
 
 def _build_open_clip(parsed: ParsedSpec) -> Encoder:
     import open_clip
     import torch
 
-    rest = parsed.spec[len("open_clip:"):]
-    arch, _, tag = rest.partition(":")
-    if arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
-        raise ZsError(f"open_clip has no architecture {arch!r}{did_you_mean(arch, open_clip.list_models())}")
-    if parsed.weights == "random":
-        pretrained = None
-    elif parsed.weights == "default":
-        pretrained = tag or None
-        if pretrained is None and not arch.startswith("hf-hub:"):
-            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-            raise ZsError(f"open_clip:{arch} needs a pretrained tag (open_clip:{arch}:TAG"
-                          f"{', one of: ' + ', '.join(tags) if tags else ''}), or @/path/to/weights, or @random")
-    else:
-        pretrained = parsed.weights
+    arch, _, tag = parsed.spec[len("open_clip:"):].partition(":")
+    pretrained = {"random": None, "default": tag or None}.get(parsed.weights, parsed.weights)
+    if parsed.weights == "default" and not tag and not arch.startswith("hf-hub:"):
+        tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+        raise ZsError(f"open_clip:{arch} needs a pretrained tag (open_clip:{arch}:TAG"
+                      f"{', one of: ' + ', '.join(tags) if tags else ''}), or @/path/to/weights, or @random")
     # open_clip warns on the root logger that no weights were loaded: @random asked for exactly that.
-    quiet = _DropMessage("No pretrained weights loaded") if parsed.weights == "random" else None
-    if quiet:
-        logging.getLogger().addFilter(quiet)
+    if parsed.weights == "random":
+        logging.getLogger().addFilter(_no_weights_warning)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except Exception as e:
-        if parsed.weights == "default":
-            raise _offline_hint(parsed, e) from None
-        raise ZsError(f"could not load {parsed.spec!r} with weights {parsed.weights!r}: {str(e).splitlines()[0][:300]}") from None
+        raise _load_error(parsed, e) from None
     finally:
-        if quiet:
-            logging.getLogger().removeFilter(quiet)
+        logging.getLogger().removeFilter(_no_weights_warning)
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch)
     pcfg = open_clip.get_model_preprocess_cfg(model)
@@ -441,12 +375,14 @@ def _build_open_clip(parsed: ParsedSpec) -> Encoder:
         dev = next(model.parameters()).device
         return model.encode_text(tokenizer(list(texts)).to(dev), normalize=True)
 
-    config = {"library": "open_clip", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in pcfg.items()}}
-    return Encoder(parsed, "clip", model, preprocess, config, encode_image, encode_text, dim, True,
-                   _versions(open_clip=open_clip.__version__))
+    return Encoder(parsed, "clip", model, preprocess, _json_config("open_clip", pcfg), encode_image,
+                   encode_text, dim, True, _versions(open_clip=open_clip.__version__))
 
 
-def _load_plugin_factory(target: str, factory: str) -> Callable:
+def _load_plugin_factory(parsed: ParsedSpec) -> Callable:
+    target, sep, factory = parsed.spec[len("py:"):].rpartition(":")
+    if not sep or not target or not factory:
+        raise ZsError(f"plug-in spec {parsed.spec!r} must be py:MODULE_OR_FILE.py:FACTORY")
     if target.endswith(".py"):
         path = Path(target).expanduser()
         if not path.is_file():
@@ -490,10 +426,7 @@ def _plugin_key(parsed: ParsedSpec) -> str:
 def _plugin_object(parsed: ParsedSpec, take: bool = False):
     k = _plugin_id(parsed)
     if k not in _PLUGIN_OBJECTS:
-        target, sep, factory = parsed.spec[len("py:"):].rpartition(":")
-        if not sep or not target or not factory:
-            raise ZsError(f"plug-in spec {parsed.spec!r} must be py:MODULE_OR_FILE.py:FACTORY")
-        fn = _load_plugin_factory(target, factory)
+        fn = _load_plugin_factory(parsed)
         with _seeded(parsed):
             obj = fn() if parsed.weights == "default" else fn(weights=parsed.weights)
         missing = [a for a in ("name", "family", "dim", "preprocess", "encode_image") if not hasattr(obj, a)]

@@ -43,19 +43,6 @@ def example_batch(classifier, n: int, seed: int):
     return classifier.as_batch(imgs)
 
 
-def metadata(classifier, input_shape) -> dict:
-    return {
-        "format": "zs-export",
-        "labels": classifier.labels,
-        "logit_scale": classifier.logit_scale,
-        "input_shape": list(input_shape),
-        "preprocess": classifier.encoder.preprocess_config,
-        "source": classifier.run.get("source"),
-        "target": classifier.run.get("target"),
-        "output": "logits (B, K) = logit_scale * cosine(mapped image embedding, label text embedding)",
-    }
-
-
 def _trace(classifier, example, check):
     import torch
 
@@ -93,7 +80,11 @@ def export_classifier(classifier, out: str | os.PathLike) -> ExportResult:
     classifier = classifier.eval()
     example, check = example_batch(classifier, 2, 0), example_batch(classifier, 3, 1)
     input_shape = tuple(example.shape[1:])
-    extra = {META_FILE: json.dumps(metadata(classifier, input_shape), indent=2)}
+    meta = {"format": "zs-export", "labels": classifier.labels, "logit_scale": classifier.logit_scale,
+            "input_shape": list(input_shape), "preprocess": classifier.encoder.preprocess_config,
+            "source": classifier.run.get("source"), "target": classifier.run.get("target"),
+            "output": "logits (B, K) = logit_scale * cosine(mapped image embedding, label text embedding)"}
+    extra = {META_FILE: json.dumps(meta, indent=2)}
     out = Path(out)
     try:
         with torch.no_grad():

@@ -7,11 +7,8 @@
     logits = clf(pil_images_or_batch)                # (B, K) = 100 · cos(n(h(f(x))), t_k)
     z = clf.embed(pil_images_or_batch)               # (B, d) L2-normalised, CLIP image space
 
-Logit scale: logits are LOGIT_SCALE (100, CLIP's trained temperature, as in OpenAI's CLIP) times the
-cosine between the mapped image embedding and each class's prompt-ensembled text embedding, so
-`logits.softmax(-1)` gives CLIP-like probabilities; `zs evaluate` ranks by the plain cosine, which
-is `logits / LOGIT_SCALE`. The standardisation of the mapping is folded into one `nn.Linear`:
-h(v) = W ((v - mean) / std) + b = (W / std) v + (b - (W / std) mean).
+LOGIT_SCALE is 100, CLIP's trained temperature, so `logits.softmax(-1)` gives CLIP-like
+probabilities; `zs evaluate` ranks by the plain cosine, `logits / LOGIT_SCALE`.
 """
 from __future__ import annotations
 
@@ -29,31 +26,16 @@ from zoomshot.sources import decode_rgb, list_image_files
 LOGIT_SCALE = 100.0
 
 
-def encoder_spec(role: dict, weights: str | None) -> str:
-    """The spec string that rebuilds a mapping's source or target encoder, with weights overridden.
-
-    "random" weights rebuild the same model: build_encoder seeds SPEC@random by its spec."""
-    chosen = weights if weights is not None else role.get("weights", "default")
-    return role["spec"] if chosen == "default" else f"{role['spec']}@{chosen}"
-
-
-def build_role_encoder(spec: str, device: str, role_name: str):
+def build_role_encoder(role: dict, weights: str | None, device: str, role_name: str):
+    """Rebuild a mapping's source or target encoder from its run.json role, weights overridable
+    ("random" rebuilds the same model: build_encoder seeds SPEC@random by its spec)."""
     from zoomshot.encoders import build_encoder
 
+    chosen = weights if weights is not None else role.get("weights", "default")
     try:
-        return build_encoder(spec, device)
+        return build_encoder(role["spec"] if chosen == "default" else f"{role['spec']}@{chosen}", device)
     except ZsError as e:
         raise ZsError(f"cannot build the mapping's {role_name} encoder: {e}") from None
-
-
-def fold_mapping(mapping: Mapping) -> nn.Linear:
-    """One nn.Linear computing W ((v - mean) / std) + b."""
-    W, b = mapping.folded()
-    lin = nn.Linear(W.shape[1], W.shape[0])
-    with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(W))
-        lin.bias.copy_(torch.from_numpy(b))
-    return lin
 
 
 # Caches written before the built-in ImageNet list was fixed hold CLIP's two repeated names;
@@ -102,7 +84,11 @@ class ZeroShotClassifier(nn.Module):
         self.encoder = encoder
         if isinstance(encoder.model, nn.Module):
             self.visual = encoder.model
-        self.mapping = fold_mapping(mapping)
+        W, b = mapping.folded()  # one nn.Linear computing W ((v - mean) / std) + b
+        self.mapping = nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            self.mapping.weight.copy_(torch.from_numpy(W))
+            self.mapping.bias.copy_(torch.from_numpy(b))
         self.run = mapping.run
         self.logit_scale = float(logit_scale)
         self.text_weights = text_weights
@@ -139,8 +125,7 @@ class ZeroShotClassifier(nn.Module):
     def text_encoder(self):
         """The mapping's target CLIP encoder (built once; weights from run.json or `text_weights`)."""
         if self._text_encoder is None:
-            spec = encoder_spec(self.run["target"], self.text_weights)
-            enc = build_role_encoder(spec, str(self.device), "target (CLIP)")
+            enc = build_role_encoder(self.run["target"], self.text_weights, str(self.device), "target (CLIP)")
             if enc.family != "clip" or enc.dim != self.mapping.out_features:
                 raise ZsError(f"the mapping's target {enc.spec!r} is a {enc.family} encoder of dim {enc.dim}; "
                               f"it needs a CLIP text tower of dim {self.mapping.out_features}")
@@ -211,7 +196,7 @@ def cache_classifier(cache_path: str | os.PathLike, target: dict, vocab: str | N
         encs = c.encoders
         match = [e for e in encs.values() if e.spec == target["spec"] and e.family == "clip"]
         if not match:
-            clips = [f"{e.spec}" for e in encs.values() if e.family == "clip"]
+            clips = [e.spec for e in encs.values() if e.family == "clip"]
             raise ZsError(f"{cache_path} holds no CLIP encoder {target['spec']!r} (the mapping's target); "
                           f"it has: {', '.join(clips) or 'no CLIP encoder'}")
         e = match[0]
@@ -242,7 +227,7 @@ def choose_labels(classifier: ZeroShotClassifier, labels: Sequence[str] | None =
 
 def parse_labels(text: str) -> list[str]:
     """Comma-separated class names -> a checked list."""
-    return check_labels([x for x in text.split(",")] if text.strip() else [])
+    return check_labels(text.split(",") if text.strip() else [])
 
 
 def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str = "auto",
@@ -255,8 +240,7 @@ def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str
 
     device = resolve_device(device)  # "auto": CUDA when present
     m = load_mapping(mapping_dir)
-    spec = encoder_spec(m.source, weights)
-    encoder = build_role_encoder(spec, device, "source (vision)")
+    encoder = build_role_encoder(m.source, weights, device, "source (vision)")
     clf = ZeroShotClassifier(encoder, m, logit_scale=logit_scale, text_weights=text_weights)
     return clf.to(device).eval()
 

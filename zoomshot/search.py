@@ -5,9 +5,9 @@ taken from the cache's stored vocabulary, so no model loads).
 The index is built once per (mapping, cache state) and saved beside the cache as
 `NAME.h5.<fingerprint>.faiss`, written atomically. The fingerprint hashes the mapping's tensors and
 encoders, the index kind and the cache's identity (creation time, rows, which rows are usable),
-so an index is reused exactly when it would be rebuilt the same. Up to IVF_THRESHOLD rows the index is exact
-(IndexFlatIP); above, an IVF index (inner product) searched with IVF_NPROBE lists. faiss ids are
-cache row numbers.
+so an index is reused exactly when it would be rebuilt the same. Up to IVF_THRESHOLD rows the
+index is exact (IndexFlatIP); above, an IVF index (inner product) searched with IVF_NPROBE lists.
+faiss ids are cache row numbers.
 """
 from __future__ import annotations
 
@@ -47,39 +47,27 @@ class SearchResult:
     kind: str  # "flat" or "ivf"
 
 
-def cache_state_fingerprint(cache, source_key: str, rows: np.ndarray) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"created": cache.created, "n": cache.n, "source": source_key}).encode())
-    h.update(np.ascontiguousarray(rows, np.int64).tobytes())
-    return h.hexdigest()
-
-
-def index_kind(n: int, ivf_threshold: int) -> str:
-    return "ivf" if n > ivf_threshold else "flat"
-
-
-def index_fingerprint(mapping: Mapping, cache, source_key: str, rows: np.ndarray, kind: str = "flat") -> str:
+def index_fingerprint(mapping: Mapping, cache, source_key: str, rows: np.ndarray, kind: str) -> str:
     """16 hex digits naming the index (of `kind`) of `mapping` over `rows` of `cache`."""
     h = hashlib.sha256(kind.encode())
     for t in (mapping.W, mapping.b, mapping.mean, mapping.std):
         h.update(np.ascontiguousarray(t, np.float32).tobytes())
     h.update(json.dumps([mapping.source, mapping.target], sort_keys=True, default=str).encode())
-    h.update(cache_state_fingerprint(cache, source_key, rows).encode())
+    cache_state = {"created": cache.created, "n": cache.n, "source": source_key}
+    state = hashlib.sha256(json.dumps(cache_state).encode())
+    state.update(np.ascontiguousarray(rows, np.int64).tobytes())
+    h.update(state.hexdigest().encode())  # the cache's state hashed apart, as index files already saved were
     return h.hexdigest()[:16]
 
 
-def ivf_lists(n: int) -> int:
-    return max(1, min(int(math.sqrt(n)), n // TRAIN_POINTS_PER_LIST))
-
-
-def build_index(mapping: Mapping, cache, source_key: str, rows: np.ndarray, ivf_threshold: int = IVF_THRESHOLD):
+def build_index(mapping: Mapping, cache, source_key: str, rows: np.ndarray, kind: str):
     """A faiss index of the mapped, L2-normalised features of `rows`, with row numbers as ids."""
     import faiss
 
     d = mapping.W.shape[0]
     n = len(rows)
-    if index_kind(n, ivf_threshold) == "ivf":
-        nlist = ivf_lists(n)
+    if kind == "ivf":
+        nlist = max(1, min(int(math.sqrt(n)), n // TRAIN_POINTS_PER_LIST))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(rows, size=min(n, nlist * TRAIN_POINTS_PER_LIST), replace=False))
@@ -95,7 +83,7 @@ def build_index(mapping: Mapping, cache, source_key: str, rows: np.ndarray, ivf_
 
 
 def open_or_build_index(mapping: Mapping, cache, ivf_threshold: int = IVF_THRESHOLD):
-    """(index, path, built) for `mapping` over the usable rows of `cache`."""
+    """(index, path, built, kind) for `mapping` over the usable rows of `cache`."""
     import faiss
 
     from zoomshot.fileutil import atomic_path
@@ -107,7 +95,7 @@ def open_or_build_index(mapping: Mapping, cache, ivf_threshold: int = IVF_THRESH
     rows = cache.usable_rows(key)
     if len(rows) == 0:
         raise ZsError(f"{cache.path} has no usable rows for encoder {key!r} to search")
-    kind = index_kind(len(rows), ivf_threshold)
+    kind = "ivf" if len(rows) > ivf_threshold else "flat"
     path = cache.path.with_name(f"{cache.path.name}.{index_fingerprint(mapping, cache, key, rows, kind)}.faiss")
     if path.is_file():
         try:
@@ -115,50 +103,40 @@ def open_or_build_index(mapping: Mapping, cache, ivf_threshold: int = IVF_THRESH
             if index.ntotal == len(rows):
                 if hasattr(index, "nprobe"):
                     index.nprobe = min(index.nlist, IVF_NPROBE)
-                return index, path, False
+                return index, path, False, kind
         except RuntimeError:
             pass  # a damaged index file is rebuilt below
-    index = build_index(mapping, cache, key, rows, ivf_threshold)
+    index = build_index(mapping, cache, key, rows, kind)
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
-    return index, path, True
-
-
-def text_query_embedding(mapping: Mapping, query: str, text_weights: str | None = None, device: str = "cpu") -> np.ndarray:
-    """The query embedded by the mapping's target CLIP text tower (as written, no template), (d,)."""
-    import torch
-
-    from zoomshot.model import build_role_encoder, encoder_spec
-
-    spec = encoder_spec(mapping.target, text_weights)
-    enc = build_role_encoder(spec, device, "target (CLIP)")
-    if enc.family != "clip":
-        raise ZsError(f"the mapping's target {enc.spec!r} is not a CLIP encoder; it has no text tower")
-    with torch.inference_mode():
-        return enc.encode_text([query]).float().cpu().numpy()[0]
-
-
-def vocab_query_embedding(mapping: Mapping, cache_path, query: str, vocab: str | None = None) -> np.ndarray:
-    """The stored class embedding of class name `query` in the cache's vocabulary (no model loads)."""
-    from zoomshot.errors import did_you_mean
-    from zoomshot.model import cache_classifier
-
-    names, classifier = cache_classifier(cache_path, mapping.target, vocab)
-    if query not in names:
-        raise ZsError(f"class {query!r} is not in the cache's vocabulary{did_you_mean(query, names)}; "
-                      f"it has {len(names)} classes, e.g. {', '.join(names[:5])}")
-    return classifier[names.index(query)]
+    return index, path, True, kind
 
 
 def query_embedding(mapping: Mapping, cache_path, query: str, vocab_query: bool = False, vocab: str | None = None,
                     text_weights: str | None = None, device: str = "auto") -> np.ndarray:
-    """The query as a unit vector (1, d): a stored class embedding with vocab_query, else CLIP's text tower."""
+    """The query as a unit vector (1, d): with vocab_query the stored class embedding of class name
+    `query` in the cache's vocabulary (no model loads), else the query as written (no template)
+    embedded by the mapping's target CLIP text tower."""
     if vocab_query:
-        q = vocab_query_embedding(mapping, cache_path, query, vocab)
-    else:
-        from zoomshot.devices import resolve_device
+        from zoomshot.errors import did_you_mean
+        from zoomshot.model import cache_classifier
 
-        q = text_query_embedding(mapping, query, text_weights, resolve_device(device))
+        names, classifier = cache_classifier(cache_path, mapping.target, vocab)
+        if query not in names:
+            raise ZsError(f"class {query!r} is not in the cache's vocabulary{did_you_mean(query, names)}; "
+                          f"it has {len(names)} classes, e.g. {', '.join(names[:5])}")
+        q = classifier[names.index(query)]
+    else:
+        import torch
+
+        from zoomshot.devices import resolve_device
+        from zoomshot.model import build_role_encoder
+
+        enc = build_role_encoder(mapping.target, text_weights, resolve_device(device), "target (CLIP)")
+        if enc.family != "clip":
+            raise ZsError(f"the mapping's target {enc.spec!r} is not a CLIP encoder; it has no text tower")
+        with torch.inference_mode():
+            q = enc.encode_text([query]).float().cpu().numpy()[0]
     q = np.asarray(q, np.float32)[None, :]
     return q / max(float(np.linalg.norm(q)), 1e-12)
 
@@ -173,9 +151,9 @@ def search_cache(cache_path: str | os.PathLike, mapping_dir: str | os.PathLike, 
         raise ZsError("the query is empty")
     mapping = load_mapping(mapping_dir)
     with open_cache(cache_path) as cache:
-        index, path, built = open_or_build_index(mapping, cache, ivf_threshold)
+        index, path, built, kind = open_or_build_index(mapping, cache, ivf_threshold)
         q = query_embedding(mapping, cache_path, query, **query_options)
         scores, rows = index.search(q, min(top_k, index.ntotal))
         found = [(float(s), int(row)) for s, row in zip(scores[0], rows[0]) if row >= 0]
         hits = [Hit(r + 1, s, row, *cache.row(row)) for r, (s, row) in enumerate(found)]
-    return SearchResult(hits, path, built, "ivf" if hasattr(index, "nlist") else "flat")
+    return SearchResult(hits, path, built, kind)

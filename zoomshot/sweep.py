@@ -1,11 +1,9 @@
-"""`zs sweep` and scoring helpers: where the fit and evaluate stages meet (neither imports the other).
-
-run_sweep fits every (method, epochs, fraction) cell from one read of each training cache, scores
-each fitted mapping on every evaluation cache as it finishes, and writes the report with an
-epochs × fractions heatmap. With select=True it names the cell with the best held-out agreement
-(label-free, on the training cache) and puts its labelled accuracy beside the best labelled one, so
-a user sees whether the label-free choice was right. `zero_shot_accuracy` and `teacher_accuracy`
-score one mapping / the CLIP teacher on a labelled cache (tests and bench/ use them)."""
+"""`zs sweep`, where the fit and evaluate stages meet (neither imports the other): every (method,
+epochs, fraction) cell is fitted from one read of each training cache, scored on every evaluation
+cache as it finishes and reported with an epochs × fractions heatmap; with select=True the report
+names the cell with the best held-out (label-free) agreement beside the best labelled one, so a user
+sees whether the label-free choice was right. `zero_shot_accuracy` and `teacher_accuracy` score one
+mapping / the CLIP teacher on a labelled cache (tests and bench/ use them)."""
 from __future__ import annotations
 
 import os
@@ -31,7 +29,6 @@ class SweepConfig:
     methods: list[str] | None = None  # None: the fit configuration's method
     vocab: str | None = None  # the evaluation caches' vocabulary, when they hold several
     fit: Any = None  # a zoomshot.fit.FitConfig; None: its defaults
-    per_class: bool = False
     save_mappings: bool = True  # write each fitted mapping under OUT/mappings/
     select: bool = False  # name the best cell by held-out agreement in the report
     quiet: bool = False  # no progress bar over the cells
@@ -42,7 +39,6 @@ class SweepResult:
     records: list[dict]
     skipped: list[dict]
     paths: dict
-    mappings: list[str] = field(default_factory=list)
     selection: dict | None = None
 
 
@@ -55,15 +51,6 @@ def parse_list(text: str, kind: type, what: str) -> list:
     if not vals:
         raise ZsError(f"{what} is empty; give e.g. {'1,5,20' if kind is int else '0.01,0.05,0.2'}")
     return list(dict.fromkeys(vals))
-
-
-def check_grid(epochs: list[int], fractions: list[float]) -> None:
-    bad_e = [e for e in epochs if e < 1]
-    if bad_e:
-        raise ZsError(f"epochs must be >= 1, got {bad_e}")
-    bad_f = [f for f in fractions if not 0 < f <= 1]
-    if bad_f:
-        raise ZsError(f"fractions must lie in (0, 1], got {bad_f}")
 
 
 def _cell_name(train_cache: str, m: Mapping) -> str:
@@ -80,7 +67,10 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
     from zoomshot.evaluate.scoring import EvalSet
     from zoomshot.fit import FitConfig
 
-    check_grid(cfg.epochs, cfg.fractions)
+    if any(e < 1 for e in cfg.epochs):
+        raise ZsError(f"epochs must be >= 1, got {[e for e in cfg.epochs if e < 1]}")
+    if any(not 0 < f <= 1 for f in cfg.fractions):
+        raise ZsError(f"fractions must lie in (0, 1], got {[f for f in cfg.fractions if not 0 < f <= 1]}")
     if not cfg.train_caches or not cfg.eval_caches:
         raise ZsError("a sweep needs at least one --cache (training) and one --eval cache")
     for p in [*cfg.train_caches, *cfg.eval_caches]:
@@ -91,13 +81,13 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
     for m in methods:  # an unknown method fails here, before any cache is read
         replace(fit_cfg, method=m).validate()
     out = check_out_dir(cfg.out_dir)
-    res = SweepResult([], [], {}, [])
+    res = SweepResult([], [], {})
     eval_paths: dict[str, str] = {}  # each cache once, under the name it was first given
     for p in cfg.eval_caches:
         eval_paths.setdefault(os.path.realpath(p), p)
     eval_sets = [EvalSet(p, cfg.vocab, preload=True) for p in eval_paths.values()]
     try:
-        _reference_records(eval_sets, cfg, res, progress)
+        _reference_records(eval_sets, res, progress)
         _fit_and_score(cfg, fit_cfg, methods, eval_sets, out, res, progress)
     finally:
         for es in eval_sets:
@@ -109,7 +99,7 @@ def run_sweep(cfg: SweepConfig, progress: Callable[[str], None] = print) -> Swee
     return res
 
 
-def _reference_records(eval_sets, cfg: SweepConfig, res: SweepResult, progress) -> None:
+def _reference_records(eval_sets, res: SweepResult, progress) -> None:
     """CLIP's own records; refuse before fitting anything when no eval cache can score a mapping."""
     usable = [t for es in eval_sets for t in es.targets.values() if t.problem is None and t.vocab is not None]
     if not usable:  # refuse before fitting anything, as `zs evaluate` refuses "nothing to report"
@@ -119,7 +109,7 @@ def _reference_records(eval_sets, cfg: SweepConfig, res: SweepResult, progress) 
     for es in eval_sets:
         for t in es.targets.values():
             if t.problem is None and t.vocab is not None and es.has_image_features(t.key):
-                ref = es.clip_reference(t, cfg.per_class)
+                ref = es.clip_reference(t)
                 res.records.append(ref)
                 progress(f"CLIP {t.entry.spec} on {es.name}: acc1 {100 * ref['metrics']['acc1']:.1f}%")
             elif t.problem:
@@ -146,7 +136,6 @@ def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res
                 from zoomshot.mapping import save_mapping
 
                 save_mapping(m, out / "mappings" / _cell_name(train, m))
-                res.mappings.append(str(m.path))
             accs = []
             for es in eval_sets:
                 why = es.why_not(m)
@@ -154,7 +143,7 @@ def _fit_and_score(cfg: SweepConfig, fit_cfg, methods, eval_sets, out: Path, res
                     res.skipped.append({"mapping": mapping_id(m), "cache": es.path, "reason": why})
                     accs.append(f"{es.name} skipped")
                     continue
-                (rec,) = es.score([m], cfg.per_class)
+                (rec,) = es.score([m])
                 res.records.append(rec)
                 accs.append(f"{es.name} {100 * rec['metrics']['acc1']:.1f}%")
             held = (m.run.get("holdout") or {}).get("final") or {}
@@ -171,17 +160,15 @@ def select_cell(records: list[dict]) -> dict | None:
     """Per evaluation cache, the mapped record with the best held-out agreement (label-free) and the
     one with the best labelled top-1, side by side; None when no record has a held-out score."""
     out = {}
-    for r in records:
-        if r.get("mapping") is None:
-            continue
-        slot = out.setdefault(r["cache"], {"dataset": r["dataset"], "by_holdout": None, "by_label": None})
-        agree = (r.get("holdout") or {}).get("agreement")
-        if agree is not None and (slot["by_holdout"] is None or agree > slot["by_holdout"]["holdout"]["agreement"]):
-            slot["by_holdout"] = r
-        if slot["by_label"] is None or r["metrics"]["acc1"] > slot["by_label"]["metrics"]["acc1"]:
-            slot["by_label"] = r
-    picks = {k: v for k, v in out.items() if v["by_holdout"] is not None}
-    return picks or None
+    mapped = [r for r in records if r.get("mapping") is not None]
+    for cache in dict.fromkeys(r["cache"] for r in mapped):
+        cells = [r for r in mapped if r["cache"] == cache]
+        held = [r for r in cells if (r.get("holdout") or {}).get("agreement") is not None]
+        if held:
+            out[cache] = {"dataset": cells[0]["dataset"],
+                          "by_holdout": max(held, key=lambda r: r["holdout"]["agreement"]),
+                          "by_label": max(cells, key=lambda r: r["metrics"]["acc1"])}
+    return out or None
 
 
 def _append_selection(report: Path, selection: dict | None) -> None:

@@ -1,35 +1,22 @@
 """Planted worlds: train/test cache pairs whose CLIP teacher accuracy is known by construction.
 
-A planted world is the ground truth for tests, the demo and the benchmarks. It is written with
-`CacheWriter` like any extracted cache, so every stage reads it unchanged:
+Written with `CacheWriter` like any extracted cache, so every stage reads them unchanged: encoders
+`synth_clip` (spec "synth:clip", normalized, text vocabulary "synth": class names × templates) and
+`synth_vision` ("synth:vision"), both weights "planted"; the file attribute `synth` (JSON) holds the
+parameters and the teacher accuracy, argmax_k c_i · t_k against y_i on the written rows.
 
-  encoders/synth_clip    spec "synth:clip",   family "clip",   weights "planted", normalized
-                         with a text vocabulary "synth" (class names × templates)
-  encoders/synth_vision  spec "synth:vision", family "vision", weights "planted"
-  images/labels, classes/names, and a file attribute `synth` (JSON: parameters + teacher accuracy)
-
-How a world is made (d = CLIP dim, dv = vision dim, K classes, all directions random):
-  - CLIP space splits into a text-cone axis m_t, an image-cone axis m_i and a semantic subspace S
-    (d-2 dims). Class k has a semantic code u_k in S (unit norm on average).
-  - text prompt (k, j) = n(gap·m_t + u_k + template_noise); the cache stores the prompt-ensembled
-    classifier. Images and texts sit in different cones: that is the modality gap.
-  - image i of class y: semantics s_i = u_y + spread·ζ_i, CLIP image feature
-    c_i = n(gap·m_i + s_i + clip_noise·ε_i); CLIP-only noise ε_i is what the teacher gets wrong alone.
-  - the vision feature holds the same semantics in another basis: v_i = A [coords of s_i ; ν_i]
-    + mismatch·R r_y + noise·η_i + μ_v, with A a random invertible, anisotropic map (singular values
-    log-spaced in [1/cond, 1]), ν_i a nuisance subspace CLIP never sees, r_y a per-class offset the
-    vision encoder adds on its own (so no linear map is exact), η_i vision-only noise.
-
-That is generator "offset" (the default): the vision features carry class offsets CLIP lacks, which
-rewards distillation. Generator "warped" keeps CLIP, the texts and the class codes, but gives the
-vision encoder no class offsets (mismatch 0) and makes it see the semantics differently instead:
-  - it sees only a share `overlap` of the semantic coordinates; the others are replaced by
-    vision-only latent noise of the same scale (teacher and student see partly different things);
-  - v_i = h_i + warp·σ·tanh(M h_i / σ) + noise·η_i + μ_v with h_i = A [masked s_i ; ν_i] and M a
-    random orthogonal map (σ: the typical size of h): a smooth nonlinear function of what it sees,
-    so no linear map is exact and there is nothing class-specific for distillation to pick up
-    that CLIP's own features lack.
-Teacher accuracy is argmax_k c_i · t_k against y_i, computed on the written rows of each split.
+A world (d = CLIP dim, dv = vision dim, K classes, all directions random):
+  - CLIP space: a text-cone axis m_t, an image-cone axis m_i (the modality gap) and a semantic
+    subspace S (d-2 dims); class k has a code u_k in S (unit norm on average).
+  - text prompt (k, j) = n(gap·m_t + u_k + template_noise); the cache stores the ensembled classifier.
+  - image i of class y: s_i = u_y + spread·ζ_i, CLIP feature c_i = n(gap·m_i + s_i + clip_noise·ε_i).
+  - generator "offset" (default): v_i = A [coords of s_i ; ν_i] + mismatch·R r_y + noise·η_i + μ_v,
+    A random, invertible, anisotropic (singular values log-spaced in [1/cond, 1]), ν_i a nuisance
+    subspace CLIP never sees, r_y a per-class offset only the vision encoder has (so no linear map
+    is exact, and distillation pays).
+  - generator "warped": no offsets; the vision side sees a share `overlap` of the semantic
+    coordinates (vision-only latent noise in the others), v_i = h_i + warp·σ·tanh(M h_i / σ) +
+    noise·η_i + μ_v with h_i = A [masked s_i ; ν_i], M random orthogonal, σ the typical size of h.
 """
 from __future__ import annotations
 
@@ -77,15 +64,13 @@ class _World:
             raise ZsError(f"synth needs d >= 8 and dv >= 4 (got d={d}, dv={dv})")
         if classes < 2:
             raise ZsError(f"synth needs at least 2 classes (got {classes})")
-        self.K, self.dv, self.d = classes, dv, d
-        ds = d - 2  # semantic subspace
-        self.ds = ds
+        self.dv, self.d = dv, d
+        ds = self.ds = d - 2  # semantic subspace
         kappa = math.sqrt(ds / (2 * math.log(classes))) / math.sqrt(510 / (2 * math.log(1000)))
         self.spread, self.clip_noise = spread * kappa, clip_noise * kappa
         self.noise, self.mismatch = p.noise * kappa, mismatch * kappa
         self.gap_img = gap * math.sqrt(1 + self.spread ** 2 + self.clip_noise ** 2)
-        g = torch.Generator().manual_seed(int(seed))
-        self.gen = g
+        g = self.gen = torch.Generator().manual_seed(int(seed))
         # CLIP space in its own coordinates: axis 0 is the text cone m_t, axis 1 the image cone m_i,
         # axes 2.. the semantic subspace S. (Any rotation of it is the same world for every method.)
         self.z = torch.randn(classes, ds, generator=g, dtype=torch.float64) / math.sqrt(ds)  # class codes
@@ -103,12 +88,10 @@ class _World:
         sv = torch.logspace(0, -math.log10(cond), min(dv, latent), dtype=torch.float64)
         self.A = (qa[:, : len(sv)] * sv) @ qb[:, : len(sv)].T * math.sqrt(ds)  # (dv, latent)
         # per-class offsets: a random unit direction each, OFFSET_SCALE · kappa long (reference units)
-        self.R = torch.randn(classes, dv, generator=g, dtype=torch.float64)
-        self.R *= OFFSET_SCALE / self.R.norm(dim=1, keepdim=True)
-        self.mu_v = torch.randn(dv, generator=g, dtype=torch.float64)
+        R = torch.randn(classes, dv, generator=g, dtype=torch.float64)
+        self.offsets32 = (self.mismatch * (R * (OFFSET_SCALE / R.norm(dim=1, keepdim=True)))).float()
+        self.mu_v32 = torch.randn(dv, generator=g, dtype=torch.float64).float()
         self.A32 = self.A.float()
-        self.offsets32 = (self.mismatch * self.R).float()
-        self.mu_v32 = self.mu_v.float()
 
     def sample(self, labels: np.ndarray):
         """CLIP image features (n, d) normalised and vision features (n, dv), float32 tensors."""
@@ -125,17 +108,25 @@ class _World:
         return c, self.vision(y, zc)
 
     def vision(self, y, zc):
-        """The vision features of images with labels y and semantic codes zc: the class offsets."""
+        """The vision features of images with labels y and semantic codes zc."""
         import torch
 
-        lat = zc
+        n = len(y)
+        lat = self.seen_semantics(zc)
         if self.dn:
-            lat = torch.cat([zc, torch.randn(len(y), self.dn, generator=self.gen) / math.sqrt(self.ds)], 1)
-        v = lat @ self.A32.T
-        v += self.offsets32[y]
-        v += self.noise * torch.randn(len(y), self.dv, generator=self.gen)
+            lat = torch.cat([lat, torch.randn(n, self.dn, generator=self.gen) / math.sqrt(self.ds)], 1)
+        v = self.shape(lat @ self.A32.T, y)
+        v += self.noise * torch.randn(n, self.dv, generator=self.gen)
         v += self.mu_v32
         return v
+
+    def seen_semantics(self, zc):
+        """The semantic coordinates the vision encoder sees: all of them."""
+        return zc
+
+    def shape(self, h, y):
+        """The vision encoder's own view of h = A [s ; nu]: a class offset added."""
+        return h + self.offsets32[y]
 
 
 class _WarpedWorld(_World):
@@ -157,20 +148,19 @@ class _WarpedWorld(_World):
         latent_var = (1.0 + self.spread ** 2) / self.ds
         self.sigma = float((self.A ** 2).sum(1).mean().sqrt()) * math.sqrt(latent_var)
 
-    def vision(self, y, zc):
-        """No offsets: the kept semantic coordinates, vision-only noise elsewhere, warped."""
+    def seen_semantics(self, zc):
+        """The kept semantic coordinates; vision-only latent noise of the same scale elsewhere."""
         import torch
 
-        g, n = self.gen, len(y)
-        own = math.sqrt(1.0 + self.spread ** 2) * torch.randn(n, self.ds, generator=self.vgen) / math.sqrt(self.ds)
-        lat = torch.where(self.seen, zc, own)
-        if self.dn:
-            lat = torch.cat([lat, torch.randn(n, self.dn, generator=g) / math.sqrt(self.ds)], 1)
-        h = lat @ self.A32.T
-        v = h + self.warp * self.sigma * torch.tanh((h @ self.M.T) / self.sigma)
-        v += self.noise * torch.randn(n, self.dv, generator=g)
-        v += self.mu_v32
-        return v
+        scale = math.sqrt(1.0 + self.spread ** 2)
+        own = scale * torch.randn(len(zc), self.ds, generator=self.vgen) / math.sqrt(self.ds)
+        return torch.where(self.seen, zc, own)
+
+    def shape(self, h, y):
+        """No offsets: h warped by a smooth nonlinearity."""
+        import torch
+
+        return h + self.warp * self.sigma * torch.tanh((h @ self.M.T) / self.sigma)
 
 
 @dataclass
@@ -198,21 +188,19 @@ class SynthParams:
         self.noise = float(self.noise)
         if self.generator not in GENERATORS:
             raise ZsError(f"unknown synth generator {self.generator!r}; choose one of: {', '.join(GENERATORS)}")
-        if self.generator == "warped":
-            if self.mismatch is not None and float(self.mismatch) != 0.0:
-                raise ZsError("the warped generator has no class offsets: --mismatch applies to "
-                              "--generator offset only")
-            self.mismatch = 0.0
-            for k, default in WARPED_DEFAULTS.items():
-                setattr(self, k, default if getattr(self, k) is None else float(getattr(self, k)))
-            if not 0.0 < self.overlap <= 1.0:
-                raise ZsError(f"synth --overlap must be in (0, 1], got {self.overlap}")
-            if self.warp < 0:
-                raise ZsError(f"synth --warp must be >= 0, got {self.warp}")
-        elif self.overlap is not None or self.warp is not None:
+        warped = self.generator == "warped"
+        if warped and self.mismatch is not None and float(self.mismatch) != 0.0:
+            raise ZsError("the warped generator has no class offsets: --mismatch applies to "
+                          "--generator offset only")
+        if not warped and (self.overlap is not None or self.warp is not None):
             raise ZsError("--overlap and --warp apply to --generator warped only")
-        for k, default in DEFAULTS.items():
+        defaults = {**DEFAULTS, "mismatch": 0.0, **WARPED_DEFAULTS} if warped else DEFAULTS
+        for k, default in defaults.items():
             setattr(self, k, default if getattr(self, k) is None else float(getattr(self, k)))
+        if warped and not 0.0 < self.overlap <= 1.0:
+            raise ZsError(f"synth --overlap must be in (0, 1], got {self.overlap}")
+        if warped and self.warp < 0:
+            raise ZsError(f"synth --warp must be >= 0, got {self.warp}")
 
 
 def write_synth_world(prefix: str | os.PathLike, **params) -> dict:
@@ -274,6 +262,4 @@ def read_synth_attrs(path: str | os.PathLike) -> dict | None:
 
     with h5py.File(path, "r") as f:
         raw = f.attrs.get("synth")
-    if raw is None:
-        return None
-    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return None if raw is None else json.loads(raw)  # str, or bytes from older h5py

@@ -42,16 +42,6 @@ def _read_builtin(name: str) -> dict:
     return json.loads(resources.files("zoomshot").joinpath(_DATA, f"{name}.json").read_text())
 
 
-def _validate(d: dict, where: str) -> None:
-    names, temps = d.get("classnames"), d.get("templates")
-    if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
-        raise ZsError(f"{where}: 'classnames' must be a non-empty list of strings")
-    if not isinstance(temps, list) or not temps or not all(isinstance(x, str) for x in temps):
-        raise ZsError(f"{where}: 'templates' must be a non-empty list of strings")
-    if len(set(names)) != len(names):
-        raise ZsError(f"{where}: class names are not unique")
-
-
 def load_vocabulary(name_or_file: str) -> Vocabulary:
     """A built-in vocabulary by name, or a JSON file (see module docstring)."""
     p = Path(name_or_file)
@@ -65,7 +55,12 @@ def load_vocabulary(name_or_file: str) -> Vocabulary:
         if not isinstance(d, dict):
             raise ZsError(f"vocabulary file {p} must hold an object with classnames and templates")
         d.setdefault("templates", default_templates())
-        _validate(d, str(p))
+        for field in ("classnames", "templates"):
+            v = d.get(field)
+            if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+                raise ZsError(f"{p}: {field!r} must be a non-empty list of strings")
+        if len(set(d["classnames"])) != len(d["classnames"]):
+            raise ZsError(f"{p}: class names are not unique")
         return Vocabulary(p.stem, list(d["classnames"]), list(d["templates"]))
     have = builtin_vocabularies()
     if name_or_file not in have:
