@@ -6,7 +6,9 @@ or dim does not match; `open_cache` reads any conforming file, whoever wrote it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
@@ -132,7 +134,7 @@ def ensemble_classifier(emb: np.ndarray) -> np.ndarray:
     return c / np.linalg.norm(c, axis=-1, keepdims=True).clip(1e-12)
 
 
-class CacheWriter:
+class CacheWriter(contextlib.AbstractContextManager):
     """Create a cache, or append encoders / rows / vocabularies to one that holds the same ids in order."""
 
     def __init__(self, path: str | os.PathLike, ids: Sequence[str], labels: Sequence[int] | None = None,
@@ -241,9 +243,6 @@ class CacheWriter:
             self.f.close()
             self.f = None
 
-    def __enter__(self):
-        return self
-
     def __exit__(self, *exc):
         self.close()
 
@@ -255,8 +254,6 @@ def checksummed(n: int) -> dict:
 
 
 def ids_sha256(ids: Sequence[str]) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for i in ids:
         h.update(str(i).encode())
@@ -303,7 +300,7 @@ def _check_version(f: h5py.File, path) -> None:
         raise CacheError(f"{path} has zs-cache format_version {ver}; this zoomshot reads {FORMAT_VERSION}")
 
 
-class Cache:
+class Cache(contextlib.AbstractContextManager):
     """Read access to a zs-cache v1 file. Use `open_cache(path)`."""
 
     def __init__(self, path: str | os.PathLike):
@@ -473,8 +470,6 @@ class Cache:
     def content_fingerprint(self) -> str:
         """sha256 naming what this cache holds (when written, ids, labels, status, each encoder's
         identity and done rows), not where it lies: a re-extracted or replaced file gets a new one."""
-        import hashlib
-
         h = hashlib.sha256()
         h.update(self.created.encode())
         ids = self.f["images/ids"]
@@ -499,10 +494,8 @@ class Cache:
             lines.append(f"classes: {len(names) if names else len(np.unique(lab[lab >= 0]))}"
                          f"{' (' + ', '.join(names[:5]) + (', ...' if len(names) > 5 else '') + ')' if names else ''}")
         for k, e in self.encoders.items():
-            done = self.done(k)
-            ds = self.f[f"encoders/{k}/image"]
             shard_note = ""
-            if ds.is_virtual:
+            if self.f[f"encoders/{k}/image"].is_virtual:
                 try:
                     self._shards(k)
                     shard_note = ", virtual over shards"
@@ -510,7 +503,7 @@ class Cache:
                     shard_note = f", INCOMPLETE: {err}"
             vocabs = self.vocabularies(k)
             lines.append(f"encoder {k}: {e.spec} [{e.family}] dim {e.dim}, weights {e.weights}, "
-                         f"{int(done.sum())}/{self.n} rows done{shard_note}"
+                         f"{int(self.done(k).sum())}/{self.n} rows done{shard_note}"
                          + (f", vocabularies: {', '.join(vocabs)}" if vocabs else ""))
         lines.extend(shard_report(self.path, skip_complete=set(self.encoders)))
         return "\n".join(lines)
@@ -519,9 +512,6 @@ class Cache:
         for sharded in self._sharded.values():
             sharded.close()
         self.f.close()
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, *exc):
         self.close()
