@@ -1,19 +1,10 @@
-"""The mapping format: what `zs fit` writes and `zs evaluate` / `zs predict` / `zoomshot.load` read.
+"""The mapping folder `zs fit` writes and `zs evaluate` / `zs predict` / `zoomshot.load` read (its
+format in docs/design.md): mapping.safetensors (W, b, mean, std; U, e for methods with an inverse map)
+and run.json, whose `tensors_sha256` names the tensors: a damaged or mismatched tensors file is refused.
 
-A mapping folder holds
-  mapping.safetensors  W (d, dv), b (d,), mean (dv,), std (dv,) and, for methods with an
-                       inverse map, U (dv, d), e (dv,)  — all float32
-  run.json             everything needed to rebuild the run: format, method, hyper-parameters,
-                       source/target encoder (key, spec, dim, weights), cache fingerprint,
-                       loss history, wall time, and `tensors_sha256` (the sha256 of
-                       mapping.safetensors: a damaged or mismatched tensors file is refused).
-The forward map is h(v) = W ((v - mean) / std) + b, into CLIP's image-embedding space.
-
-Saving into an existing mapping folder replaces these two files and nothing else (an `eval/`
-folder or notes beside them stay). The save is a small journal, so a loadable mapping is there
-at every instant: the new tensors go to `.mapping.safetensors.next`, then run.json is replaced
-(the commit point; its `tensors_sha256` names the new tensors), then `.next` is renamed onto
-mapping.safetensors. A loader that finds run.json ahead of the tensors reads `.next`.
+Saving into an existing mapping folder replaces only these two files, by a journal that leaves a
+loadable mapping at every instant: new tensors to `.mapping.safetensors.next`, then run.json (the
+commit point), then `.next` renamed onto mapping.safetensors; a loader finding run.json ahead reads `.next`.
 """
 from __future__ import annotations
 
@@ -25,8 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from zoomshot.errors import ZsError, first_line
+from zoomshot.fileutil import atomic_path, check_writable, fsync_path, json_default
 
 MAPPING_FORMAT = "zs-mapping"
 MAPPING_VERSION = 1
@@ -124,8 +117,6 @@ def stack_forward(mappings: list[Mapping], v: np.ndarray) -> np.ndarray:
 def check_mapping_out(out_dir: str | os.PathLike) -> Path:
     """Refuse, before any work, an output path that is a file or a folder other than a mapping:
     saving replaces an earlier mapping folder, and nothing else."""
-    from zoomshot.fileutil import check_writable
-
     out = Path(out_dir)
     check_writable(out, folder=True)
     if out.exists() or out.is_symlink():
@@ -148,10 +139,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 def save_mapping(mapping: Mapping, out_dir: str | os.PathLike) -> Path:
     """Write a mapping folder: a new one appears complete or not at all; in an existing one only the
     two files are replaced, by the journal the module docstring describes."""
-    from safetensors.numpy import save_file
-
-    from zoomshot.fileutil import atomic_path, fsync_path, json_default
-
     out = check_mapping_out(out_dir)
     names = ("W", "b", "mean", "std") + (("U", "e") if mapping.U is not None else ())
     tensors = {k: np.ascontiguousarray(getattr(mapping, k), np.float32) for k in names}
@@ -191,8 +178,6 @@ def mapping_fingerprint(m: Mapping) -> str:
 
 
 def load_mapping(path: str | os.PathLike) -> Mapping:
-    from safetensors.numpy import load_file
-
     p = Path(path)
     if not (p / RUN_FILE).is_file() or not (p / TENSORS_FILE).is_file():
         raise MappingError(f"{p} is not a mapping folder (it needs {RUN_FILE} and {TENSORS_FILE}; "
