@@ -1,14 +1,8 @@
-"""The zero-shot model: a vision encoder, its mapping into CLIP space and a text classifier, as one
-`torch.nn.Module` (`zoomshot.load`).
-
-    clf = zoomshot.load("runs/vit_b16")              # vision encoder from the mapping's run.json
-    clf.set_labels(["cat", "dog"])                   # CLIP's text tower of the mapping's target
-    clf.set_labels_from_cache("cache/eval.h5")       # or a cache's stored vocabulary (no CLIP loads)
-    logits = clf(pil_images_or_batch)                # (B, K) = 100 · cos(n(h(f(x))), t_k)
-    z = clf.embed(pil_images_or_batch)               # (B, d) L2-normalised, CLIP image space
-
-LOGIT_SCALE is 100, CLIP's trained temperature, so `logits.softmax(-1)` gives CLIP-like
-probabilities; `zs evaluate` ranks by the plain cosine, `logits / LOGIT_SCALE`.
+"""The zero-shot model `zoomshot.load` returns (README: "Using a mapping as a zero-shot model"): a
+vision encoder, its mapping into CLIP space and a text classifier as one `torch.nn.Module`. Logits
+(B, K) are LOGIT_SCALE × the cosine to each label's text embedding; LOGIT_SCALE is 100, CLIP's trained
+temperature, so `logits.softmax(-1)` gives CLIP-like probabilities; `zs evaluate` ranks by the plain
+cosine, `logits / LOGIT_SCALE`.
 """
 from __future__ import annotations
 
@@ -19,9 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoomshot.cache import open_cache
+from zoomshot.devices import resolve_device
+from zoomshot.encoders import build_encoder
 from zoomshot.errors import ZsError
 from zoomshot.mapping import Mapping, load_mapping, role_mismatch
 from zoomshot.sources import decode_rgb, list_image_files
+from zoomshot.vocab import Vocabulary, default_templates, load_vocabulary, prompt_classifier
 
 LOGIT_SCALE = 100.0
 
@@ -29,8 +27,6 @@ LOGIT_SCALE = 100.0
 def build_role_encoder(role: dict, weights: str | None, device: str, role_name: str):
     """Rebuild a mapping's source or target encoder from its run.json role, weights overridable
     ("random" rebuilds the same model: build_encoder seeds SPEC@random by its spec)."""
-    from zoomshot.encoders import build_encoder
-
     chosen = weights if weights is not None else role.get("weights", "default")
     try:
         return build_encoder(role["spec"] if chosen == "default" else f"{role['spec']}@{chosen}", device)
@@ -135,8 +131,6 @@ class ZeroShotClassifier(nn.Module):
     def set_labels(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> "ZeroShotClassifier":
         """Class embeddings from CLIP's text tower: each label in every template ({c} is the class
         name; default: the 80 OpenAI ImageNet templates), ensembled."""
-        from zoomshot.vocab import Vocabulary, default_templates, prompt_classifier
-
         labels = check_labels(labels)
         templates = list(templates) if templates is not None else default_templates()
         if not templates:
@@ -145,8 +139,6 @@ class ZeroShotClassifier(nn.Module):
 
     def set_vocab(self, name_or_file: str) -> "ZeroShotClassifier":
         """Labels and templates of a built-in vocabulary or a vocabulary JSON file."""
-        from zoomshot.vocab import load_vocabulary
-
         v = load_vocabulary(name_or_file)
         return self.set_labels(v.classnames, v.templates)
 
@@ -190,16 +182,12 @@ class ZeroShotClassifier(nn.Module):
 
 def cache_classifier(cache_path: str | os.PathLike, target: dict, vocab: str | None = None):
     """(names, classifier (K, d)) of a cache's vocabulary stored by the CLIP encoder `target` (a run role)."""
-    from zoomshot.cache import open_cache
-
     with open_cache(cache_path) as c:
-        encs = c.encoders
-        match = [e for e in encs.values() if e.spec == target["spec"] and e.family == "clip"]
-        if not match:
-            clips = [e.spec for e in encs.values() if e.family == "clip"]
+        clips = [e for e in c.encoders.values() if e.family == "clip"]
+        e = next((e for e in clips if e.spec == target["spec"]), None)
+        if e is None:
             raise ZsError(f"{cache_path} holds no CLIP encoder {target['spec']!r} (the mapping's target); "
-                          f"it has: {', '.join(clips) or 'no CLIP encoder'}")
-        e = match[0]
+                          f"it has: {', '.join(x.spec for x in clips) or 'no CLIP encoder'}")
         why = role_mismatch("target", target, e)
         if why:
             raise ZsError(f"{cache_path}: {why}")
@@ -236,8 +224,6 @@ def load(mapping_dir: str | os.PathLike, weights: str | None = None, device: str
 
     weights: the vision encoder's weights ("default", "random" or a local file) instead of the
     ones in run.json; text_weights: the same for the CLIP text tower `set_labels` uses."""
-    from zoomshot.devices import resolve_device
-
     device = resolve_device(device)  # "auto": CUDA when present
     m = load_mapping(mapping_dir)
     encoder = build_role_encoder(m.source, weights, device, "source (vision)")
