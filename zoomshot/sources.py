@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import os
 import re
 import tarfile
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
+from zoomshot.cache import ids_sha256
 from zoomshot.errors import ZsError, did_you_mean, first_line
+from zoomshot.vocab import load_vocabulary
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 # Members of a WebDataset sample that hold the image / the class index, by extension.
@@ -113,8 +117,6 @@ class ImageSource:
         return np.full(len(self), -1, np.int32) if self.labels is None else self.labels
 
     def ids_digest(self) -> str:
-        from zoomshot.cache import ids_sha256
-
         return ids_sha256(self.ids)
 
 
@@ -123,8 +125,6 @@ def decode_rgb(data, min_side: int | None = None):
 
     min_side: the short side the caller resizes to; a JPEG at least twice that is decoded at 1/2,
     1/4 or 1/8 scale (PIL's draft mode) keeping both sides >= min_side: several times cheaper."""
-    from PIL import Image
-
     if isinstance(data, Image.Image):
         img = data
     else:
@@ -144,8 +144,6 @@ def decode_rgb(data, min_side: int | None = None):
 def _wide_to_8bit(img):
     """16-bit (I;16*) and 32-bit (I, F) greyscale to 8 bits: PIL's convert clips these to 255, which
     turns a 16-bit image all white. 16-bit data keep their top byte; others scale by their range."""
-    from PIL import Image
-
     a = np.asarray(img)
     if img.mode == "I" and a.min() >= 0 and a.max() <= 255:
         a8 = a.astype(np.uint8)
@@ -411,8 +409,6 @@ class ParquetReader:
 
 def _parquet_class_names(schema, column: str) -> list[str] | None:
     """Class names of a Hugging Face ClassLabel column, from the file's `huggingface` metadata."""
-    import json
-
     try:
         names = json.loads(schema.metadata[b"huggingface"])["info"]["features"][column]["names"]
     except (KeyError, TypeError, ValueError):
@@ -505,8 +501,6 @@ LABEL_OFFSET = {"caltech101": 1}
 
 def dataset_source(name: str, root: str | os.PathLike, split: str | None = None) -> ImageSource:
     """A local copy of a torchvision dataset (never downloaded); class names from the built-in vocabulary."""
-    from zoomshot.vocab import load_vocabulary
-
     if name not in DATASETS:
         raise SourceError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose from: {', '.join(DATASETS)}")
     cls_name, below, splits = DATASETS[name]
