@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -83,8 +83,7 @@ class EncoderEntry:
 
     def record(self) -> dict:
         """The JSON-able attributes (no key); unrecorded compute fields are left out."""
-        out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "key"}
-        return {k: v for k, v in out.items() if not (k in COMPUTE and not v)}
+        return {k: v for k, v in asdict(self).items() if k != "key" and (v or k not in COMPUTE)}
 
     def attrs(self) -> dict:
         """The record as HDF5 attributes (dicts as sorted JSON)."""
