@@ -6,13 +6,13 @@ raised below becomes a one-line `error: ...` on stderr and exit code 2.
 """
 from __future__ import annotations
 
-import functools
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from zoomshot.devices import DEVICE_HELP
 from zoomshot.errors import ZsError
@@ -21,7 +21,20 @@ from zoomshot.fit.config import FitConfig
 from zoomshot.sweep import SweepConfig
 from zoomshot.synth import WARPED_DEFAULTS, SynthParams
 
+
+class _Commands(TyperGroup):
+    """The `zs` group: a ZsError raised by any command becomes one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ZsError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -29,23 +42,7 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect cache files.")
 app.add_typer(cache_app, name="cache")
-
-
-def command(typer_app: typer.Typer = app, name: str | None = None):
-    """Register a command whose ZsError turns into one line on stderr and exit code 2."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except ZsError as e:
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(2) from None
-
-        return typer_app.command(name=name)(run)
-
-    return wrap
+command = app.command
 
 
 def given(**options) -> dict:
@@ -53,14 +50,16 @@ def given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def default(config, name: str) -> str:
-    """'default: X' from a config's field: a help text names the one default, kept in the config."""
-    f = next(f for f in fields(config) if f.name == name)
-    return f"default: {f.default_factory() if f.default is MISSING else f.default}"
+def unset(config, flag: str, help: str):
+    """An option unset (None) unless given, so the config's default applies; '{}' in its help
+    becomes 'default: X', read from the config (the one home of each default)."""
+    f = next(f for f in fields(config) if f.name == flag[2:].replace("-", "_"))
+    value = f.default_factory() if f.default is MISSING else f.default
+    return typer.Option(None, flag, help=help.format(f"default: {value}"))
 
 
 # ---------------------------------------------------------------- cache --------------------
-@command(cache_app, name="info")
+@cache_app.command("info")
 def cache_info(path: Path = typer.Argument(..., help="A zs-cache .h5 file.")):
     """Say what a cache holds, in a few lines."""
     from zoomshot.cache import open_cache
@@ -70,7 +69,7 @@ def cache_info(path: Path = typer.Argument(..., help="A zs-cache .h5 file.")):
 
 
 # ---------------------------------------------------------------- encoders / extract ---------
-@command(name="encoders")
+@command("encoders")
 def encoders_cmd(
     check: bool = typer.Option(False, "--check", help="Say for each SPEC whether it can load here (weights "
                                "in the local hub cache, hub reachable, file present); exit 1 when one cannot."),
@@ -99,8 +98,9 @@ def encoders_cmd(
         typer.echo(f"{alias:<{w}}  {family:<6}  {spec:<{ws}}  {description}")
     typer.echo(f"\nA spec is {SPEC_HELP}.")
 
+
 # (section owned by the extract stage)
-@command(name="extract")
+@command("extract")
 def extract_cmd(
     images: Optional[str] = typer.Option(None, "--images", help="ImageFolder tree, flat folder, .txt/.csv list "
                                          "(path[,label]), WebDataset tars ('data/shard-{00000..00099}.tar') or "
@@ -111,13 +111,13 @@ def extract_cmd(
                                                "label, when there is one)."),
     encoder: List[str] = typer.Option(..., "--encoder", help="Encoder spec (repeat for several; see `zs encoders`)."),
     out: Path = typer.Option(..., "--out", help="Cache file, e.g. cache/NAME.h5 (shards go to cache/NAME.shards/)."),
-    fraction: Optional[float] = typer.Option(None, "--fraction", help="Seeded random subset, stratified when "
-                                             f"labelled ({default(ExtractConfig, 'fraction')})."),
-    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of the subset ({default(ExtractConfig, 'seed')})."),
+    fraction: Optional[float] = unset(ExtractConfig, "--fraction", "Seeded random subset, stratified when "
+                                      "labelled ({})."),
+    seed: Optional[int] = unset(ExtractConfig, "--seed", "Seed of the subset ({})."),
     vocab: List[str] = typer.Option([], "--vocab", help="Vocabulary for CLIP encoders: built-in name, 'classes' "
                                     "or FILE.json (repeatable; default: the source's classes, else imagenet1k)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=default(ExtractConfig, "batch_size") + "."),
-    device: Optional[str] = typer.Option(None, "--device", help=f"{DEVICE_HELP} ({default(ExtractConfig, 'device')})"),
+    batch_size: Optional[int] = unset(ExtractConfig, "--batch-size", "{}."),
+    device: Optional[str] = unset(ExtractConfig, "--device", f"{DEVICE_HELP} ({{}})"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode worker processes (default: on CUDA "
                                           "the cores less one; on the CPU 0: threads decode between forwards)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A torchvision dataset read from --root "
@@ -125,15 +125,14 @@ def extract_cmd(
                                           "eurosat, imagenet1k); never downloaded."),
     root: Optional[str] = typer.Option(None, "--root", help="Folder holding the --dataset copy."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: test, or the only one)."),
-    num_shards: Optional[int] = typer.Option(None, "--num-shards", help="Job-array size: this run does 1/K of the "
-                                             f"rows ({default(ExtractConfig, 'num_shards')})."),
-    shard_index: Optional[int] = typer.Option(None, "--shard-index", help="This job's index in 0..K-1 "
-                                              f"({default(ExtractConfig, 'shard_index')})."),
+    num_shards: Optional[int] = unset(ExtractConfig, "--num-shards", "Job-array size: this run does 1/K "
+                                      "of the rows ({})."),
+    shard_index: Optional[int] = unset(ExtractConfig, "--shard-index", "This job's index in 0..K-1 ({})."),
     shard_rows: Optional[int] = typer.Option(None, "--shard-rows", help="Rows per shard file (fixed by the first run)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA), fp32, bf16, fp16 "
-                                            f"({default(ExtractConfig, 'precision')})."),
-    decode: Optional[str] = typer.Option(None, "--decode", help="cpu (PIL in workers) or gpu (JPEGs decoded on the "
-                                         f"device) ({default(ExtractConfig, 'decode')})."),
+    precision: Optional[str] = unset(ExtractConfig, "--precision", "auto (bf16 on CUDA), fp32, bf16, "
+                                     "fp16 ({})."),
+    decode: Optional[str] = unset(ExtractConfig, "--decode", "cpu (PIL in workers) or gpu (JPEGs decoded "
+                                  "on the device) ({})."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the image encoders."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
@@ -151,7 +150,6 @@ def extract_cmd(
         raise ZsError(summary.failed)
 
 
-
 # ---------------------------------------------------------------- fit / synth --------------
 # (section owned by the fit stage)
 def _parse_bytes(text: str) -> int:
@@ -167,53 +165,51 @@ def _parse_bytes(text: str) -> int:
     return n
 
 
-@command(name="fit")
+@command("fit")
 def fit_cmd(
     cache: Path = typer.Option(..., "--cache", help="The training cache (zs-cache .h5)."),
     source: Optional[str] = typer.Option(None, "--source", help="Source (vision) encoder key; inferred when one."),
     target: Optional[str] = typer.Option(None, "--target", help="Target (CLIP) encoder key; inferred when one."),
     vocab: Optional[str] = typer.Option(None, "--vocab", help="The target's text vocabulary (class names for "
                                         "distillation), when it holds several."),
-    method: Optional[str] = typer.Option(None, "--method", help="zoomshot | linear-aligner | ridge | procrustes "
-                                         f"({default(FitConfig, 'method')})."),
+    method: Optional[str] = unset(FitConfig, "--method", "zoomshot | linear-aligner | ridge | procrustes "
+                                  "({})."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: zoomshot from the row count, "
                                          "at least 600 steps; linear-aligner 6)."),
-    fraction: Optional[float] = typer.Option(None, "--fraction", help="Seeded share of the usable rows to train "
-                                             f"on ({default(FitConfig, 'fraction')})."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the row sample, the held-out rows, the batch "
-                                       f"order and the init ({default(FitConfig, 'seed')})."),
+    fraction: Optional[float] = unset(FitConfig, "--fraction", "Seeded share of the usable rows to train "
+                                      "on ({})."),
+    seed: Optional[int] = unset(FitConfig, "--seed", "Seed for the row sample, the held-out rows, the batch "
+                                "order and the init ({})."),
     out: Optional[Path] = typer.Option(None, "--out", help="Mapping folder to write "
                                        "(default: mappings/CACHE-METHOD)."),
-    holdout: Optional[float] = typer.Option(None, "--holdout", help="Share of the rows held out for label-free "
-                                            "validation and early stopping (at least 256 rows; 0 turns it off; "
-                                            f"{default(FitConfig, 'holdout')})."),
-    lambda_align: Optional[float] = typer.Option(None, "--lambda-align", help="Weight of L_align (0 turns it off; "
-                                                 f"{default(FitConfig, 'lambda_align')})."),
-    lambda_cycle: Optional[float] = typer.Option(None, "--lambda-cycle", help="Weight of L_cycle (0 turns it off; "
-                                                 f"{default(FitConfig, 'lambda_cycle')})."),
-    lambda_kd: Optional[float] = typer.Option(None, "--lambda-kd", help="Weight of L_kd, the τ²-scaled "
-                                              f"distillation (0 turns it off; {default(FitConfig, 'lambda_kd')})."),
-    tau: Optional[float] = typer.Option(None, "--tau", help=f"Distillation temperature τ ({default(FitConfig, 'tau')})."),
-    kd: Optional[str] = typer.Option(None, "--kd", help="Distillation target: soft (KL to the teacher's softmax), "
-                                     f"hard (its argmax) or lm (MSE of the logits) ({default(FitConfig, 'kd')})."),
+    holdout: Optional[float] = unset(FitConfig, "--holdout", "Share of the rows held out for label-free "
+                                     "validation and early stopping (at least 256 rows; 0 turns it "
+                                     "off; {})."),
+    lambda_align: Optional[float] = unset(FitConfig, "--lambda-align", "Weight of L_align (0 turns it "
+                                          "off; {})."),
+    lambda_cycle: Optional[float] = unset(FitConfig, "--lambda-cycle", "Weight of L_cycle (0 turns it "
+                                          "off; {})."),
+    lambda_kd: Optional[float] = unset(FitConfig, "--lambda-kd", "Weight of L_kd, the τ²-scaled "
+                                       "distillation (0 turns it off; {})."),
+    tau: Optional[float] = unset(FitConfig, "--tau", "Distillation temperature τ ({})."),
+    kd: Optional[str] = unset(FitConfig, "--kd", "Distillation target: soft (KL to the teacher's softmax), "
+                              "hard (its argmax) or lm (MSE of the logits) ({})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: zoomshot "
                                              "from the row count, linear-aligner 100)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, cosine-annealed to 0 "
                                        "(default: zoomshot 3e-4 Adam, linear-aligner 0.01 SGD)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam | sgd (default: per method)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (default: per method)."),
-    init: Optional[str] = typer.Option(None, "--init", help="zoomshot start: ridge (closed form) or random "
-                                       f"({default(FitConfig, 'init')})."),
-    la_variance: Optional[float] = typer.Option(None, "--la-variance", help="linear-aligner: the per-entry "
-                                                "variance each side is scaled to "
-                                                f"({default(FitConfig, 'la_variance')})."),
+    init: Optional[str] = unset(FitConfig, "--init", "zoomshot start: ridge (closed form) or random ({})."),
+    la_variance: Optional[float] = unset(FitConfig, "--la-variance", "linear-aligner: the per-entry variance "
+                                         "each side is scaled to ({})."),
     ridge_lambda: Optional[float] = typer.Option(None, "--ridge-lambda", help="Ridge penalty, relative to the "
                                                  "standardised feature variance (default: chosen by "
                                                  "leave-one-out error)."),
-    device: Optional[str] = typer.Option(None, "--device", help=f"{DEVICE_HELP} ({default(FitConfig, 'device')})"),
-    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Float32 rows held in memory at "
-                                                f"once ({default(FitConfig, 'memory_budget')} bytes); a cache "
-                                                "needing more is streamed in blocks (bytes, or 512M, 4G)."),
+    device: Optional[str] = unset(FitConfig, "--device", f"{DEVICE_HELP} ({{}})"),
+    memory_budget: Optional[str] = unset(FitConfig, "--memory-budget", "Float32 rows held in memory at "
+                                         "once ({} bytes); a cache needing more is streamed in blocks "
+                                         "(bytes, or 512M, 4G)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines or progress bar."),
 ):
     """Fit a mapping from the source encoder's features into CLIP's space; write it to --out."""
@@ -258,26 +254,24 @@ def _print_epoch(rec: dict) -> None:
     typer.echo(f"epoch {rec['epoch']}/{rec['epochs']}{loss}" + _held_text(rec.get("holdout")))
 
 
-@command(name="synth")
+@command("synth")
 def synth_cmd(
     out: Path = typer.Option(..., "--out", help="Prefix: writes PREFIX-train.h5 and PREFIX-test.h5."),
-    rows: Optional[int] = typer.Option(None, "--rows", help=f"Training rows ({default(SynthParams, 'rows')})."),
-    test_rows: Optional[int] = typer.Option(None, "--test-rows", help=f"Test rows ({default(SynthParams, 'test_rows')})."),
-    classes: Optional[int] = typer.Option(None, "--classes", help="Classes in the world (and its vocabulary; "
-                                          f"{default(SynthParams, 'classes')})."),
-    dv: Optional[int] = typer.Option(None, "--dv", help=f"Vision feature dimension ({default(SynthParams, 'dv')})."),
-    d: Optional[int] = typer.Option(None, "--d", help=f"CLIP embedding dimension ({default(SynthParams, 'd')})."),
-    noise: Optional[float] = typer.Option(None, "--noise", help="Vision-only noise (reference units; see "
-                                          f"zoomshot.synth; {default(SynthParams, 'noise')})."),
-    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of the world and its samples "
-                                       f"({default(SynthParams, 'seed')})."),
+    rows: Optional[int] = unset(SynthParams, "--rows", "Training rows ({})."),
+    test_rows: Optional[int] = unset(SynthParams, "--test-rows", "Test rows ({})."),
+    classes: Optional[int] = unset(SynthParams, "--classes", "Classes in the world (and its "
+                                   "vocabulary; {})."),
+    dv: Optional[int] = unset(SynthParams, "--dv", "Vision feature dimension ({})."),
+    d: Optional[int] = unset(SynthParams, "--d", "CLIP embedding dimension ({})."),
+    noise: Optional[float] = unset(SynthParams, "--noise", "Vision-only noise (reference units; see "
+                                   "zoomshot.synth; {})."),
+    seed: Optional[int] = unset(SynthParams, "--seed", "Seed of the world and its samples ({})."),
     spread: Optional[float] = typer.Option(None, "--spread", help="Within-class spread shared by both encoders."),
     clip_noise: Optional[float] = typer.Option(None, "--clip-noise", help="CLIP-only noise."),
     mismatch: Optional[float] = typer.Option(None, "--mismatch", help="Per-class offsets only the vision "
                                              "encoder has (generator offset)."),
-    generator: Optional[str] = typer.Option(None, "--generator", help="offset (vision has class offsets CLIP "
-                                            f"lacks) or warped (no offsets; partial, nonlinear view; "
-                                            f"{default(SynthParams, 'generator')})."),
+    generator: Optional[str] = unset(SynthParams, "--generator", "offset (vision has class offsets CLIP "
+                                     "lacks) or warped (no offsets; partial, nonlinear view; {})."),
     overlap: Optional[float] = typer.Option(None, "--overlap", help="warped: share of the semantics the "
                                             f"vision encoder sees (default {WARPED_DEFAULTS['overlap']})."),
     warp: Optional[float] = typer.Option(None, "--warp", help="warped: strength of the nonlinearity "
@@ -301,7 +295,7 @@ def _print_skipped(skipped: list[dict]) -> None:
         typer.echo(f"skipped: {s['mapping']} on {s['cache']}: {s['reason']}", err=True)
 
 
-@command(name="evaluate")
+@command("evaluate")
 def evaluate_cmd(
     mapping: List[Path] = typer.Option([], "--mapping", help="A mapping folder (from zs fit); repeat for several."),
     cache: List[Path] = typer.Option(..., "--cache", help="An evaluation cache; repeat for several."),
@@ -341,14 +335,12 @@ def evaluate_cmd(
         raise ZsError(res.failed)
 
 
-@command(name="sweep")
+@command("sweep")
 def sweep_cmd(
     cache: List[Path] = typer.Option(..., "--cache", help="A training cache; repeat for several."),
     eval_: List[Path] = typer.Option(..., "--eval", help="An evaluation cache; repeat for several."),
-    epochs: Optional[str] = typer.Option(None, "--epochs", help="Comma-separated epoch counts "
-                                         f"({default(SweepConfig, 'epochs')})."),
-    fractions: Optional[str] = typer.Option(None, "--fractions", help="Comma-separated training fractions "
-                                            f"({default(SweepConfig, 'fractions')})."),
+    epochs: Optional[str] = unset(SweepConfig, "--epochs", "Comma-separated epoch counts ({})."),
+    fractions: Optional[str] = unset(SweepConfig, "--fractions", "Comma-separated training fractions ({})."),
     method: List[str] = typer.Option([], "--method", help="Method(s) to fit (repeat or comma-separate); "
                                      "default: the fit stage's default."),
     out: Path = typer.Option(..., "--out", help="Folder for the report, the heatmap and the fitted mappings."),
@@ -357,12 +349,10 @@ def sweep_cmd(
                                               "(for distillation), when several."),
     source: Optional[str] = typer.Option(None, "--source", help="Source (vision) encoder key; inferred when one."),
     target: Optional[str] = typer.Option(None, "--target", help="Target (CLIP) encoder key; inferred when one."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for the row sample and initialisation "
-                                       f"({default(FitConfig, 'seed')})."),
-    device: Optional[str] = typer.Option(None, "--device", help=f"Device to fit on: {DEVICE_HELP} "
-                                         f"({default(FitConfig, 'device')})"),
-    holdout: Optional[float] = typer.Option(None, "--holdout", help="Share of each training cache held out for "
-                                            f"label-free validation (0 turns it off; {default(FitConfig, 'holdout')})."),
+    seed: Optional[int] = unset(FitConfig, "--seed", "Seed for the row sample and initialisation ({})."),
+    device: Optional[str] = unset(FitConfig, "--device", f"Device to fit on: {DEVICE_HELP} ({{}})"),
+    holdout: Optional[float] = unset(FitConfig, "--holdout", "Share of each training cache held out "
+                                     "for label-free validation (0 turns it off; {})."),
     select: bool = typer.Option(False, "--select", help="Name the cell with the best held-out agreement "
                                 "(label-free) in the report, beside the best labelled one."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar over the cells."),
@@ -396,7 +386,7 @@ _WEIGHTS_HELP = "Vision encoder weights instead of run.json's: default, random, 
 _TEXT_WEIGHTS_HELP = "CLIP text tower weights instead of run.json's: default, random, or a local file."
 
 
-@command(name="predict")
+@command("predict")
 def predict_cmd(
     images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     mapping: Path = typer.Option(..., "--mapping", help="A mapping folder (from zs fit)."),
@@ -442,7 +432,7 @@ def predict_cmd(
         raise typer.Exit(1)
 
 
-@command(name="search")
+@command("search")
 def search_cmd(
     query: str = typer.Argument(..., help="A text query, e.g. \"a photo of a dog\" (with --vocab-query: a class name)."),
     cache: Path = typer.Option(..., "--cache", help="The cache whose images are searched."),
@@ -467,7 +457,7 @@ def search_cmd(
         typer.echo(f"{h.rank:>4}  {h.score:>7.4f}  {h.id}")
 
 
-@command(name="export")
+@command("export")
 def export_cmd(
     mapping: Path = typer.Option(..., "--mapping", help="A mapping folder (from zs fit)."),
     out: Path = typer.Option(..., "--out", help="The TorchScript file to write, e.g. model.pt."),
@@ -491,7 +481,7 @@ def export_cmd(
 
 
 # ---------------------------------------------------------------- demo ---------------------
-@command(name="demo")
+@command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for images, caches, mappings, reports."),
     pretrained: bool = typer.Option(False, "--pretrained",

@@ -42,6 +42,7 @@ ALIASES: dict[str, tuple[str, str, str]] = {
     "clip_vit_l14": ("open_clip:ViT-L-14:openai", "clip", "OpenAI CLIP ViT-L/14"),
     "clip_rn50": ("open_clip:RN50:openai", "clip", "OpenAI CLIP ResNet-50"),
 }
+_ALIAS_OF_SPEC = {spec: alias for alias, (spec, _, _) in ALIASES.items()}
 PREFIXES = ("timm:", "open_clip:", "py:")
 SPEC_HELP = ("an alias (`zs encoders`), timm:NAME[.TAG], open_clip:ARCH[:PRETRAINED] or "
              "py:FILE.py:FACTORY, optionally with @random or @/path/to/weights")
@@ -49,32 +50,22 @@ SPEC_HELP = ("an alias (`zs encoders`), timm:NAME[.TAG], open_clip:ARCH[:PRETRAI
 
 @dataclass(frozen=True)
 class ParsedSpec:
-    alias: str | None
-    spec: str  # canonical, without the weights suffix
+    spec: str  # canonical (an alias resolved), without the weights suffix
     weights: str  # "default" | "random" | a local path
 
     @property
     def key(self) -> str:
-        return self.alias or spec_key(self.spec, self.weights)
-
-
-_ALIAS_OF_SPEC = {spec: alias for alias, (spec, _, _) in ALIASES.items()}
-
-
-def spec_key(spec: str, weights: str = "default") -> str:
-    """The encoder key of a canonical spec (see the module docstring); `py:` asks the plug-in."""
-    if spec in _ALIAS_OF_SPEC:
-        return _ALIAS_OF_SPEC[spec]
-    if spec.startswith("timm:"):
-        return safe_key(spec[len("timm:"):].split(".")[0])
-    if spec.startswith("open_clip:"):
-        arch = spec[len("open_clip:"):]
-        if arch.startswith("hf-hub:"):
-            arch = arch[len("hf-hub:"):].partition(":")[0].rstrip("/").rsplit("/", 1)[-1]
-        return safe_key(arch.partition(":")[0])
-    if spec.startswith("py:"):
-        return _plugin_key(ParsedSpec(None, spec, weights))
-    return safe_key(spec)
+        """The encoder key (see the module docstring); `py:` asks the plug-in."""
+        if self.spec in _ALIAS_OF_SPEC:  # an alias, or an alias's spec written out
+            return _ALIAS_OF_SPEC[self.spec]
+        library, _, name = self.spec.partition(":")
+        if library == "timm":
+            return safe_key(name.split(".")[0])
+        if library == "open_clip":
+            if name.startswith("hf-hub:"):
+                name = name[len("hf-hub:"):].partition(":")[0].rstrip("/").rsplit("/", 1)[-1]
+            return safe_key(name.partition(":")[0])
+        return _plugin_key(self)
 
 
 def parse_spec(raw: str) -> ParsedSpec:
@@ -93,9 +84,7 @@ def parse_spec(raw: str) -> ParsedSpec:
                           f"@random for random initialisation, or no suffix for the default pretrained "
                           f"weights")
         weights = str(path.resolve())
-    if base in ALIASES:
-        return ParsedSpec(base, ALIASES[base][0], weights)
-    return ParsedSpec(None, base, weights)
+    return ParsedSpec(ALIASES[base][0] if base in ALIASES else base, weights)
 
 
 @dataclass(repr=False, eq=False)
@@ -151,7 +140,7 @@ def hub_files(parsed: ParsedSpec) -> list[tuple[str, str]]:
             import timm
 
             pc = timm.models.get_pretrained_cfg(parsed.spec[len("timm:"):])
-            repo = getattr(pc, "hf_hub_id", None) if pc is not None else None
+            repo = getattr(pc, "hf_hub_id", None)
             if repo:
                 name = getattr(pc, "hf_hub_filename", None)
                 return [(repo, name)] if name else [(repo, "model.safetensors"), (repo, "pytorch_model.bin")]
@@ -419,25 +408,25 @@ def _plugin_id(parsed: ParsedSpec) -> tuple:
 def _plugin_key(parsed: ParsedSpec) -> str:
     k = _plugin_id(parsed)
     if k not in _PLUGIN_KEYS:
-        _plugin_object(parsed)
+        _PLUGIN_OBJECTS[k] = _make_plugin(parsed)
     return _PLUGIN_KEYS[k]
 
 
-def _plugin_object(parsed: ParsedSpec, take: bool = False):
-    k = _plugin_id(parsed)
-    if k not in _PLUGIN_OBJECTS:
-        fn = _load_plugin_factory(parsed)
-        with _seeded(parsed):
-            obj = fn() if parsed.weights == "default" else fn(weights=parsed.weights)
-        missing = [a for a in ("name", "family", "dim", "preprocess", "encode_image") if not hasattr(obj, a)]
-        if missing:
-            raise ZsError(f"plug-in {parsed.spec!r} returned an object without {', '.join(missing)}")
-        _PLUGIN_OBJECTS[k], _PLUGIN_KEYS[k] = obj, safe_key(str(obj.name))
-    return _PLUGIN_OBJECTS.pop(k) if take else _PLUGIN_OBJECTS[k]
+def _make_plugin(parsed: ParsedSpec):
+    """The object the plug-in's factory returns, checked; its key noted in _PLUGIN_KEYS."""
+    fn = _load_plugin_factory(parsed)
+    with _seeded(parsed):
+        obj = fn() if parsed.weights == "default" else fn(weights=parsed.weights)
+    missing = [a for a in ("name", "family", "dim", "preprocess", "encode_image") if not hasattr(obj, a)]
+    if missing:
+        raise ZsError(f"plug-in {parsed.spec!r} returned an object without {', '.join(missing)}")
+    _PLUGIN_KEYS[_plugin_id(parsed)] = safe_key(str(obj.name))
+    return obj
 
 
 def _build_plugin(parsed: ParsedSpec) -> Encoder:
-    obj = _plugin_object(parsed, take=True)  # it has name, family, dim, preprocess, encode_image
+    k = _plugin_id(parsed)
+    obj = _PLUGIN_OBJECTS.pop(k) if k in _PLUGIN_OBJECTS else _make_plugin(parsed)
     family = obj.family
     if family == "clip" and not hasattr(obj, "encode_text"):
         raise ZsError(f"plug-in {parsed.spec!r} returned an object without encode_text")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from zoomshot.cache import open_cache
-from zoomshot.errors import ZsError
+from zoomshot.errors import ZsError, did_you_mean
 from zoomshot.mapping import Mapping, load_mapping
 
 IVF_THRESHOLD = 100_000
@@ -118,7 +118,6 @@ def query_embedding(mapping: Mapping, cache_path, query: str, vocab_query: bool 
     `query` in the cache's vocabulary (no model loads), else the query as written (no template)
     embedded by the mapping's target CLIP text tower."""
     if vocab_query:
-        from zoomshot.errors import did_you_mean
         from zoomshot.model import cache_classifier
 
         names, classifier = cache_classifier(cache_path, mapping.target, vocab)

@@ -92,6 +92,19 @@ class _World:
         self.offsets32 = (self.mismatch * (R * (OFFSET_SCALE / R.norm(dim=1, keepdim=True)))).float()
         self.mu_v32 = torch.randn(dv, generator=g, dtype=torch.float64).float()
         self.A32 = self.A.float()
+        self.warped = p.generator == "warped"
+        if self.warped:  # p.mismatch is 0 for this generator: the offsets above are zero
+            # The warped parts draw from their own generator, and `sample` draws from self.gen in the
+            # same order and shapes as the offset world: both generators share the CLIP side exactly.
+            vg = self.vgen = torch.Generator().manual_seed(int(seed) + 7919)
+            keep = torch.randperm(ds, generator=vg)[: max(1, round(p.overlap * ds))]
+            self.seen = torch.zeros(ds, dtype=torch.bool)
+            self.seen[keep] = True
+            self.warp = float(p.warp)
+            self.M = torch.linalg.qr(torch.randn(dv, dv, generator=vg, dtype=torch.float64))[0].float()
+            # σ: the per-entry scale of h = A [s ; ν] for a typical image (class code + spread)
+            latent_var = (1.0 + self.spread ** 2) / ds
+            self.sigma = float((self.A ** 2).sum(1).mean().sqrt()) * math.sqrt(latent_var)
 
     def sample(self, labels: np.ndarray):
         """CLIP image features (n, d) normalised and vision features (n, dv), float32 tensors."""
@@ -105,62 +118,21 @@ class _World:
         c[:, 1] += self.gap_img
         c[:, 2:] += zc
         c /= c.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return c, self.vision(y, zc)
-
-    def vision(self, y, zc):
-        """The vision features of images with labels y and semantic codes zc."""
-        import torch
-
-        n = len(y)
-        lat = self.seen_semantics(zc)
+        lat = zc  # the semantic coordinates the vision encoder sees
+        if self.warped:  # the kept ones; vision-only latent noise of the same scale elsewhere
+            scale = math.sqrt(1.0 + self.spread ** 2)
+            own = scale * torch.randn(n, self.ds, generator=self.vgen) / math.sqrt(self.ds)
+            lat = torch.where(self.seen, zc, own)
         if self.dn:
-            lat = torch.cat([lat, torch.randn(n, self.dn, generator=self.gen) / math.sqrt(self.ds)], 1)
-        v = self.shape(lat @ self.A32.T, y)
-        v += self.noise * torch.randn(n, self.dv, generator=self.gen)
+            lat = torch.cat([lat, torch.randn(n, self.dn, generator=g) / math.sqrt(self.ds)], 1)
+        h = lat @ self.A32.T
+        if self.warped:  # no offsets: h warped by a smooth nonlinearity
+            v = h + self.warp * self.sigma * torch.tanh((h @ self.M.T) / self.sigma)
+        else:
+            v = h + self.offsets32[y]
+        v += self.noise * torch.randn(n, self.dv, generator=g)
         v += self.mu_v32
-        return v
-
-    def seen_semantics(self, zc):
-        """The semantic coordinates the vision encoder sees: all of them."""
-        return zc
-
-    def shape(self, h, y):
-        """The vision encoder's own view of h = A [s ; nu]: a class offset added."""
-        return h + self.offsets32[y]
-
-
-class _WarpedWorld(_World):
-    """Generator "warped": no class offsets; the vision side sees a share of the semantics, warped."""
-
-    def __init__(self, p: "SynthParams"):
-        import torch
-
-        super().__init__(p)  # p.mismatch is 0 for this generator
-        # The warped parts draw from their own generator, and `sample` draws from self.gen in the
-        # same order and shapes as the offset world: both generators share the CLIP side exactly.
-        g = self.vgen = torch.Generator().manual_seed(int(p.seed) + 7919)
-        keep = torch.randperm(self.ds, generator=g)[: max(1, round(p.overlap * self.ds))]
-        self.seen = torch.zeros(self.ds, dtype=torch.bool)
-        self.seen[keep] = True
-        self.warp = float(p.warp)
-        self.M = torch.linalg.qr(torch.randn(p.dv, p.dv, generator=g, dtype=torch.float64))[0].float()
-        # σ: the per-entry scale of h = A [s ; ν] for a typical image (class code + spread)
-        latent_var = (1.0 + self.spread ** 2) / self.ds
-        self.sigma = float((self.A ** 2).sum(1).mean().sqrt()) * math.sqrt(latent_var)
-
-    def seen_semantics(self, zc):
-        """The kept semantic coordinates; vision-only latent noise of the same scale elsewhere."""
-        import torch
-
-        scale = math.sqrt(1.0 + self.spread ** 2)
-        own = scale * torch.randn(len(zc), self.ds, generator=self.vgen) / math.sqrt(self.ds)
-        return torch.where(self.seen, zc, own)
-
-    def shape(self, h, y):
-        """No offsets: h warped by a smooth nonlinearity."""
-        import torch
-
-        return h + self.warp * self.sigma * torch.tanh((h @ self.M.T) / self.sigma)
+        return c, v
 
 
 @dataclass
@@ -210,7 +182,7 @@ def write_synth_world(prefix: str | os.PathLike, **params) -> dict:
     p = SynthParams(**params)
     if p.rows < 1 or p.test_rows < 1:
         raise ZsError(f"synth needs rows >= 1 and test rows >= 1 (got {p.rows}, {p.test_rows})")
-    world = (_WarpedWorld if p.generator == "warped" else _World)(p)
+    world = _World(p)
     names = [f"class_{k:04d}" for k in range(p.classes)]
     prefix = Path(prefix)
     out = {"params": {k: v for k, v in asdict(p).items() if v is not None}}
