@@ -10,9 +10,8 @@ inside pip packages, nothing from a hub.
                 zoomshot/vocabularies/imagenet1k.json). Text tower: the same MiniLM. 384 dims.
 
 Both take images at their native input sizes (Lite1 240 px, Lite0 224 px; Fashion-MNIST's 28 px
-images are upsampled bicubically), as the models were trained: at 112 px the ConSE teacher's top-1
-fell from 0.31 to 0.21, near chance for 10 classes. Extraction of the world's 8,000 images takes
-~15 min on 2 quiet CPU cores.
+images are upsampled bicubically), as the models were trained. Extracting the world's 8,000 images
+takes ~15 min on 2 quiet CPU cores.
 
 Install: pip install -e '.[bench]'. Heavy imports stay inside the factories: the `py:` loader
 executes this file. EfficientNet-Lite's TF-ported weights take inputs scaled as (x − 127) / 128.
