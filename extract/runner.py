@@ -105,8 +105,6 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     with D.process_group(procs, device):  # left once every process is done: then rank 0 stitches
         started = time.perf_counter()
         plan = plan_run(cfg, procs, device)
-        # A first run that fails before its first row (a model, plug-in or vocabulary that does not
-        # load) removes the shard folder it created, so the corrected rerun starts clean.
         created = not plan.layout.root.exists() and procs.world == 1
         try:
             plan.open_manifest()
