@@ -36,9 +36,7 @@ class ShardFile:
         self.final = Path(final)
         self.partial = partial_of(final)
         self.f = f
-        self.start = int(f.attrs["start"])
-        self.stop = int(f.attrs["stop"])
-        self.dim = int(f.attrs["dim"])
+        self.start, self.stop, self.dim = (int(f.attrs[k]) for k in ("start", "stop", "dim"))
 
     @property
     def rows_done(self) -> int:

@@ -53,9 +53,7 @@ def resolve_encoders(cache: Cache, source: str | None, target: str | None) -> tu
     return source, target
 
 
-# A block (the unit of reading and of shuffling) is a file-row range of about this many bytes of
-# float32 rows: never a function of --memory-budget, so the batch order is not either.
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 16 << 20  # bytes of float32 rows per block, the unit of reading and of shuffling
 HOLDOUT_MIN = 256  # held-out rows at least (when the cache has 5x as many)
 HOLDOUT_MAX = 10_000  # held-out rows at most: enough to measure agreement to ±0.5 points
 
