@@ -281,7 +281,7 @@ def finish(plan: RunPlan, s: ExtractSummary) -> ExtractSummary:
     return s
 
 
-def _run_batches(plan: RunPlan, batches, encoders: dict, counts: ExtractSummary) -> None:
+def _run_batches(plan: RunPlan, batches, encoders: dict, summary: ExtractSummary) -> None:
     """Decode each image once per batch, feed every encoder, hand the rows to the writer thread."""
     import torch
 
@@ -314,9 +314,9 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: ExtractSummary)
                     else:
                         feats = to_host(forwards[key], x, device)
                     writer.put(Rows(key, b.shard, b.start, b.stop, feats, ok, errors))
-                    counts.computed[key] += int(ok.sum())
-                counts.decoded += b.stop - b.start
-                counts.unreadable += int((~ok).sum())
+                    summary.computed[key] += int(ok.sum())
+                summary.decoded += b.stop - b.start
+                summary.unreadable += int((~ok).sum())
                 progress.update(b.stop - b.start)
         writer.close()
     except BaseException:
