@@ -139,8 +139,7 @@ class RunPlan:
         src = self.source
         self.manifest = self.layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names,
                                                    self.ids_digest, self.cfg.shard_rows, self.procs.world)
-        first, last = self.procs.span(self.manifest.shards)
-        self.mine = {s: self.manifest.bounds(s) for s in range(first, last)}
+        self.mine = {s: self.manifest.bounds(s) for s in range(*self.procs.span(self.manifest.shards))}
 
     def vocabs_left(self, key: str, family: str) -> list:
         """The vocabularies CLIP encoder KEY has left to embed (only global rank 0 writes them)."""
