@@ -45,15 +45,15 @@ class ExtractSummary:
     rows: int
     encoders: list[str]
     shards: tuple[int, int, int]  # this process's [first, last) of the total
+    device: str  # what --device resolved to
     computed: dict[str, int]  # rows newly computed per encoder by this process
-    decoded: int
-    unreadable: int  # among the images this process decoded
-    seconds: float  # the whole run, model loading included
-    images_per_s: float  # decoded images per second of the batch loop
-    entry_written: bool
+    decoded: int = 0
+    unreadable: int = 0  # among the images this process decoded
+    seconds: float = 0.0  # the whole run, model loading included
+    images_per_s: float = 0.0  # decoded images per second of the batch loop
+    entry_written: bool = False
     cache_unreadable: int | None = None  # in the whole cache, when the entry was written
     unfinished: dict[str, str] = field(default_factory=dict)
-    device: str = ""  # what --device resolved to
     failed: str | None = None  # why the run did not do its job (the CLI exits non-zero with it)
 
     def text(self) -> str:
@@ -105,18 +105,16 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     with D.process_group(procs, device):  # left once every process is done: then rank 0 stitches
         started = time.perf_counter()
         plan = plan_run(cfg, procs, device)
-        # A first run that fails before its first row (a model, plug-in or vocabulary that does not
-        # load) removes the shard folder it created, so the corrected rerun starts clean.
         created = not plan.layout.root.exists() and procs.world == 1
         try:
             plan.open_manifest()
-            counts = compute_rows(plan, build_encoders(plan))
+            summary = compute_rows(plan, build_encoders(plan))
         except BaseException:
             if created and not plan.layout.any_rows_written():
                 shutil.rmtree(plan.layout.root, ignore_errors=True)
             raise
-        seconds = time.perf_counter() - started
-    return finish(plan, counts, seconds)
+        summary.seconds = time.perf_counter() - started
+    return finish(plan, summary)
 
 
 @dataclass
@@ -141,8 +139,7 @@ class RunPlan:
         src = self.source
         self.manifest = self.layout.open_or_create(src.ids, src.labels_or_unknown(), src.class_names,
                                                    self.ids_digest, self.cfg.shard_rows, self.procs.world)
-        first, last = self.procs.span(self.manifest.shards)
-        self.mine = {s: self.manifest.bounds(s) for s in range(first, last)}
+        self.mine = {s: self.manifest.bounds(s) for s in range(*self.procs.span(self.manifest.shards))}
 
     def vocabs_left(self, key: str, family: str) -> list:
         """The vocabularies CLIP encoder KEY has left to embed (only global rank 0 writes them)."""
@@ -227,20 +224,13 @@ def build_encoders(plan: RunPlan) -> dict:
     return encoders
 
 
-@dataclass
-class RowCounts:
-    computed: dict[str, int]  # rows newly computed per encoder
-    decoded: int = 0
-    unreadable: int = 0
-    loop_seconds: float = 0.0
-
-
-def compute_rows(plan: RunPlan, encoders: dict) -> RowCounts:
+def compute_rows(plan: RunPlan, encoders: dict) -> ExtractSummary:
     """Claim this process's shards, write pending vocabularies, finish interrupted shards, check the
-    free space, then run the batches left."""
-    layout, mine = plan.layout, plan.mine
-    first, last = plan.procs.span(plan.manifest.shards)
-    counts = RowCounts({k: 0 for k in plan.run_keys})
+    free space, then run the batches left; the summary counts what this process computed."""
+    layout, m, mine = plan.layout, plan.manifest, plan.mine
+    first, last = plan.procs.span(m.shards)
+    summary = ExtractSummary(layout.entry, m.rows, [p.key for p in plan.parsed], (first, last, m.shards),
+                             plan.device, {k: 0 for k in plan.run_keys})
     with contextlib.ExitStack() as claims:
         for key in encoders:
             claims.enter_context(layout.claim_shards(key, first, last))
@@ -259,42 +249,38 @@ def compute_rows(plan: RunPlan, encoders: dict) -> RowCounts:
         batches = plan_batches(mine, resume, plan.cfg.batch_size)
         if batches:
             t_loop = time.perf_counter()
-            _run_batches(plan, batches, encoders, counts)
-            counts.loop_seconds = time.perf_counter() - t_loop
-    return counts
+            _run_batches(plan, batches, encoders, summary)
+            loop_s = time.perf_counter() - t_loop
+            summary.images_per_s = summary.decoded / loop_s if loop_s > 0 else 0.0
+    return summary
 
 
-def finish(plan: RunPlan, counts: RowCounts, seconds: float) -> ExtractSummary:
+def finish(plan: RunPlan, s: ExtractSummary) -> ExtractSummary:
     """Stitch the entry file (global rank 0) and say whether the run did its job."""
     layout, m = plan.layout, plan.manifest
-    written, cache_bad, unfinished, failed = None, None, {}, None
     if plan.procs.dist_rank == 0:
         written = write_entry(layout, m, require=plan.run_keys)
+        s.entry_written = written is not None
         if written is not None:
             status, errors, done = written
             bad = status != STATUS_OK
-            cache_bad = int(bad.sum())
+            s.cache_unreadable = int(bad.sum())
             missing = {k: int((~done[k] & ~bad).sum()) for k in plan.run_keys}
             if any(missing.values()):
-                failed = (f"{layout.entry}: readable rows missing: "
-                          + ", ".join(f"{k} {v}" for k, v in missing.items() if v)
-                          + "; rerun the same zs extract to compute them")
+                s.failed = (f"{layout.entry}: readable rows missing: "
+                            + ", ".join(f"{k} {v}" for k, v in missing.items() if v)
+                            + "; rerun the same zs extract to compute them")
             elif bad.all():
-                failed = (f"every one of the {m.rows} images is unreadable (first reason: "
-                          f"{errors[0] or '?'}); the cache holds no features — check the image source")
+                s.failed = (f"every one of the {m.rows} images is unreadable (first reason: "
+                            f"{errors[0] or '?'}); the cache holds no features — check the image source")
         else:
             counts_of = {k: layout.shard_counts(k) for k in plan.run_keys}
-            unfinished = {k: f"{final} of {m.shards} shards final, {partial} partial"
-                          for k, (final, partial) in counts_of.items() if final < m.shards}
-    first, last = plan.procs.span(m.shards)
-    return ExtractSummary(out=layout.entry, rows=m.rows, encoders=[p.key for p in plan.parsed],
-                          shards=(first, last, m.shards), computed=counts.computed, decoded=counts.decoded,
-                          unreadable=counts.unreadable, seconds=seconds, entry_written=written is not None,
-                          images_per_s=counts.decoded / counts.loop_seconds if counts.loop_seconds > 0 else 0.0,
-                          cache_unreadable=cache_bad, unfinished=unfinished, device=plan.device, failed=failed)
+            s.unfinished = {k: f"{final} of {m.shards} shards final, {partial} partial"
+                            for k, (final, partial) in counts_of.items() if final < m.shards}
+    return s
 
 
-def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> None:
+def _run_batches(plan: RunPlan, batches, encoders: dict, summary: ExtractSummary) -> None:
     """Decode each image once per batch, feed every encoder, hand the rows to the writer thread."""
     import torch
 
@@ -327,9 +313,9 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, counts: RowCounts) -> N
                     else:
                         feats = to_host(forwards[key], x, device)
                     writer.put(Rows(key, b.shard, b.start, b.stop, feats, ok, errors))
-                    counts.computed[key] += int(ok.sum())
-                counts.decoded += b.stop - b.start
-                counts.unreadable += int((~ok).sum())
+                    summary.computed[key] += int(ok.sum())
+                summary.decoded += b.stop - b.start
+                summary.unreadable += int((~ok).sum())
                 progress.update(b.stop - b.start)
         writer.close()
     except BaseException:

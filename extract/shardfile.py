@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from zoomshot.cache import STATUS_OK, STATUS_UNREADABLE, STR, CacheError, chunk_rows, read_strings
+from zoomshot.errors import first_line
 from zoomshot.fileutil import fsync_path
 from zoomshot.shards import partial_of
 
@@ -35,9 +36,7 @@ class ShardFile:
         self.final = Path(final)
         self.partial = partial_of(final)
         self.f = f
-        self.start = int(f.attrs["start"])
-        self.stop = int(f.attrs["stop"])
-        self.dim = int(f.attrs["dim"])
+        self.start, self.stop, self.dim = (int(f.attrs[k]) for k in ("start", "stop", "dim"))
 
     @property
     def rows_done(self) -> int:
@@ -134,9 +133,8 @@ def resume_point(final: Path, start: int, stop: int, key: str, spec: str, dim: i
 def write_failed(path, err: BaseException) -> CacheError:
     """One line for an HDF5 write that failed (full disk, file-size limit, I/O error): HDF5's own
     message spans lines and carries a time stamp and buffer address."""
-    text = str(err)
-    m = re.search(r"error message = '([^']*)'", text)
-    why = m.group(1) if m else (text.splitlines()[0] if text else type(err).__name__)
+    m = re.search(r"error message = '([^']*)'", str(err))
+    why = m.group(1) if m else first_line(err)
     return CacheError(f"cannot write {path}: {why}; nothing half-written was kept: free space (or fix "
                       f"the disk) and rerun the same zs extract")
 
@@ -181,8 +179,7 @@ def verify_shard(path: Path, start: int, stop: int) -> None:
                 raise CacheError("row count does not match the shard range")
             _check_rows(f, stop - start, start)
     except (OSError, KeyError, ValueError, CacheError) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CacheError(f"shard {path} did not read back after writing ({why}); the disk may be "
+        raise CacheError(f"shard {path} did not read back after writing ({first_line(e)}); the disk may be "
                          f"full or failing. It was not made final: free space and rerun the same "
                          f"zs extract") from None
 

@@ -115,8 +115,9 @@ def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
                          bytes_per_row=4 * (dv + d), memory_budget=base.memory_budget,
                          holdout=base.holdout)
         encs = cache.encoders
-        record = {"source": _enc(encs[src]), "target": _enc(encs[tgt]), "vocab": vocab,
-                  "cache": cache.fingerprint()}
+        record = {role: {"key": e.key, "spec": e.spec, "dim": int(e.dim), "weights": e.weights,
+                         "family": e.family} for role, e in (("source", encs[src]), ("target", encs[tgt]))}
+        record.update(vocab=vocab, cache=cache.fingerprint())
     small = [s for s in plan.sizes if s < 2]
     if small:
         raise ZsError(f"{path}: a fit needs at least 2 training rows, and --fraction leaves {small[0]} "
@@ -221,7 +222,3 @@ def _mapping(c: FitConfig, st, W, b, U, e, extra: dict, sh: Shared) -> Mapping:
     }
     return Mapping(W=f32(W), b=f32(b), mean=f32(st.mean_v), std=f32(st.std_v()), run=run, U=f32(U),
                    e=f32(e))
-
-
-def _enc(e) -> dict:
-    return {"key": e.key, "spec": e.spec, "dim": int(e.dim), "weights": e.weights, "family": e.family}

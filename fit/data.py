@@ -53,9 +53,7 @@ def resolve_encoders(cache: Cache, source: str | None, target: str | None) -> tu
     return source, target
 
 
-# A block (the unit of reading and of shuffling) is a file-row range of about this many bytes of
-# float32 rows: never a function of --memory-budget, so the batch order is not either.
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 16 << 20  # bytes of float32 rows per block, the unit of reading and of shuffling
 HOLDOUT_MIN = 256  # held-out rows at least (when the cache has 5x as many)
 HOLDOUT_MAX = 10_000  # held-out rows at most: enough to measure agreement to ±0.5 points
 
@@ -125,19 +123,18 @@ class ChunkFeed:
     def __init__(self, cache_path, source: str, target: str, plan: RowPlan, device):
         self.cache_path, self.source, self.target = cache_path, source, target
         self.plan, self.device = plan, device
-        self.ranges = plan.blocks
         self._resident: list[Chunk] | None = None
         self.read_wait_s = 0.0  # time the trainer spent waiting for the reader
 
     def __len__(self):
-        return len(self.ranges)
+        return len(self.plan.blocks)
 
     def _read(self, cache: Cache, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Block i of both encoders as float16 arrays; NaN/Inf rows refused with the first row's id.
 
         Numpy only: this runs in the reader thread, and torch ops there would contend with the
         trainer's thread pool."""
-        rows = self.plan.rows[slice(*self.ranges[i])]
+        rows = self.plan.rows[slice(*self.plan.blocks[i])]
         v16 = cache.image(self.source, rows, dtype=np.float16)
         c16 = cache.image(self.target, rows, dtype=np.float16)
         for key, arr in ((self.source, v16), (self.target, c16)):
@@ -153,7 +150,7 @@ class ChunkFeed:
         """Float16 rows onto the device, float32 there; the CLIP rows L2-normalised."""
         import torch
 
-        a, b = self.ranges[i]
+        a, b = self.plan.blocks[i]
         v, c = (torch.from_numpy(x).to(self.device).float() for x in arrays)
         norms = c.norm(dim=1, keepdim=True)
         if bool((norms == 0).any()):
@@ -165,13 +162,10 @@ class ChunkFeed:
 
     def blocks(self, order):
         if not self.plan.resident:
-            yield from self._stream(list(order))
-            return
-        if self._resident is None:
-            with Cache(self.cache_path) as cache:
-                self._resident = [self._chunk(i, self._read(cache, i)) for i in range(len(self))]
-        for i in order:
-            yield self._resident[i]
+            return self._stream(list(order))
+        if self._resident is None:  # the first pass reads every block, as a streamed one does
+            self._resident = list(self._stream(range(len(self))))
+        return (self._resident[i] for i in order)
 
     def _stream(self, order):
         import time
