@@ -1,19 +1,19 @@
 """Keeping the accelerator fed: device choice, autocast, channels_last, torch.compile,
 host-to-device prefetch on a side stream, and GPU JPEG decoding with tensor transforms.
 
-On the CPU, float32 forwards run side by side on threads of one torch thread each (`to_host`);
-the CUDA paths switch on only when the device is a CUDA device.
+On the CPU, float32 forwards run on a forward thread while the caller decodes the next batch
+(`to_host`); the CUDA paths switch on only when the device is a CUDA device.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from zoomshot.devices import autocast_dtype
-from zoomshot.errors import ZsError
+from zoomshot.errors import ZsError, first_line
 
 from .loader import is_rgb_conversion, transform_steps
 
@@ -38,7 +38,7 @@ def make_forward(encoder, device: str, precision: str = "auto", channels_last: b
         with torch.autocast(device.split(":")[0], dtype=dtype) if dtype is not None else contextlib.nullcontext():
             return fn(x).float()
 
-    forward.pooled = device == "cpu" and not compile  # see to_host
+    forward.pooled = device == "cpu" and not compile  # run on the forward thread: see to_host
     return forward
 
 
@@ -93,14 +93,16 @@ class DevicePrefetcher:
 
 def to_host(forward, x, device: str):
     """Run forward(x) and start copying its (B, dim) features to host memory; returns a function that
-    waits and gives numpy. On the CPU, threads sharing the torch threads (`_cpu_pool`) run the
-    forwards of successive batches and encoders side by side while the next batch decodes: one forward
-    on 2 torch threads kept 2 cores ~80% busy (resnet18, mobilenetv3_large), and decoding between
-    forwards left them idle. These models give the same bits on 1 or 2 threads."""
+    waits and gives numpy. On the CPU the forward runs on one forward thread with all the torch
+    threads (`_cpu_forward_thread`) while the caller decodes the next batch: decoding between
+    forwards on the same thread left the cores idle, and a decode worker process beside the forward
+    took a core from one of its threads mid-operator."""
     import torch
 
     if getattr(forward, "pooled", False):
-        return _cpu_pool(torch.get_num_threads()).submit(_forward_numpy, forward, x).result
+        future = _cpu_forward_thread(torch.get_num_threads()).submit(_forward_numpy, forward, x)
+        _queued.add(future)
+        return future.result
     feats = forward(x)
     if not device.startswith("cuda"):
         return lambda arr=feats.numpy(): arr
@@ -123,29 +125,25 @@ def _forward_numpy(forward, x):
         with torch.inference_mode():
             return forward(x).numpy()
     except Exception as e:  # the writer thread hands a ZsError to the main loop, not taken for a failed write
-        raise ZsError(f"the forward failed: {type(e).__name__}: {e}") from e
+        raise ZsError(f"the forward failed: {type(e).__name__}: {first_line(e)}") from e
 
 
-MAX_CPU_FORWARDS = 4  # forwards side by side; no more batches are in flight (the shard writer's queue)
+_queued: weakref.WeakSet = weakref.WeakSet()  # CPU forwards submitted, for cancel_cpu_forwards
+
+
+def cancel_cpu_forwards() -> None:
+    """After an error or Ctrl-C: drop the CPU forwards not yet started (the running one finishes)."""
+    for future in list(_queued):
+        future.cancel()
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_pool(threads: int) -> ThreadPoolExecutor:
-    """Forward threads for the process: up to MAX_CPU_FORWARDS, sharing `threads` torch threads (on 2
-    cores, 2 forwards of one thread each; on 64, 4 of 16). Setting a thread's count also sets the
-    default of threads started later: put back once all have started."""
+def _cpu_forward_thread(threads: int) -> ThreadPoolExecutor:
+    """The process's forward thread, running on `threads` torch threads."""
     import torch
 
-    workers = min(threads, MAX_CPU_FORWARDS)
-    started = threading.Barrier(workers + 1)
     # get_num_threads first: torch's lazy per-thread setup would later undo set_num_threads
-    pool = ThreadPoolExecutor(workers, "zs-forward",
-                              lambda: (torch.get_num_threads(), torch.set_num_threads(threads // workers)))
-    for _ in range(workers):
-        pool.submit(started.wait)
-    started.wait()
-    torch.set_num_threads(threads)
-    return pool
+    return ThreadPoolExecutor(1, "zs-forward", lambda: (torch.get_num_threads(), torch.set_num_threads(threads)))
 
 
 # ------------------------------------------------------------------------------ GPU decode -----

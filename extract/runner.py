@@ -27,7 +27,8 @@ from zoomshot.vocab import embed_prompts
 
 from . import distributed as D
 from .config import ExtractConfig  # noqa: F401  (re-exported: extract(ExtractConfig(...)))
-from .devices import DECODERS, DevicePrefetcher, gpu_decode, make_forward, tensor_transform, to_host
+from .devices import (DECODERS, DevicePrefetcher, cancel_cpu_forwards, gpu_decode, make_forward, tensor_transform,
+                      to_host)
 from .layout import Layout, Manifest, refuse_mismatch
 from .loader import DecodedBatches, PreprocessGroups, identity_collate, plan_batches
 from .shardfile import keep_sound_final, resume_point
@@ -319,6 +320,7 @@ def _run_batches(plan: RunPlan, batches, encoders: dict, summary: ExtractSummary
                 progress.update(b.stop - b.start)
         writer.close()
     except BaseException:
+        cancel_cpu_forwards()
         writer.abort()
         raise
 

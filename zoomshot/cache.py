@@ -521,8 +521,10 @@ class ShardedRows:
     (not through the names HDF5 stored, which point at the shards of the name the cache had when
     it was written). Rows no shard covers read as NaN, like the virtual dataset's fill value.
 
-    Every shard file is opened up front: HDF5 fills the rows of a missing or unopenable source file
-    with the fill value, silently, so such rows could pass for features."""
+    Every shard file is checked up front (opened, its dataset found, closed): HDF5 fills the rows of
+    a missing or unopenable source file with the fill value, silently, so such rows could pass for
+    features. Reads then open the shard they need, keeping only the last one open: a cache of many
+    shards and encoders must not hold a file handle and a chunk cache per shard."""
 
     def __init__(self, ds, resolve, entry: Path, name: str):
         self.shape, self.dtype, self.entry, self.name = ds.shape, ds.dtype, entry, name
@@ -530,8 +532,8 @@ class ShardedRows:
         missing = sorted({str(p) for _, p in sources if not p.exists()})
         if missing:
             raise CacheError(f"{entry}: {name} is missing shard files: {', '.join(missing)}")
-        self.files: dict = {}
-        self.parts = []  # (first row, stop row, shard path, shard dataset, first source row)
+        self.parts = []  # (first row, stop row, shard path, shard dataset name, first source row)
+        self._last: tuple | None = None  # (path, open h5py.File) of the last shard read
         unreadable = set()
         for vs, path in sources:
             if vs.vspace.get_select_type() == h5py.h5s.SEL_ALL:
@@ -541,34 +543,40 @@ class ShardedRows:
             src = vs.src_space
             sa = 0 if src.get_select_type() == h5py.h5s.SEL_ALL else src.get_select_bounds()[0][0]
             try:
-                if path not in self.files:
-                    self.files[path] = h5py.File(path, "r")
-                self.parts.append((int(a), int(b) + 1, path, self.files[path][vs.dset_name], int(sa)))
+                with h5py.File(path, "r") as f:
+                    f[vs.dset_name]
+                self.parts.append((int(a), int(b) + 1, path, vs.dset_name, int(sa)))
             except (OSError, KeyError):
                 unreadable.add(str(path))
         if unreadable:
-            self.close()
             raise CacheError(f"{entry}: {name} has corrupt shard files (they do not open or lack their "
                              f"dataset; delete them and rerun zs extract): {', '.join(sorted(unreadable))}")
         self.parts.sort(key=lambda x: x[0])
 
+    def _file(self, path: Path):
+        if self._last is None or self._last[0] != path:
+            self.close()
+            self._last = (path, h5py.File(path, "r"))
+        return self._last[1]
+
     def __getitem__(self, index):
         lo, hi = (0, self.shape[0]) if index == () else index.indices(self.shape[0])[:2]
         out = np.full((max(0, hi - lo), self.shape[1]), np.nan, self.dtype)
-        for a, b, path, shard, sa in self.parts:
+        for a, b, path, dset, sa in self.parts:
             x, y = max(a, lo), min(b, hi)
             if x >= y:
                 continue
             try:
-                out[x - lo:y - lo] = shard[sa + x - a:sa + y - a]
+                out[x - lo:y - lo] = self._file(path)[dset][sa + x - a:sa + y - a]
             except OSError as e:
                 raise CacheError(f"shard file {path} of {self.entry} ({self.name}) is corrupt: "
                                  f"{first_line(e)} (checksum); delete it and rerun zs extract") from None
         return out
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+        if self._last is not None:
+            self._last[1].close()
+            self._last = None
 
 
 def open_cache(path: str | os.PathLike) -> Cache:

@@ -61,11 +61,16 @@ class TarReader:
         tar_index, offset, size = item
         if tar_index not in self._files:
             self._files[tar_index] = open(self.tars[tar_index], "rb")
-        # pread shares no file offset, so a forked worker can use its parent's open files
-        data = os.pread(self._files[tar_index].fileno(), size, offset)
-        if len(data) != size:
-            raise OSError(f"{self.tars[tar_index]} ends inside a member")
-        return data
+        # pread shares no file offset, so a forked worker can use its parent's open files; it may
+        # return fewer bytes than asked (network file systems, reads over 2 GiB): read on
+        parts, got = [], 0
+        while got < size:
+            part = os.pread(self._files[tar_index].fileno(), size - got, offset + got)
+            if not part:
+                raise OSError(f"{self.tars[tar_index]} ends inside a member")
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
 
 
 class MissingImageReader:
