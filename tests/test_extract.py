@@ -330,3 +330,25 @@ def test_a_failing_cpu_forward_is_a_one_line_error_and_keeps_the_written_rows(tm
     t.start()
     t.join()
     assert seen == [torch.get_num_threads()]
+
+
+def test_a_cache_of_many_shards_reads_under_a_low_open_file_limit(tmp_path):
+    """Reads open one shard file at a time: a cache of more shards than free file handles reads."""
+    import os
+    import resource
+
+    images = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=20)
+    out = tmp_path / "c.h5"
+    s = extract(ExtractConfig(out=str(out), encoders=[VISION_PLUGIN], images=str(images), batch_size=4,
+                              shard_rows=1, workers=0, progress=False))
+    assert s.shards[2] == 40
+    with open_cache(out) as c:
+        whole = c.image(s.encoders[0])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 12, hard))
+    try:
+        with open_cache(out) as c:
+            assert "virtual over shards" in c.info()
+            np.testing.assert_array_equal(c.image(s.encoders[0]), whole)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
