@@ -38,7 +38,7 @@ def make_forward(encoder, device: str, precision: str = "auto", channels_last: b
         with torch.autocast(device.split(":")[0], dtype=dtype) if dtype is not None else contextlib.nullcontext():
             return fn(x).float()
 
-    forward.pooled = device == "cpu" and not compile  # run on the forward thread: see to_host
+    forward.on_thread = device == "cpu" and not compile  # see to_host
     return forward
 
 
@@ -99,7 +99,7 @@ def to_host(forward, x, device: str):
     took a core from one of its threads mid-operator."""
     import torch
 
-    if getattr(forward, "pooled", False):
+    if getattr(forward, "on_thread", False):
         future = _cpu_forward_thread(torch.get_num_threads()).submit(_forward_numpy, forward, x)
         _queued.add(future)
         return future.result
