@@ -6,13 +6,12 @@ On the CPU, float32 forwards run on a forward thread while the caller decodes th
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from zoomshot.devices import autocast_dtype
+from zoomshot.devices import autocast
 from zoomshot.errors import ZsError, first_line
 
 from .loader import is_rgb_conversion, transform_steps
@@ -25,7 +24,6 @@ def make_forward(encoder, device: str, precision: str = "auto", channels_last: b
     """A function (B,3,H,W) on device -> (B, dim) float32 for one encoder, with the speed options applied."""
     import torch
 
-    dtype = autocast_dtype(precision, device)
     channels_last = device.startswith("cuda") if channels_last is None else channels_last
     model = getattr(encoder, "model", None)
     if channels_last and isinstance(model, torch.nn.Module):
@@ -35,7 +33,7 @@ def make_forward(encoder, device: str, precision: str = "auto", channels_last: b
     def forward(x):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.split(":")[0], dtype=dtype) if dtype is not None else contextlib.nullcontext():
+        with autocast(device, precision):
             return fn(x).float()
 
     forward.on_thread = device == "cpu" and not compile  # see to_host
