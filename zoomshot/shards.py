@@ -83,8 +83,7 @@ def shard_report(entry: str | os.PathLike, skip_complete: set[str] = frozenset()
         return [f"{paths.manifest_path} is unreadable"]
     out = []
     for key in paths.encoder_keys():
-        final = len(list((paths.root / key).glob("[0-9]*.h5")))
-        partial = len(list((paths.root / key).glob(f"[0-9]*.h5{PARTIAL}")))
+        final, partial = paths.shard_counts(key)
         if final == total and key in skip_complete:
             continue
         if final < total or partial:
