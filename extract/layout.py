@@ -83,7 +83,7 @@ class Layout(ShardPaths):
             m = Manifest(rows=n, shard_rows=rows, shards=math.ceil(n / rows), ids_sha256=ids_sha256)
             try:
                 with atomic_path(self.images_path) as tmp, h5py.File(tmp, "w") as f:
-                    write_ids(f, ids)
+                    write_ids(f, ids, ids_sha256)
                     f.create_dataset("labels", data=np.asarray(labels, np.int32), **checksummed(len(ids)))
                     if class_names is not None:
                         f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=STR)

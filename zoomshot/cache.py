@@ -269,10 +269,11 @@ def check_image_list(holder: str, have_rows: int, have_digest: str, ids: Sequenc
                          f"use another --out or the same images, fraction and seed")
 
 
-def write_ids(group: h5py.Group, ids: Sequence[str]) -> None:
-    """images/ids with a sha256 attribute (strings cannot carry HDF5's checksum filter)."""
+def write_ids(group: h5py.Group, ids: Sequence[str], digest: str | None = None) -> None:
+    """images/ids with a sha256 attribute (strings cannot carry HDF5's checksum filter); digest: their
+    ids_sha256, when the caller has it."""
     ds = group.create_dataset("ids", data=np.array(list(ids), dtype=object), dtype=STR)
-    ds.attrs["sha256"] = ids_sha256(ids)
+    ds.attrs["sha256"] = digest or ids_sha256(ids)
 
 
 def read_ids(ds, where) -> list[str]:
