@@ -34,7 +34,6 @@ TINY_CLIP = {
 THIS_FILE = Path(__file__).resolve()
 VISION_PLUGIN = f"py:{THIS_FILE}:tiny_vision"
 CLIP_PLUGIN = f"py:{THIS_FILE}:tiny_clip"
-CORRUPT_KINDS = ("truncated", "empty", "notimage")
 
 
 # A plug-in source whose dim a test can change between runs (to provoke a mismatch refusal).
