@@ -191,7 +191,7 @@ def keep_sound_final(final: Path) -> None:
         if final.exists():
             read_shard_rows(final)
     except CacheError:
-        final.unlink()
+        final.unlink(missing_ok=True)  # another process of the run may have removed it first
 
 
 def read_shard_rows(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
