@@ -3,7 +3,7 @@
 1. One epoch of zoomshot (default losses and hyper-parameters, ridge init) on a planted world of
    128,000 rows (dv 768, d 512, 1,000 classes): the tool's trainer against a plain PyTorch loop of
    the same losses — DataLoader(TensorDataset, batch 256, shuffle), two nn.Linear maps, the text
-   cycle pushed through g and h, Adam with the same lr and cosine schedule, same init. Before
+   cycle pushed through g and h, Adam with the same per-tensor rates and cosine schedule, same init. Before
    timing, both compute the loss of one batch and must agree. Prints the time ratio and each
    one's achieved matmul FLOP rate as a share of this machine's matmul rate (fp32 torch.mm,
    measured here).
@@ -104,7 +104,11 @@ def reference_epoch(x, c, T, init, cfg, batch_size: int = 256) -> dict:
     loader = DataLoader(TensorDataset(x, c), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     total = len(loader)
-    opt = torch.optim.Adam([*h.parameters(), *g.parameters()], lr=cfg.lr)
+    # zoomshot's relative rate: each tensor steps by lr times its RMS at the (ridge) start
+    rms = {k: float(t.square().mean().sqrt()) for k, t in init.items()}
+    scales = [rms["W"], max(rms["b"], rms["W"]), rms["U"], max(rms["e"], rms["U"])]
+    opt = torch.optim.Adam([{"params": [p], "lr": cfg.lr * s}
+                            for p, s in zip([*h.parameters(), *g.parameters()], scales)])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     tau = cfg.tau
 

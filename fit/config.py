@@ -20,8 +20,9 @@ CLOSED_FORM_DEFAULTS = dict(epochs=0, batch_size=0, lr=0.0, optimizer="none", mo
 # Per-method defaults for the fields a user may leave unset. The linear-aligner row is the
 # published Text-to-Concept recipe; the zoomshot row is ours, chosen on planted worlds (README).
 METHOD_DEFAULTS = {
-    "zoomshot": dict(epochs=None, batch_size=None, lr=3e-4, optimizer="adam", momentum=0.9,
-                     weight_decay=0.0),  # epochs and batch size: from the row count (schedule)
+    # lr: relative, a share of each tensor's RMS in the ridge solution (docs/method.md); epochs and
+    # batch size: from the row count (schedule)
+    "zoomshot": dict(epochs=None, batch_size=None, lr=0.1, optimizer="adam", momentum=0.9, weight_decay=0.0),
     "linear-aligner": dict(epochs=6, batch_size=100, lr=0.01, optimizer="sgd", momentum=0.9,
                            weight_decay=5e-4),
     "ridge": CLOSED_FORM_DEFAULTS,

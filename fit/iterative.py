@@ -1,8 +1,9 @@
 """The iterative methods' set-up around the training loop: initial maps, inputs, loss, validation.
 
-zoomshot starts from the ridge solution or small random weights and trains on standardised features;
-the linear aligner (Text-to-Concept) scales each side to a per-entry variance, starts from
-nn.Linear's init and trains on raw features, its scales folded into the standardised form after.
+zoomshot starts from the ridge solution or small random weights and trains on standardised features,
+each tensor's step relative to its size in the ridge solution (docs/method.md); the linear aligner
+(Text-to-Concept) scales each side to a per-entry variance, starts from nn.Linear's init and trains
+on raw features, its scales folded into the standardised form after.
 """
 from __future__ import annotations
 
@@ -28,16 +29,23 @@ def _linear(W, b):
 
 
 def _zoomshot_maps(c, st, sh, extra: dict):
-    """(h, g) as nn.Linear on the device, at the ridge solution or small random weights."""
+    """(h, g) as nn.Linear on the device, at the ridge solution or small random weights, and the
+    learning-rate scale of each of their parameters: its RMS in the ridge solution."""
     gen = torch.Generator().manual_seed(int(c.seed))
+    info, ridge = ridge_solution(c, st, sh)
+    # Adam's steps are about lr per entry whatever the weights' size, and the ridge solution's
+    # entries range over 100x across worlds (1e-4 for wide sources and a narrow teacher cone)
+    W_rms, b_rms, U_rms, e_rms = (float(t.square().mean().sqrt()) for t in ridge)
+    scales = [W_rms, max(b_rms, W_rms), U_rms, max(e_rms, U_rms)]  # a zero bias still moves
+    extra["step_scale"] = dict(zip(("W", "b", "U", "e"), scales))
     if c.init == "ridge":
-        extra["ridge_start"], maps = ridge_solution(c, st, sh)
-        W, b, U, e = (t.float().cpu() for t in maps)
+        extra["ridge_start"] = info
+        W, b, U, e = (t.float().cpu() for t in ridge)
     else:
         W = torch.randn(sh.d, sh.dv, generator=gen) * (0.01 / sh.dv ** 0.5)
         U = torch.randn(sh.dv, sh.d, generator=gen) * (0.01 / sh.d ** 0.5)
         b, e = st.mean_c.float().cpu().clone(), torch.zeros(sh.dv)
-    return _linear(W, b).to(sh.device), _linear(U, e).to(sh.device)
+    return _linear(W, b).to(sh.device), _linear(U, e).to(sh.device), scales
 
 
 def _aligner_map(c, st, sh, extra: dict):
@@ -60,14 +68,14 @@ def train_config(c, st, sh, progress=None, bar: bool = False, on_state=None):
     extra: dict = {}
     mean, std = st.mean_v.float().to(sh.device), st.std_v().float().to(sh.device)
     if c.method == "zoomshot":
-        h, g = _zoomshot_maps(c, st, sh, extra)
+        h, g, scales = _zoomshot_maps(c, st, sh, extra)
         text = None if sh.T is None else (sh.T, *text_moments(sh.T))
-        modules = [h, g]
+        groups = [{"params": [p], "scale": s} for p, s in zip([*h.parameters(), *g.parameters()], scales)]
         loss_fn = lambda v, cc: zoomshot_loss(h, g, (v - mean) / std, cc, text, c)  # noqa: E731
         predict = lambda v: h((v - mean) / std)  # noqa: E731
     else:
         h, s_in, s_out = _aligner_map(c, st, sh, extra)
-        modules = [h]
+        groups = [{"params": list(h.parameters()), "scale": 1.0}]
         loss_fn = lambda v, cc: aligner_loss(h, v * s_in, cc * s_out)  # noqa: E731
         predict = lambda v: h(v * s_in) / s_out  # noqa: E731
     validate = None
@@ -91,7 +99,7 @@ def train_config(c, st, sh, progress=None, bar: bool = False, on_state=None):
             on_state(rec["epoch"], c, maps())
     pbar = progress_bar(total, f"fit {c.method}", unit="step", enabled=bar, delay=2)  # shown after 2 s
     with pbar, threads_for(sh.device, c.batch_size * sh.dv * sh.d):
-        res = train(modules, loss_fn, lambda ep: epoch_batches(sh.feed, st.n, c.batch_size, c.seed, ep),
+        res = train(groups, loss_fn, lambda ep: epoch_batches(sh.feed, st.n, c.batch_size, c.seed, ep),
                     c, total, validate=validate, on_epoch=on_epoch, bar=pbar)
     extra.update(history=res.history, warnings=res.warnings, diverged=bool(res.warnings),
                  schedule={"batch_size": c.batch_size, "epochs": c.epochs, "steps_per_epoch": per_epoch,

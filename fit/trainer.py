@@ -3,13 +3,13 @@
     for epoch: for batch: lr = cosine(step); loss = loss_fn(batch); backward; optimizer step
     after each epoch: mean loss terms, held-out metrics, keep the best state (early stopping)
 
-`train` knows nothing of the method. The early-stopping rule is in docs/method.md. A loss that
+`train` knows nothing of the method: it gets parameter groups, each with a learning-rate scale
+(zoomshot's relative step: docs/method.md). The early-stopping rule is in docs/method.md. A loss that
 turns NaN/Inf stops the fit with a ZsError; one that rises a hundredfold is a warning in the record.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from dataclasses import dataclass, field
 
@@ -40,22 +40,23 @@ def _better(cand, start) -> bool:
     return gain > 2.0 * math.sqrt(float((cand != start).sum()))
 
 
-def train(modules, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, bar) -> TrainResult:
-    """Train `modules` in place for cfg.epochs epochs; returns what happened.
+def train(groups, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, bar) -> TrainResult:
+    """Train the parameters of `groups` in place for cfg.epochs epochs; returns what happened.
 
+    groups: torch parameter groups [{"params": [...], "scale": s}], each stepped at lr × s;
     loss_fn(v, c) -> (total, {term: value}); batches(epoch) -> iterable of (v, c); validate() ->
     held-out metrics or None, with per-row "hits" when the best state is to be kept (early
     stopping); on_epoch(record) at the start and after each epoch; bar: a tqdm bar advanced per step."""
-    params = [p for m in modules for p in m.parameters()]
+    params = [p for g in groups for p in g["params"]]
     if cfg.optimizer == "adam":  # decoupled weight decay
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:  # momentum and L2 weight decay
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     res = TrainResult()
     start = validate() if validate else None
     best = first_hits = (start or {}).pop("hits", None)
     keep_best = best is not None
-    best_state = [copy.deepcopy(m.state_dict()) for m in modules] if keep_best else None
+    best_state = [p.detach().clone() for p in params] if keep_best else None
     res.history.append({"epoch": 0, "holdout": start})
     on_epoch(res.history[0])
     first = None
@@ -65,7 +66,7 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, 
         for v, c in batches(epoch):
             lr = cosine_lr(res.steps, total_steps, cfg.lr)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["scale"]
             loss, terms = loss_fn(v, c)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -90,10 +91,11 @@ def train(modules, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, 
                                 f"{epoch}: the fit diverged; lower the learning rate (--lr, now {cfg.lr:g})")
         on_epoch(rec)
         if keep_best and _better(hits, first_hits) and int(hits.sum()) > int(best.sum()):
-            best, best_state, res.best_epoch = hits, [copy.deepcopy(m.state_dict()) for m in modules], epoch
+            best, best_state, res.best_epoch = hits, [p.detach().clone() for p in params], epoch
     if keep_best:
-        for m, s in zip(modules, best_state):
-            m.load_state_dict(s)
+        with torch.no_grad():
+            for p, kept in zip(params, best_state):
+                p.copy_(kept)
     else:
         res.best_epoch = cfg.epochs
     return res

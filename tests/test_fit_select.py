@@ -94,9 +94,9 @@ def test_the_fit_records_the_penalties_it_tried(world):
 
 
 def test_early_stopping_returns_the_start_when_training_only_hurts(world):
-    # Adam at lr 0.05 on the standardised map takes steps far larger than the ridge weights: every
-    # epoch leaves the start for worse, and the fit must hand back the start itself.
-    cfgs = [FitConfig(method="ridge"), FitConfig(lr=0.05, epochs=3, batch_size=64)]
+    # lr 5 steps each weight by five times its size in the ridge solution: every epoch leaves the
+    # start for worse, and the fit must hand back the start itself.
+    cfgs = [FitConfig(method="ridge"), FitConfig(lr=5.0, epochs=3, batch_size=64)]
     ridge, zs = fit_configs(world["train"], cfgs)
     hist = zs.run["history"]
     assert all(h["holdout"]["agreement"] < hist[0]["holdout"]["agreement"] for h in hist[1:])
@@ -105,8 +105,26 @@ def test_early_stopping_returns_the_start_when_training_only_hurts(world):
     np.testing.assert_allclose(zs.b, ridge.b, rtol=1e-5, atol=1e-6)
     assert zs.run["holdout"]["final"]["agreement"] == pytest.approx(hist[0]["holdout"]["agreement"], abs=1e-6)
     # without a held-out share there is nothing to stop on: the last epoch is kept
-    last = fit_cache(world["train"], FitConfig(lr=0.05, epochs=3, batch_size=64, holdout=0))
+    last = fit_cache(world["train"], FitConfig(lr=5.0, epochs=3, batch_size=64, holdout=0))
     assert last.run["schedule"]["best_epoch"] == 3 and not np.allclose(last.W, ridge.W, atol=1e-3)
+
+
+def test_each_tensor_steps_relative_to_its_size_in_the_ridge_solution(world):
+    # One full-batch step at the peak rate. Adam's first step is lr_tensor * g / (|g| + eps), so the
+    # largest entry moved is the tensor's own rate: lr times its RMS in the ridge solution.
+    lr, seen = 0.1, []
+    m = fit_cache(world["train"], FitConfig(lr=lr, epochs=1, batch_size=4096, holdout=0),
+                  on_state=lambda ep, s: seen.append(s))
+    start, after = seen
+    ridge = fit_cache(world["train"], FitConfig(method="ridge", holdout=0))
+    rms = {k: float(np.sqrt(np.mean(getattr(ridge, k).astype(np.float64) ** 2))) for k in "WbUe"}
+    scale = m.run["step_scale"]
+    assert scale["W"] == pytest.approx(rms["W"], rel=1e-4) and scale["U"] == pytest.approx(rms["U"], rel=1e-4)
+    assert scale["b"] == pytest.approx(max(rms["b"], rms["W"]), rel=1e-4)
+    assert 5 * scale["W"] < scale["b"]  # the tensors' sizes differ: one absolute rate could not fit both
+    for k in "WbUe":
+        moved = float(np.abs(getattr(after, k).astype(np.float64) - getattr(start, k)).max())
+        assert moved == pytest.approx(lr * scale[k], rel=1e-2), k
 
 
 @pytest.mark.parametrize("holdout", [0.05, 0.0])

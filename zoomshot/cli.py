@@ -197,7 +197,8 @@ def fit_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per step (default: zoomshot "
                                              "from the row count, linear-aligner 100)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, cosine-annealed to 0 "
-                                       "(default: zoomshot 3e-4 Adam, linear-aligner 0.01 SGD)."),
+                                       "(default: zoomshot 0.1 Adam, relative to each tensor's size in the "
+                                       "ridge solution; linear-aligner 0.01 SGD)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam | sgd (default: per method)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (default: per method)."),
     init: Optional[str] = unset(FitConfig, "--init", "zoomshot start: ridge (closed form) or random ({})."),
