@@ -170,35 +170,55 @@ def run_world(name: str, train: str, test: str, info: dict, log=print) -> dict:
             "selection": selection(train, test, log)}
 
 
+def _hits(test: str, mappings: list):
+    """(mappings, rows) bool: which scored test rows each mapping classifies right (what `zs evaluate`
+    scores: its rows, its classifier)."""
+    from zoomshot.evaluate.metrics import normalize_rows
+    from zoomshot.evaluate.scoring import EvalSet
+
+    with EvalSet(test) as es:
+        t = es.target_for(mappings[0])
+        classifier = normalize_rows(t.vocab.classifier)
+        parts = [np.stack([(m.forward(feats) @ classifier.T).argmax(1) == es.labels[rows] for m in mappings])
+                 for rows, feats in es.chunks(mappings[0].source_key(es.encoders))]
+    return np.concatenate(parts, axis=1)
+
+
+def _gap(hits, chosen: int, best: int) -> tuple[float, float]:
+    """Best minus chosen top-1 in points, and the paired standard error of that difference."""
+    a, b = hits[best], hits[chosen]
+    n = hits.shape[1]
+    return 100 * float(a.sum() - b.sum()) / n, 100 * float(np.sqrt((a != b).sum())) / n
+
+
 def selection(train: str, test: str, log=print) -> dict:
     """How the fit's label-free choices compare with the best labelled test top-1 among what it tried:
     (a) the ridge penalty chosen by leave-one-out vs ridge refitted at every penalty the LOO tried;
     (b) the epoch zoomshot's default keeps (held-out agreement; 0 = its ridge start) vs every epoch
-    it visited (scored through fit_cache's on_state). Labels score here only; nothing is chosen by them."""
-    from zoomshot.evaluate.scoring import EvalSet
+    it visited (scored through fit_cache's on_state). Each gap comes with its paired standard error
+    (test rows where exactly one of the two is right). Labels score here only; nothing is chosen by them."""
     from zoomshot.fit import FitConfig, fit_cache, fit_configs
 
     states = []
     zs = fit_cache(train, FitConfig(), on_state=lambda epoch, m: states.append(m))
     ridge = fit_configs(train, [FitConfig(method="ridge")])[0].run["ridge"]
     tried = ridge["tried"]
-    fits = fit_configs(train, [FitConfig(method="ridge", ridge_lambda=lam) for lam in tried])
-    with EvalSet(test) as es:
-        lam_acc = [r["metrics"]["acc1"] for r in es.score(fits)]
-        ep_acc = [r["metrics"]["acc1"] for r in es.score(states)]
+    lam_hits = _hits(test, fit_configs(train, [FitConfig(method="ridge", ridge_lambda=lam) for lam in tried]))
+    ep_hits = _hits(test, states)
+    lam_acc, ep_acc = lam_hits.mean(1).tolist(), ep_hits.mean(1).tolist()
     chosen, kept = tried.index(ridge["lambda"]), zs.run["schedule"]["best_epoch"]
     lb, eb = int(np.argmax(lam_acc)), int(np.argmax(ep_acc))
+    (lgap, lse), (egap, ese) = _gap(lam_hits, chosen, lb), _gap(ep_hits, kept, eb)
     out = {"lambda": {"chosen": tried[chosen], "chosen_acc1": lam_acc[chosen], "best": tried[lb],
-                      "best_acc1": lam_acc[lb], "gap_points": 100 * (lam_acc[lb] - lam_acc[chosen]),
-                      "tried": tried, "acc1": lam_acc,
-                      "zoomshot_start_lambda": zs.run["ridge_start"]["lambda"]},
+                      "best_acc1": lam_acc[lb], "gap_points": lgap, "gap_se_points": lse,
+                      "tried": tried, "acc1": lam_acc, "zoomshot_start_lambda": zs.run["ridge_start"]["lambda"]},
            "epoch": {"kept": kept, "kept_acc1": ep_acc[kept], "best": eb, "best_acc1": ep_acc[eb],
-                     "gap_points": 100 * (ep_acc[eb] - ep_acc[kept]), "acc1": ep_acc,
+                     "gap_points": egap, "gap_se_points": ese, "acc1": ep_acc,
                      "held_out_agreement": [(h["holdout"] or {}).get("agreement") for h in zs.run["history"]]}}
     lo, ep = out["lambda"], out["epoch"]
     log(f"  selection: λ {lo['chosen']:g} (LOO) top-1 {lo['chosen_acc1']:.4f} vs best λ {lo['best']:g} "
-        f"{lo['best_acc1']:.4f} (gap {lo['gap_points']:.2f} pt); epoch {kept} kept {ep['kept_acc1']:.4f} vs "
-        f"best epoch {eb} {ep['best_acc1']:.4f} (gap {ep['gap_points']:.2f} pt)", flush=True)
+        f"{lo['best_acc1']:.4f} (gap {lgap:.2f} ± {lse:.2f} pt); epoch {kept} kept {ep['kept_acc1']:.4f} vs "
+        f"best epoch {eb} {ep['best_acc1']:.4f} (gap {egap:.2f} ± {ese:.2f} pt)", flush=True)
     return out
 
 
@@ -329,14 +349,18 @@ def selection_markdown(results: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["", "**Label-free choices vs labelled best (test top-1)**", "",
-             "| world | λ chosen (LOO) | its top-1 | best λ | best λ top-1 | gap (pt) | epoch kept | its top-1 "
-             "| best epoch | best top-1 | gap (pt) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| world | λ chosen (LOO) | its top-1 | best λ | best λ top-1 | gap ± SE (pt) | epoch kept | its top-1 "
+             "| best epoch | best top-1 | gap ± SE (pt) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     far = {"λ": [], "epoch": []}
+
+    def gap(rec):  # the paired standard error is absent from runs before it was recorded
+        se = rec.get("gap_se_points")
+        return f"{rec['gap_points']:.1f}" + ("" if se is None else f" ± {se:.1f}")
     for r in rows:
         lo, ep = r["selection"]["lambda"], r["selection"]["epoch"]
         lines.append(f"| {r['world']} | {lo['chosen']:.3g} | {lo['chosen_acc1']:.3f} | {lo['best']:.3g} | "
-                     f"{lo['best_acc1']:.3f} | {lo['gap_points']:.1f} | {ep['kept']} | {ep['kept_acc1']:.3f} | "
-                     f"{ep['best']} | {ep['best_acc1']:.3f} | {ep['gap_points']:.1f} |")
+                     f"{lo['best_acc1']:.3f} | {gap(lo)} | {ep['kept']} | {ep['kept_acc1']:.3f} | "
+                     f"{ep['best']} | {ep['best_acc1']:.3f} | {gap(ep)} |")
         for key, rec in (("λ", lo), ("epoch", ep)):
             if rec["gap_points"] > 1.0:
                 far[key].append(f"{r['world']}: {rec['gap_points']:.1f} points")
@@ -347,7 +371,8 @@ def selection_markdown(results: list[dict]) -> list[str]:
     lines += ["", f"Ridge is refitted at each of the {len(tried)} penalties the leave-one-out tried "
               f"({tried[0]:g}…{tried[-1]:g}) and zoomshot's default scored at every epoch it visited (through "
               f"`fit_cache(..., on_state=...)`; epoch 0 = its ridge start); labels only score, they choose "
-              f"nothing, and the best is picked on the test split itself, so it is an optimistic mark. "
+              f"nothing, and the best is picked on the test split itself, so it is an optimistic mark. SE: "
+              f"the paired standard error of the gap (from the test rows where exactly one of the two is right). "
               f"Against it, {said[0]}; {said[1]}."]
     return lines
 
