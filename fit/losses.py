@@ -2,7 +2,9 @@
 
 x (B, dv) standardised source features, c (B, d) L2-normalised CLIP image features, T (K, d) the
 normalised text classifier; h and g are `nn.Linear`s. The formulas, the per-coordinate mean of
-every squared norm and the exact text-cycle term from T's moments are in docs/method.md.
+every squared norm and the exact text-cycle term from T's moments are in docs/method.md. The text
+term is computed whichever way is cheaper: through the moments (many classes) or by pushing the K
+texts through g and h (few classes); both are exact.
 """
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ def text_cycle(W, b, U, e, S, tbar):
     M = W @ U - torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
     r = W @ e + b
     return (((M @ S) * M).sum() + 2 * (r * (M @ tbar)).sum() + r.square().sum()) / W.shape[0]
+
+
+def text_cycle_by_moments(K: int, d: int, dv: int) -> bool:
+    """Whether the moments form of the text term costs fewer multiply-adds than pushing the K texts
+    through g and h: d·dv·d + d³ (W U, M S) against 2·K·d·dv."""
+    return d * dv * d + d ** 3 < 2 * K * d * dv
 
 
 def student_logits(h, T):
@@ -54,9 +62,12 @@ def zoomshot_loss(h_map, g_map, x, c, text, cfg):
         gc = g_map(c)
         align = F.mse_loss(h, c) + F.mse_loss(gc, x)
         if cfg.lambda_cycle > 0:
-            _, S, tbar = text
-            cycle = (F.mse_loss(g_map(h), x) + F.mse_loss(h_map(gc), c)
-                     + text_cycle(h_map.weight, h_map.bias, g_map.weight, g_map.bias, S, tbar))
+            T, S, tbar = text
+            if text_cycle_by_moments(*T.shape, x.shape[1]):
+                text_term = text_cycle(h_map.weight, h_map.bias, g_map.weight, g_map.bias, S, tbar)
+            else:
+                text_term = F.mse_loss(h_map(g_map(T)), T)
+            cycle = F.mse_loss(g_map(h), x) + F.mse_loss(h_map(gc), c) + text_term
     if cfg.lambda_kd > 0:
         T = text[0]  # the teacher's logits c Tᵀ need no gradient: c and T are data
         kd = KD[cfg.kd](student_logits(h, T), c @ T.T, cfg.tau)
@@ -76,7 +87,10 @@ def zoomshot_step_flops(B: int, dv: int, d: int, K: int, inverse: bool = True, k
     if inverse:
         f += 2 * B * dv * d * 2  # g(c): forward, grad U
         f += 2 * B * dv * d * 3 * 2  # g(h(v)), h(g(c)): forward, grad weight, grad input
-        f += 2 * d * dv * d * 3 + 2 * d * d * d * 3  # W U, (W U − I) S: forward + two grads
+        if text_cycle_by_moments(K, d, dv):
+            f += 2 * d * dv * d * 3 + 2 * d * d * d * 3  # W U, (W U − I) S: forward + two grads
+        else:
+            f += 2 * K * dv * d * 3 * 2  # h(g(T)): forward, grad weight, grad input
     if kd:
         f += 2 * B * d * K  # teacher logits
         f += 2 * B * d * K * 2  # student logits: forward, grad input

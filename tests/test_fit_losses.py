@@ -5,17 +5,17 @@ import torch
 import torch.nn.functional as F
 
 from zoomshot.fit.losses import (aligner_loss, kd_hard, kd_lm, kd_soft, student_logits, text_cycle,
-                                 text_moments, zoomshot_loss)
+                                 text_cycle_by_moments, text_moments, zoomshot_loss)
 
 torch.manual_seed(0)
 B, DV, D, K, TAU = 16, 10, 6, 7, 0.07
 
 
-def _data():
+def _data(k=K):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, DV, generator=g, dtype=torch.float64)
     c = F.normalize(torch.randn(B, D, generator=g, dtype=torch.float64), dim=1)
-    T = F.normalize(torch.randn(K, D, generator=g, dtype=torch.float64), dim=1)
+    T = F.normalize(torch.randn(k, D, generator=g, dtype=torch.float64), dim=1)
     h = torch.nn.Linear(DV, D).double()
     gm = torch.nn.Linear(D, DV).double()
     return x, c, T, h, gm
@@ -61,11 +61,13 @@ def test_text_cycle_from_moments_equals_pushing_every_text_through():
     torch.testing.assert_close(ours, plain)
 
 
+@pytest.mark.parametrize("k, by_moments", [(K, True), (2, False)])  # the text term either way
 @pytest.mark.parametrize("kd", ["soft", "hard", "lm"])
-def test_zoomshot_loss_is_the_weighted_sum_of_plain_terms(kd):
+def test_zoomshot_loss_is_the_weighted_sum_of_plain_terms(kd, k, by_moments):
     from types import SimpleNamespace
 
-    x, c, T, h, gm = _data()
+    assert text_cycle_by_moments(k, D, DV) is by_moments
+    x, c, T, h, gm = _data(k)
     cfg = SimpleNamespace(lambda_align=1.0, lambda_cycle=0.1, lambda_kd=1000.0, tau=TAU, kd=kd)
     total, terms = zoomshot_loss(h, gm, x, c, (T, *text_moments(T)), cfg)
     mse = torch.nn.MSELoss()
