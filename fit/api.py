@@ -123,8 +123,8 @@ def _setup(path: Path, cfgs: list[FitConfig], t0: float) -> Shared:
         raise ZsError(f"{path}: a fit needs at least 2 training rows, and --fraction leaves {small[0]} "
                       f"of the {plan.usable - plan.holdout} (after {plan.holdout} held out); "
                       f"raise --fraction or extract more images")
-    full = any(c.method in ("ridge", "procrustes") or (c.method == "zoomshot" and c.init == "ridge")
-               for c in cfgs)
+    # zoomshot needs the ridge solution for its start or, from a random start, its step scales
+    full = any(c.method in ("ridge", "procrustes", "zoomshot") for c in cfgs)
     feed = ChunkFeed(path, src, tgt, plan, device)
     moments = Moments(plan.sizes, dv, d, full=full, device=device)
     held, sample = [], []

@@ -127,6 +127,14 @@ def test_each_tensor_steps_relative_to_its_size_in_the_ridge_solution(world):
         assert moved == pytest.approx(lr * scale[k], rel=1e-2), k
 
 
+def test_a_random_start_steps_relative_to_the_ridge_solution_too(world):
+    ridge = fit_cache(world["train"], FitConfig(method="ridge", holdout=0))
+    m = fit_cache(world["train"], FitConfig(init="random", epochs=2, holdout=0))
+    assert m.run["step_scale"]["W"] == pytest.approx(float(np.sqrt(np.mean(ridge.W.astype(np.float64) ** 2))),
+                                                     rel=1e-4)
+    assert "ridge_start" not in m.run and np.isfinite(m.W).all()
+
+
 @pytest.mark.parametrize("holdout", [0.05, 0.0])
 def test_on_state_sees_every_epoch_and_the_kept_one_is_the_returned_mapping(world, holdout):
     seen = []
