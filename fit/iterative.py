@@ -70,12 +70,13 @@ def train_config(c, st, sh, progress=None, bar: bool = False, on_state=None):
     if c.method == "zoomshot":
         h, g, scales = _zoomshot_maps(c, st, sh, extra)
         text = None if sh.T is None else (sh.T, *text_moments(sh.T))
-        groups = [{"params": [p], "scale": s} for p, s in zip([*h.parameters(), *g.parameters()], scales)]
+        groups = [{"params": [p], "scale": s, "average": True}
+                  for p, s in zip([*h.parameters(), *g.parameters()], scales)]
         loss_fn = lambda v, cc: zoomshot_loss(h, g, (v - mean) / std, cc, text, c)  # noqa: E731
         predict = lambda v: h((v - mean) / std)  # noqa: E731
     else:
         h, s_in, s_out = _aligner_map(c, st, sh, extra)
-        groups = [{"params": list(h.parameters()), "scale": 1.0}]
+        groups = [{"params": list(h.parameters()), "scale": 1.0, "average": False}]  # the published recipe
         loss_fn = lambda v, cc: aligner_loss(h, v * s_in, cc * s_out)  # noqa: E731
         predict = lambda v: h(v * s_in) / s_out  # noqa: E731
     validate = None

@@ -1,10 +1,11 @@
 """The training loop of the iterative methods: one mapping, torch.optim, a cosine schedule.
 
     for epoch: for batch: lr = cosine(step); loss = loss_fn(batch); backward; optimizer step
-    after each epoch: mean loss terms, held-out metrics, keep the best state (early stopping)
+    after each epoch: an averaged group's state is the mean of the epoch's steps (Polyak averaging);
+    mean loss terms, held-out metrics of that state, keep the best state (early stopping)
 
-`train` knows nothing of the method: it gets parameter groups, each with a learning-rate scale
-(zoomshot's relative step: docs/method.md). The early-stopping rule is in docs/method.md. A loss that
+`train` knows nothing of the method: it gets parameter groups, each with a learning-rate scale and
+whether its epoch state is averaged (zoomshot's relative step and averaging: docs/method.md). The early-stopping rule is in docs/method.md. A loss that
 turns NaN/Inf stops the fit with a ZsError; one that rises a hundredfold is a warning in the record.
 """
 from __future__ import annotations
@@ -40,14 +41,38 @@ def _better(cand, start) -> bool:
     return gain > 2.0 * math.sqrt(float((cand != start).sum()))
 
 
+def _load(params, values) -> list:
+    """Copy values into params in place; returns what the params held."""
+    with torch.no_grad():
+        held = [p.detach().clone() for p in params]
+        for p, v in zip(params, values):
+            p.copy_(v)
+    return held
+
+
+def _add_terms(sums: dict, loss, terms: dict, epoch: int, lr: float) -> float:
+    """Add a step's loss and terms to the epoch's sums; returns the loss (NaN/Inf: a ZsError)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise ZsError(f"the training loss became NaN/Inf in epoch {epoch}; lower the learning "
+                      f"rate (--lr, now {lr:g}) or check the features (`zs cache info`)")
+    sums["loss"] = sums.get("loss", 0.0) + value
+    for k, t in terms.items():
+        sums[k] = sums.get(k, 0.0) + float(t.detach())
+    return value
+
+
 def train(groups, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, bar) -> TrainResult:
     """Train the parameters of `groups` in place for cfg.epochs epochs; returns what happened.
 
-    groups: torch parameter groups [{"params": [...], "scale": s}], each stepped at lr × s;
+    groups: torch parameter groups [{"params": [...], "scale": s, "average": a}], each stepped at
+    lr × s, its epoch state the mean of the epoch's steps when a (else the last step's);
     loss_fn(v, c) -> (total, {term: value}); batches(epoch) -> iterable of (v, c); validate() ->
     held-out metrics or None, with per-row "hits" when the best state is to be kept (early
-    stopping); on_epoch(record) at the start and after each epoch; bar: a tqdm bar advanced per step."""
+    stopping); on_epoch(record) at the start and after each epoch; bar: a tqdm bar advanced per step.
+    Training goes on from the last step's weights; the weights left in place are the kept state."""
     params = [p for g in groups for p in g["params"]]
+    averaged = [p for g in groups if g["average"] for p in g["params"]]
     if cfg.optimizer == "adam":  # decoupled weight decay
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:  # momentum and L2 weight decay
@@ -62,7 +87,7 @@ def train(groups, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, b
     first = None
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
-        nb = 0
+        nb, mean_w = 0, [torch.zeros_like(p) for p in averaged]
         for v, c in batches(epoch):
             lr = cosine_lr(res.steps, total_steps, cfg.lr)
             for group in opt.param_groups:
@@ -71,17 +96,15 @@ def train(groups, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, b
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ZsError(f"the training loss became NaN/Inf in epoch {epoch}; lower the learning "
-                              f"rate (--lr, now {cfg.lr:g}) or check the features (`zs cache info`)")
+            value = _add_terms(sums, loss, terms, epoch, cfg.lr)
             first = value if first is None else first
-            sums["loss"] = sums.get("loss", 0.0) + value
-            for k, t in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(t.detach())
             nb += 1
+            with torch.no_grad():
+                for m, p in zip(mean_w, averaged):
+                    m.add_(p)
             res.steps += 1
             bar.update(1)
+        last = _load(averaged, [m / nb for m in mean_w] if nb else averaged)  # the epoch's state
         rec = {"epoch": epoch, **{k: s / max(nb, 1) for k, s in sums.items()}, "steps": res.steps}
         rec["holdout"] = validate() if validate else None
         hits = (rec["holdout"] or {}).pop("hits", None)
@@ -92,10 +115,10 @@ def train(groups, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, b
         on_epoch(rec)
         if keep_best and _better(hits, first_hits) and int(hits.sum()) > int(best.sum()):
             best, best_state, res.best_epoch = hits, [p.detach().clone() for p in params], epoch
+        if epoch < cfg.epochs:
+            _load(averaged, last)
     if keep_best:
-        with torch.no_grad():
-            for p, kept in zip(params, best_state):
-                p.copy_(kept)
+        _load(params, best_state)
     else:
         res.best_epoch = cfg.epochs
     return res

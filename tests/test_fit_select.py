@@ -127,6 +127,25 @@ def test_each_tensor_steps_relative_to_its_size_in_the_ridge_solution(world):
         assert moved == pytest.approx(lr * scale[k], rel=1e-2), k
 
 
+@pytest.mark.parametrize("average", [True, False])
+def test_an_epochs_state_is_the_mean_of_its_steps_and_training_goes_on_from_the_last(average):
+    from types import SimpleNamespace
+
+    from zoomshot.fit.trainer import cosine_lr, train
+
+    # loss -p: each SGD step adds that step's learning rate to p, so every iterate is known
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    cfg = SimpleNamespace(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, epochs=2)
+    seen = []
+    train([{"params": [p], "scale": 1.0, "average": average}], lambda v, c: (-p.sum(), {}), lambda epoch: [(None, None)] * 3,
+          cfg, 6, validate=None, on_epoch=lambda rec: seen.append(p.item()),
+          bar=SimpleNamespace(update=lambda n: None))
+    iterates = np.cumsum([cosine_lr(s, 6, 1.0) for s in range(6)])
+    states = [iterates[:3].mean(), iterates[3:].mean()] if average else [iterates[2], iterates[5]]
+    assert seen == pytest.approx([0.0, *states])
+    assert p.item() == pytest.approx(states[-1])  # nothing held out: the last epoch's state
+
+
 def test_a_random_start_steps_relative_to_the_ridge_solution_too(world):
     ridge = fit_cache(world["train"], FitConfig(method="ridge", holdout=0))
     m = fit_cache(world["train"], FitConfig(init="random", epochs=2, holdout=0))
