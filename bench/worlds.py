@@ -68,11 +68,12 @@ PLANTED = [
                              overlap=0.6, warp=1.5, noise=2.0, clip_noise=3.0)),
     # Added after the defaults above were set, to check them on worlds they were not chosen on (they
     # moved the early-stopping margin: docs/method.md); other seeds, CLIP-like widths
-    ("offset-50-768", dict(generator="offset", rows=20_000, test_rows=5_000, classes=50, dv=768, d=512, seed=3)),
+    ("offset-50-768", dict(generator="offset", rows=20_000, test_rows=5_000, classes=50, dv=768, d=512,
+                           seed=3)),
     ("warped-100-1024", dict(generator="warped", rows=8_000, test_rows=5_000, classes=100, dv=1024, d=512,
                              overlap=0.7, warp=1.0, seed=5)),
-    ("offset-20-small", dict(generator="offset", rows=3_000, test_rows=3_000, classes=20, dv=256, d=128, gap=2.0,
-                             noise=1.0, mismatch=1.0, seed=7)),
+    ("offset-20-small", dict(generator="offset", rows=3_000, test_rows=3_000, classes=20, dv=256, d=128,
+                             gap=2.0, noise=1.0, mismatch=1.0, seed=7)),
 ]
 REAL = "fmnist-conse"
 
@@ -218,7 +219,8 @@ def selection(train: str, test: str, log=print) -> dict:
     (lgap, lse), (egap, ese) = _gap(lam_hits, chosen, lb), _gap(ep_hits, kept, eb)
     out = {"lambda": {"chosen": tried[chosen], "chosen_acc1": lam_acc[chosen], "best": tried[lb],
                       "best_acc1": lam_acc[lb], "gap_points": lgap, "gap_se_points": lse,
-                      "tried": tried, "acc1": lam_acc, "zoomshot_start_lambda": zs.run["ridge_start"]["lambda"]},
+                      "tried": tried, "acc1": lam_acc,
+                      "zoomshot_start_lambda": zs.run["ridge_start"]["lambda"]},
            "epoch": {"kept": kept, "kept_acc1": ep_acc[kept], "best": eb, "best_acc1": ep_acc[eb],
                      "gap_points": egap, "gap_se_points": ese, "acc1": ep_acc,
                      "held_out_agreement": [(h["holdout"] or {}).get("agreement") for h in zs.run["history"]]}}
@@ -357,8 +359,9 @@ def selection_markdown(results: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["", "**Label-free choices vs labelled best (test top-1)**", "",
-             "| world | λ chosen (LOO) | its top-1 | best λ | best λ top-1 | gap ± SE (pt) | epoch kept | its top-1 "
-             "| best epoch | best top-1 | gap ± SE (pt) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| world | λ chosen (LOO) | its top-1 | best λ | best λ top-1 | gap ± SE (pt) | epoch kept "
+             "| its top-1 | best epoch | best top-1 | gap ± SE (pt) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     far = {"λ": [], "epoch": []}
 
     def gap(rec):  # the paired standard error is absent from runs before it was recorded
@@ -380,7 +383,8 @@ def selection_markdown(results: list[dict]) -> list[str]:
               f"({tried[0]:g}…{tried[-1]:g}) and zoomshot's default scored at every epoch it visited (through "
               f"`fit_cache(..., on_state=...)`; epoch 0 = its ridge start); labels only score, they choose "
               f"nothing, and the best is picked on the test split itself, so it is an optimistic mark. SE: "
-              f"the paired standard error of the gap (from the test rows where exactly one of the two is right). "
+              f"the paired standard error of the gap (from the test rows where exactly one of the two is "
+              f"right). "
               f"Against it, {said[0]}; {said[1]}."]
     return lines
 

@@ -5,8 +5,9 @@
     mean loss terms, held-out metrics of that state, keep the best state (early stopping)
 
 `train` knows nothing of the method: it gets parameter groups, each with a learning-rate scale and
-whether its epoch state is averaged (zoomshot's relative step and averaging: docs/method.md). The early-stopping rule is in docs/method.md. A loss that
-turns NaN/Inf stops the fit with a ZsError; one that rises a hundredfold is a warning in the record.
+whether its epoch state is averaged (zoomshot's relative step and averaging, and the early-stopping
+rule: docs/method.md). A loss that turns NaN/Inf stops the fit with a ZsError; one that rises a
+hundredfold is a warning in the record.
 """
 from __future__ import annotations
 

@@ -137,8 +137,8 @@ def test_an_epochs_state_is_the_mean_of_its_steps_and_training_goes_on_from_the_
     p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     cfg = SimpleNamespace(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, epochs=2)
     seen = []
-    train([{"params": [p], "scale": 1.0, "average": average}], lambda v, c: (-p.sum(), {}), lambda epoch: [(None, None)] * 3,
-          cfg, 6, validate=None, on_epoch=lambda rec: seen.append(p.item()),
+    train([{"params": [p], "scale": 1.0, "average": average}], lambda v, c: (-p.sum(), {}),
+          lambda epoch: [(None, None)] * 3, cfg, 6, validate=None, on_epoch=lambda rec: seen.append(p.item()),
           bar=SimpleNamespace(update=lambda n: None))
     iterates = np.cumsum([cosine_lr(s, 6, 1.0) for s in range(6)])
     states = [iterates[:3].mean(), iterates[3:].mean()] if average else [iterates[2], iterates[5]]
