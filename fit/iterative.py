@@ -33,11 +33,11 @@ def _zoomshot_maps(c, st, sh, extra: dict):
     learning-rate scale of each of their parameters: its RMS in the ridge solution."""
     gen = torch.Generator().manual_seed(int(c.seed))
     info, ridge = ridge_solution(c, st, sh)
-    # Adam's steps are about lr per entry whatever the weights' size, and the ridge solution's
-    # entries range over 100x across worlds (1e-4 for wide sources and a narrow teacher cone)
+    # Adam's steps are about lr per entry whatever the weights' size, and the ridge solution's W
+    # ranges over 20x across worlds (3e-4 for a wide source and a narrow teacher cone), U is ~1
     W_rms, b_rms, U_rms, e_rms = (float(t.square().mean().sqrt()) for t in ridge)
     scales = [W_rms, max(b_rms, W_rms), U_rms, max(e_rms, U_rms)]  # a zero bias still moves
-    extra["step_scale"] = dict(zip(("W", "b", "U", "e"), scales))
+    extra["step_scale"] = {**dict(zip(("W", "b", "U", "e"), scales)), "ridge_lambda": info["lambda"]}
     if c.init == "ridge":
         extra["ridge_start"] = info
         W, b, U, e = (t.float().cpu() for t in ridge)

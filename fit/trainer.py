@@ -63,21 +63,28 @@ def _add_terms(sums: dict, loss, terms: dict, epoch: int, lr: float) -> float:
     return value
 
 
+def _optimizer(groups, cfg):
+    """AdamW (decoupled weight decay) or SGD (momentum, L2 decay) over the groups, each group's decay
+    divided by its scale: the decay per step stays lr × wd."""
+    groups = [{**g, "weight_decay": cfg.weight_decay / g["scale"]} for g in groups]
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
 def train(groups, loss_fn, batches, cfg, total_steps: int, validate, on_epoch, bar) -> TrainResult:
     """Train the parameters of `groups` in place for cfg.epochs epochs; returns what happened.
 
     groups: torch parameter groups [{"params": [...], "scale": s, "average": a}], each stepped at
-    lr × s, its epoch state the mean of the epoch's steps when a (else the last step's);
+    lr × s (its weight decay divided by s, so the decay per step stays lr × wd), its epoch state the
+    mean of the epoch's steps when a (else the last step's);
     loss_fn(v, c) -> (total, {term: value}); batches(epoch) -> iterable of (v, c); validate() ->
     held-out metrics or None, with per-row "hits" when the best state is to be kept (early
     stopping); on_epoch(record) at the start and after each epoch; bar: a tqdm bar advanced per step.
     Training goes on from the last step's weights; the weights left in place are the kept state."""
     params = [p for g in groups for p in g["params"]]
     averaged = [p for g in groups if g["average"] for p in g["params"]]
-    if cfg.optimizer == "adam":  # decoupled weight decay
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:  # momentum and L2 weight decay
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = _optimizer(groups, cfg)
     res = TrainResult()
     start = validate() if validate else None
     best = first_hits = (start or {}).pop("hits", None)

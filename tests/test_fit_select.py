@@ -146,6 +146,60 @@ def test_an_epochs_state_is_the_mean_of_its_steps_and_training_goes_on_from_the_
     assert p.item() == pytest.approx(states[-1])  # nothing held out: the last epoch's state
 
 
+def _toy_train(groups, cfg, loss_fn, steps=1, validate=None):
+    from types import SimpleNamespace
+
+    from zoomshot.fit.trainer import train
+
+    return train(groups, loss_fn, lambda epoch: [(None, None)] * steps, cfg, steps * cfg.epochs,
+                 validate=validate, on_epoch=lambda rec: None, bar=SimpleNamespace(update=lambda n: None))
+
+
+def test_a_later_epoch_must_beat_the_start_by_over_one_standard_error():
+    from types import SimpleNamespace
+
+    # 100 held-out rows, 16 of them changing between the start and each epoch (SE of the gain: 4):
+    # epoch 1 gains exactly 4 rows (not kept), epoch 2 gains 6 (kept; two SE, 8, would not)
+    start = np.arange(100) < 50
+    epochs = [start.copy(), start.copy()]
+    epochs[0][50:60], epochs[0][:6] = True, False
+    epochs[1][50:61], epochs[1][:5] = True, False
+    seq = iter([start, *epochs])
+    p = torch.nn.Parameter(torch.zeros(1))
+    cfg = SimpleNamespace(optimizer="sgd", lr=0.0, momentum=0.0, weight_decay=0.0, epochs=2)
+    res = _toy_train([{"params": [p], "scale": 1.0, "average": True}], cfg, lambda v, c: (p.sum(), {}),
+                     validate=lambda: {"hits": torch.from_numpy(next(seq))})
+    assert res.best_epoch == 2
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_shrinks_every_tensor_alike_whatever_its_scale(optimizer):
+    from types import SimpleNamespace
+
+    # no gradient: a step is the decay alone, lr x wd of each weight whatever the group's scale
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    cfg = SimpleNamespace(optimizer=optimizer, lr=0.1, momentum=0.0, weight_decay=0.5, epochs=1)
+    groups = [{"params": [a], "scale": 1e-3, "average": False},
+              {"params": [b], "scale": 2.0, "average": False}]
+    _toy_train(groups, cfg, lambda v, c: ((a + b).sum() * 0.0, {}))
+    torch.testing.assert_close(a.detach(), torch.full((3,), 1 - 0.1 * 0.5))
+    torch.testing.assert_close(b.detach(), torch.full((3,), 1 - 0.1 * 0.5))
+
+
+def test_zoomshot_averages_its_epochs_at_relative_rates_and_the_aligner_does_not(world, monkeypatch):
+    import zoomshot.fit.iterative as iterative
+
+    seen = []
+    real = iterative.train
+    monkeypatch.setattr(iterative, "train",
+                        lambda groups, *a, **k: seen.append(groups) or real(groups, *a, **k))
+    zs = fit_cache(world["train"], FitConfig(epochs=1))
+    fit_cache(world["train"], FitConfig(method="linear-aligner", epochs=1))
+    scale = zs.run["step_scale"]
+    assert [(g["scale"], g["average"]) for g in seen[0]] == [(scale[k], True) for k in "WbUe"]
+    assert [(g["scale"], g["average"]) for g in seen[1]] == [(1.0, False)]
+
+
 def test_a_random_start_steps_relative_to_the_ridge_solution_too(world):
     ridge = fit_cache(world["train"], FitConfig(method="ridge", holdout=0))
     m = fit_cache(world["train"], FitConfig(init="random", epochs=2, holdout=0))
