@@ -159,9 +159,12 @@ def run_world(name: str, train: str, test: str, info: dict, log=print) -> dict:
     log(f"{name}: teacher top-1 {teacher:.4f}", flush=True)
     bound = lr_bound(train, test)
     log(f"  logistic-regression bound: agreement {bound['agreement']:.4f}", flush=True)
-    methods = []
+    methods, states, default = [], [], None
     for label, cfg in method_configs():
-        m = fit_cache(train, cfg)
+        first = not methods  # zoomshot's default: its every epoch is kept for the selection check
+        m = fit_cache(train, cfg, on_state=(lambda epoch, s: states.append(s)) if first else None)
+        if first:
+            default = (m, states)
         with EvalSet(test) as es:
             rec = es.score([m])[0]["metrics"]
         row = {"method": label, "acc1": rec["acc1"], "agreement": rec["agreement"],
@@ -175,7 +178,7 @@ def run_world(name: str, train: str, test: str, info: dict, log=print) -> dict:
             f"{_f(row['held_out_agreement'], 4)}  {row['fit_time_s']:.1f} s"
             + (f"  (epoch {sched.get('best_epoch')} of {sched.get('epochs')} kept)" if sched else ""), flush=True)
     return {"world": name, **info, "teacher_acc1": teacher, "lr_bound": bound, "methods": methods,
-            "selection": selection(train, test, log)}
+            "selection": selection(train, test, log, default)}
 
 
 def _hits(test: str, mappings: list):
@@ -199,20 +202,25 @@ def _gap(hits, chosen: int, best: int) -> tuple[float, float]:
     return 100 * float(a.sum() - b.sum()) / n, 100 * float(np.sqrt((a != b).sum())) / n
 
 
-def selection(train: str, test: str, log=print) -> dict:
+def selection(train: str, test: str, log=print, default=None) -> dict:
     """How the fit's label-free choices compare with the best labelled test top-1 among what it tried:
     (a) the ridge penalty chosen by leave-one-out vs ridge refitted at every penalty the LOO tried;
     (b) the epoch zoomshot's default keeps (held-out agreement; 0 = its ridge start) vs every epoch
     it visited (scored through fit_cache's on_state). Each gap comes with its paired standard error
-    (test rows where exactly one of the two is right). Labels score here only; nothing is chosen by them."""
+    (test rows where exactly one of the two is right). Labels score here only; nothing is chosen by them.
+    default: (mapping, every epoch's state) of zoomshot's default fit when the caller has it; the
+    penalty ridge's leave-one-out picks is the one that fit's ridge start records."""
     from zoomshot.fit import FitConfig, fit_cache, fit_configs
 
-    states = []
-    zs = fit_cache(train, FitConfig(), on_state=lambda epoch, m: states.append(m))
-    ridge = fit_configs(train, [FitConfig(method="ridge")])[0].run["ridge"]
+    if default is None:
+        states = []
+        default = fit_cache(train, FitConfig(), on_state=lambda epoch, m: states.append(m)), states
+    zs, states = default
+    ridge = zs.run["ridge_start"]
     tried = ridge["tried"]
-    lam_hits = _hits(test, fit_configs(train, [FitConfig(method="ridge", ridge_lambda=lam) for lam in tried]))
-    ep_hits = _hits(test, states)
+    fits = fit_configs(train, [FitConfig(method="ridge", ridge_lambda=lam) for lam in tried])
+    hits = _hits(test, fits + states)  # one read of the test features
+    lam_hits, ep_hits = hits[:len(fits)], hits[len(fits):]
     lam_acc, ep_acc = lam_hits.mean(1).tolist(), ep_hits.mean(1).tolist()
     chosen, kept = tried.index(ridge["lambda"]), zs.run["schedule"]["best_epoch"]
     lb, eb = int(np.argmax(lam_acc)), int(np.argmax(ep_acc))
